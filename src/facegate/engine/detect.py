@@ -1,0 +1,97 @@
+"""Face detectors: dlib's HOG (default) and its MMOD CNN, both giving boxes with a 0–100 confidence."""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Protocol
+
+import dlib
+import numpy as np
+
+from facegate.engine.faces import Box
+from facegate.engine.models import cnn_detector_weights
+
+# HOG's sliding window is 80 px, so one 2× upsampling finds faces down to about 40 px. Upsampling a large
+# photo costs 4× the pixels, so big images are first reduced to this budget (≈ a 1920×1080 frame).
+DETECTION_PIXEL_BUDGET = 1920 * 1080
+# Tiny images (tight crops such as LFW's 150×150) get a second doubling so a face filling the frame is
+# still seen whole by the detector.
+SMALL_IMAGE_SIDE = 200
+
+
+class Detector(Protocol):
+    name: str
+
+    def detect(self, image: np.ndarray) -> list[tuple[Box, float]]:
+        """Boxes in pixels of ``image`` with a confidence 0–100, in no particular order."""
+        ...
+
+
+def plan_detection(height: int, width: int) -> tuple[float, int]:
+    """(scale applied before detection, number of 2× upsamplings) for an image of this size."""
+    pixels = height * width
+    scale = min(1.0, math.sqrt(DETECTION_PIXEL_BUDGET / pixels))
+    upsample = 2 if max(height, width) <= SMALL_IMAGE_SIDE else 1
+    return scale, upsample
+
+
+def _resize(image: np.ndarray, scale: float) -> np.ndarray:
+    if scale >= 1.0:
+        return image
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+
+
+def _logistic(x: float) -> float:
+    return 100.0 / (1.0 + math.exp(-x))
+
+
+class HogDetector:
+    """dlib's frontal HOG + linear SVM detector. Confidence is a logistic of the SVM margin: the detector's
+    own decision boundary (margin 0) maps to 88, a margin of 1 (a clear face) to 99.7."""
+
+    name = "hog"
+
+    def __init__(self) -> None:
+        self._detector = dlib.get_frontal_face_detector()
+
+    def detect(self, image: np.ndarray) -> list[tuple[Box, float]]:
+        scale, upsample = plan_detection(*image.shape[:2])
+        rects, scores, _ = self._detector.run(_resize(image, scale), upsample, 0.0)
+        return [(_box(r, scale), _logistic(4.0 * (s + 0.5))) for r, s in zip(rects, scores, strict=True)]
+
+
+class CnnDetector:
+    """dlib's MMOD CNN detector: more robust to pose, much slower on a CPU. Confidence is a logistic of
+    the detector's score (its threshold 0 maps to 88, as for HOG)."""
+
+    name = "cnn"
+
+    def __init__(self) -> None:
+        self._detector = dlib.cnn_face_detection_model_v1(str(cnn_detector_weights()))
+        self._lock = threading.Lock()  # dlib's DNN keeps per-network scratch tensors
+
+    def detect(self, image: np.ndarray) -> list[tuple[Box, float]]:
+        scale, upsample = plan_detection(*image.shape[:2])
+        with self._lock:
+            found = self._detector(_resize(image, scale), upsample)
+        return [(_box(d.rect, scale), _logistic(4.0 * (d.confidence + 0.5))) for d in found]
+
+
+def _box(rect: dlib.rectangle, scale: float) -> Box:
+    # dlib's rectangles are inclusive on both ends.
+    return Box(
+        rect.left() / scale, rect.top() / scale, (rect.right() + 1) / scale, (rect.bottom() + 1) / scale
+    )
+
+
+def make_detector(name: str) -> Detector:
+    if name == "hog":
+        return HogDetector()
+    if name == "cnn":
+        return CnnDetector()
+    raise ValueError(f"Unknown face detector {name!r}: choose 'hog' or 'cnn'.")

@@ -1,0 +1,84 @@
+"""The store: collections, faces and users, owned by organisations. The embedded default is SQLite
+(``SqliteStore``); a server database (PostgreSQL + pgvector) will implement the same ``Store`` protocol, so
+every SQL dialect detail stays behind it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Collection:
+    pk: int
+    owner: str
+    collection_id: str
+    model_version: str
+    created_at: float
+    face_count: int = 0
+    user_count: int = 0
+
+
+@dataclass(frozen=True)
+class StoredFace:
+    face_id: str
+    image_id: str
+    external_image_id: str | None
+    box: tuple[float, float, float, float]  # Width, Height, Left, Top as ratios
+    confidence: float
+    image_hash: str
+    model_version: str
+    indexed_at: float
+    user_id: str | None = None
+    embedding: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class StoredUser:
+    user_id: str
+    status: str
+    created_at: float
+    face_count: int
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """A collection's embeddings for exact search: row i of ``embeddings`` belongs to ``face_ids[i]``."""
+
+    face_ids: list[str]
+    user_ids: list[str | None]
+    embeddings: np.ndarray
+
+
+class Store(Protocol):
+    def create_collection(self, owner: str, collection_id: str, model_version: str, tags: dict[str, str]) -> Collection: ...
+    def get_collection(self, owner: str, collection_id: str) -> Collection | None: ...
+    def list_collections(self, owner: str, after: str | None, limit: int) -> list[Collection]: ...
+    def delete_collection(self, collection: Collection) -> None: ...
+
+    def add_faces(self, collection: Collection, faces: list[StoredFace]) -> None: ...
+    def faces_of_image(self, collection: Collection, image_hash: str, external_image_id: str | None) -> list[StoredFace]: ...
+    def list_faces(
+        self, collection: Collection, after: str | None, limit: int, *, user_id: str | None = None,
+        face_ids: list[str] | None = None,
+    ) -> list[StoredFace]: ...
+    def get_faces(self, collection: Collection, face_ids: list[str], *, with_embeddings: bool = False) -> list[StoredFace]: ...
+    def delete_faces(self, collection: Collection, face_ids: list[str]) -> list[str]: ...
+    def gallery(self, collection: Collection) -> Gallery: ...
+
+    def create_user(self, collection: Collection, user_id: str) -> None: ...
+    def get_user(self, collection: Collection, user_id: str) -> StoredUser | None: ...
+    def delete_user(self, collection: Collection, user_id: str) -> None: ...
+    def list_users(self, collection: Collection, after: str | None, limit: int) -> list[StoredUser]: ...
+    def set_face_user(self, collection: Collection, face_ids: list[str], user_id: str | None) -> None: ...
+
+    def tags(self, collection: Collection) -> dict[str, str]: ...
+    def set_tags(self, collection: Collection, tags: dict[str, str]) -> None: ...
+    def remove_tags(self, collection: Collection, keys: list[str]) -> None: ...
+
+    def recall_request(self, collection: Collection, operation: str, token: str) -> str | None: ...
+    def remember_request(self, collection: Collection, operation: str, token: str, fingerprint: str) -> None: ...
+
+    def close(self) -> None: ...

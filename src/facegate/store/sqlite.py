@@ -1,0 +1,410 @@
+"""The embedded store: one SQLite database (WAL, synchronous FULL) in the data directory.
+
+It is the source of truth; the in-memory galleries used for search are derived from it and reloaded when a
+collection's ``generation`` (bumped by every change to its faces) moves, also when another process wrote.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from facegate.errors import ResourceAlreadyExistsException
+from facegate.store import Collection, Gallery, StoredFace, StoredUser
+
+# Each entry upgrades the schema by one version; never edit a released entry, append a new one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE collections (
+        pk INTEGER PRIMARY KEY,
+        owner TEXT NOT NULL,
+        collection_id TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        generation INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (owner, collection_id)
+    );
+    CREATE TABLE collection_tags (
+        collection_pk INTEGER NOT NULL REFERENCES collections(pk) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (collection_pk, key)
+    );
+    CREATE TABLE users (
+        collection_pk INTEGER NOT NULL REFERENCES collections(pk) ON DELETE CASCADE,
+        user_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (collection_pk, user_id)
+    );
+    CREATE TABLE faces (
+        face_id TEXT PRIMARY KEY,
+        collection_pk INTEGER NOT NULL REFERENCES collections(pk) ON DELETE CASCADE,
+        image_id TEXT NOT NULL,
+        external_image_id TEXT,
+        box_width REAL NOT NULL,
+        box_height REAL NOT NULL,
+        box_left REAL NOT NULL,
+        box_top REAL NOT NULL,
+        confidence REAL NOT NULL,
+        image_hash TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        embedding BLOB NOT NULL,
+        indexed_at REAL NOT NULL,
+        user_id TEXT,
+        FOREIGN KEY (collection_pk, user_id) REFERENCES users(collection_pk, user_id)
+    );
+    CREATE INDEX faces_by_collection ON faces (collection_pk, face_id);
+    CREATE INDEX faces_by_image ON faces (collection_pk, image_hash);
+    CREATE INDEX faces_by_user ON faces (collection_pk, user_id);
+    CREATE TABLE request_tokens (
+        collection_pk INTEGER NOT NULL REFERENCES collections(pk) ON DELETE CASCADE,
+        operation TEXT NOT NULL,
+        token TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (collection_pk, operation, token)
+    );
+    """,
+]
+
+_FACE_COLUMNS = (
+    "face_id, image_id, external_image_id, box_width, box_height, box_left, box_top, confidence, "
+    "image_hash, model_version, indexed_at, user_id"
+)
+
+
+class SqliteStore:
+    """``Store`` on SQLite. Safe to share between threads: each thread gets its own connection."""
+
+    def __init__(self, data_dir: Path | str) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.data_dir / "facegate.sqlite3"
+        self._local = threading.local()
+        self._galleries: dict[int, tuple[int, Gallery]] = {}
+        self._galleries_lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._migrate()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a transaction acknowledged to a client is on disk before we answer.
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            self._connections.append(conn)
+        return conn
+
+    def _write(self):
+        return _Transaction(self._db)
+
+    def _migrate(self) -> None:
+        with self._write() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > len(MIGRATIONS):
+                raise RuntimeError(
+                    f"{self.path} has schema version {version}, newer than this facegate ({len(MIGRATIONS)}): "
+                    "upgrade facegate."
+                )
+            for script in MIGRATIONS[version:]:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(len(MIGRATIONS)),),
+            )
+
+    def schema_version(self) -> int:
+        return int(self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+
+    # Collections
+
+    def create_collection(
+        self, owner: str, collection_id: str, model_version: str, tags: dict[str, str]
+    ) -> Collection:
+        created = time.time()
+        with self._write() as db:
+            try:
+                cur = db.execute(
+                    "INSERT INTO collections (owner, collection_id, model_version, created_at) VALUES (?, ?, ?, ?)",
+                    (owner, collection_id, model_version, created),
+                )
+            except sqlite3.IntegrityError:
+                raise ResourceAlreadyExistsException(
+                    f"The collection id: {collection_id} already exists"
+                ) from None
+            pk = cur.lastrowid
+            db.executemany(
+                "INSERT INTO collection_tags (collection_pk, key, value) VALUES (?, ?, ?)",
+                [(pk, k, v) for k, v in tags.items()],
+            )
+        return Collection(pk, owner, collection_id, model_version, created)
+
+    _COLLECTION_SELECT = (
+        "SELECT c.pk, c.owner, c.collection_id, c.model_version, c.created_at, "
+        "(SELECT COUNT(*) FROM faces f WHERE f.collection_pk = c.pk), "
+        "(SELECT COUNT(*) FROM users u WHERE u.collection_pk = c.pk) FROM collections c "
+    )
+
+    def get_collection(self, owner: str, collection_id: str) -> Collection | None:
+        row = self._db.execute(
+            self._COLLECTION_SELECT + "WHERE c.owner = ? AND c.collection_id = ?", (owner, collection_id)
+        ).fetchone()
+        return Collection(*row) if row else None
+
+    def list_collections(self, owner: str, after: str | None, limit: int) -> list[Collection]:
+        rows = self._db.execute(
+            self._COLLECTION_SELECT + "WHERE c.owner = ? AND c.collection_id > ? ORDER BY c.collection_id LIMIT ?",
+            (owner, after or "", limit),
+        ).fetchall()
+        return [Collection(*row) for row in rows]
+
+    def delete_collection(self, collection: Collection) -> None:
+        with self._write() as db:
+            # Faces first: they reference users, which the cascade would otherwise meet in either order.
+            db.execute("DELETE FROM faces WHERE collection_pk = ?", (collection.pk,))
+            db.execute("DELETE FROM collections WHERE pk = ?", (collection.pk,))
+        with self._galleries_lock:
+            self._galleries.pop(collection.pk, None)
+
+    # Faces
+
+    def add_faces(self, collection: Collection, faces: list[StoredFace]) -> None:
+        with self._write() as db:
+            db.executemany(
+                f"INSERT INTO faces ({_FACE_COLUMNS}, collection_pk, embedding) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        f.face_id, f.image_id, f.external_image_id, *f.box, f.confidence, f.image_hash,
+                        f.model_version, f.indexed_at, f.user_id, collection.pk,
+                        np.asarray(f.embedding, dtype="<f4").tobytes(),
+                    )
+                    for f in faces
+                ],
+            )
+            self._bump(db, collection)
+
+    def faces_of_image(
+        self, collection: Collection, image_hash: str, external_image_id: str | None
+    ) -> list[StoredFace]:
+        rows = self._db.execute(
+            f"SELECT {_FACE_COLUMNS} FROM faces WHERE collection_pk = ? AND image_hash = ? "
+            "AND external_image_id IS ? ORDER BY rowid",
+            (collection.pk, image_hash, external_image_id),
+        ).fetchall()
+        return [_face(row) for row in rows]
+
+    def list_faces(
+        self,
+        collection: Collection,
+        after: str | None,
+        limit: int,
+        *,
+        user_id: str | None = None,
+        face_ids: list[str] | None = None,
+    ) -> list[StoredFace]:
+        sql = f"SELECT {_FACE_COLUMNS} FROM faces WHERE collection_pk = ? AND face_id > ?"
+        args: list = [collection.pk, after or ""]
+        if user_id is not None:
+            sql += " AND user_id = ?"
+            args.append(user_id)
+        if face_ids is not None:
+            sql += f" AND face_id IN ({','.join('?' * len(face_ids))})"
+            args.extend(face_ids)
+        sql += " ORDER BY face_id LIMIT ?"
+        args.append(limit)
+        return [_face(row) for row in self._db.execute(sql, args).fetchall()]
+
+    def get_faces(
+        self, collection: Collection, face_ids: list[str], *, with_embeddings: bool = False
+    ) -> list[StoredFace]:
+        if not face_ids:
+            return []
+        extra = ", embedding" if with_embeddings else ""
+        rows = self._db.execute(
+            f"SELECT {_FACE_COLUMNS}{extra} FROM faces WHERE collection_pk = ? "
+            f"AND face_id IN ({','.join('?' * len(face_ids))})",
+            (collection.pk, *face_ids),
+        ).fetchall()
+        return [_face(row) for row in rows]
+
+    def delete_faces(self, collection: Collection, face_ids: list[str]) -> list[str]:
+        if not face_ids:
+            return []
+        marks = ",".join("?" * len(face_ids))
+        with self._write() as db:
+            found = [
+                r[0]
+                for r in db.execute(
+                    f"SELECT face_id FROM faces WHERE collection_pk = ? AND face_id IN ({marks})",
+                    (collection.pk, *face_ids),
+                )
+            ]
+            db.execute(f"DELETE FROM faces WHERE collection_pk = ? AND face_id IN ({marks})", (collection.pk, *face_ids))
+            if found:
+                self._bump(db, collection)
+        return found
+
+    def gallery(self, collection: Collection) -> Gallery:
+        generation = self._generation(collection)
+        with self._galleries_lock:
+            cached = self._galleries.get(collection.pk)
+        if cached and cached[0] == generation:
+            return cached[1]
+        # Read generation and rows in one snapshot so the cache is never newer-labelled than its content.
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            generation = self._generation(collection)
+            rows = db.execute(
+                "SELECT face_id, user_id, embedding FROM faces WHERE collection_pk = ? ORDER BY rowid",
+                (collection.pk,),
+            ).fetchall()
+        finally:
+            db.execute("COMMIT")
+        dims = len(rows[0][2]) // 4 if rows else 0
+        matrix = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").reshape(len(rows), dims)
+        gallery = Gallery([r[0] for r in rows], [r[1] for r in rows], matrix)
+        with self._galleries_lock:
+            self._galleries[collection.pk] = (generation, gallery)
+        return gallery
+
+    def _generation(self, collection: Collection) -> int:
+        row = self._db.execute("SELECT generation FROM collections WHERE pk = ?", (collection.pk,)).fetchone()
+        return row[0] if row else -1
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection, collection: Collection) -> None:
+        db.execute("UPDATE collections SET generation = generation + 1 WHERE pk = ?", (collection.pk,))
+
+    # Users
+
+    def create_user(self, collection: Collection, user_id: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO users (collection_pk, user_id, status, created_at) VALUES (?, ?, 'ACTIVE', ?)",
+                (collection.pk, user_id, time.time()),
+            )
+
+    def get_user(self, collection: Collection, user_id: str) -> StoredUser | None:
+        row = self._db.execute(
+            "SELECT u.user_id, u.status, u.created_at, (SELECT COUNT(*) FROM faces f WHERE "
+            "f.collection_pk = u.collection_pk AND f.user_id = u.user_id) FROM users u "
+            "WHERE u.collection_pk = ? AND u.user_id = ?",
+            (collection.pk, user_id),
+        ).fetchone()
+        return StoredUser(*row) if row else None
+
+    def delete_user(self, collection: Collection, user_id: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE faces SET user_id = NULL WHERE collection_pk = ? AND user_id = ?", (collection.pk, user_id))
+            db.execute("DELETE FROM users WHERE collection_pk = ? AND user_id = ?", (collection.pk, user_id))
+            self._bump(db, collection)
+
+    def list_users(self, collection: Collection, after: str | None, limit: int) -> list[StoredUser]:
+        rows = self._db.execute(
+            "SELECT u.user_id, u.status, u.created_at, (SELECT COUNT(*) FROM faces f WHERE "
+            "f.collection_pk = u.collection_pk AND f.user_id = u.user_id) FROM users u "
+            "WHERE u.collection_pk = ? AND u.user_id > ? ORDER BY u.user_id LIMIT ?",
+            (collection.pk, after or "", limit),
+        ).fetchall()
+        return [StoredUser(*row) for row in rows]
+
+    def set_face_user(self, collection: Collection, face_ids: list[str], user_id: str | None) -> None:
+        if not face_ids:
+            return
+        with self._write() as db:
+            db.execute(
+                f"UPDATE faces SET user_id = ? WHERE collection_pk = ? AND face_id IN ({','.join('?' * len(face_ids))})",
+                (user_id, collection.pk, *face_ids),
+            )
+            self._bump(db, collection)
+
+    # Tags
+
+    def tags(self, collection: Collection) -> dict[str, str]:
+        rows = self._db.execute(
+            "SELECT key, value FROM collection_tags WHERE collection_pk = ? ORDER BY key", (collection.pk,)
+        )
+        return dict(rows.fetchall())
+
+    def set_tags(self, collection: Collection, tags: dict[str, str]) -> None:
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO collection_tags (collection_pk, key, value) VALUES (?, ?, ?) "
+                "ON CONFLICT(collection_pk, key) DO UPDATE SET value = excluded.value",
+                [(collection.pk, k, v) for k, v in tags.items()],
+            )
+
+    def remove_tags(self, collection: Collection, keys: list[str]) -> None:
+        with self._write() as db:
+            db.executemany(
+                "DELETE FROM collection_tags WHERE collection_pk = ? AND key = ?", [(collection.pk, k) for k in keys]
+            )
+
+    # Idempotency tokens (ClientRequestToken)
+
+    def recall_request(self, collection: Collection, operation: str, token: str) -> str | None:
+        row = self._db.execute(
+            "SELECT fingerprint FROM request_tokens WHERE collection_pk = ? AND operation = ? AND token = ?",
+            (collection.pk, operation, token),
+        ).fetchone()
+        return row[0] if row else None
+
+    def remember_request(self, collection: Collection, operation: str, token: str, fingerprint: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO request_tokens (collection_pk, operation, token, fingerprint, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (collection.pk, operation, token, fingerprint, time.time()),
+            )
+
+    def close(self) -> None:
+        for conn in self._connections:
+            conn.close()
+        self._connections.clear()
+        self._local = threading.local()
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` … ``COMMIT``: writers serialise up front instead of failing on upgrade."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _face(row: tuple) -> StoredFace:
+    embedding = np.frombuffer(row[12], dtype="<f4") if len(row) > 12 else None
+    return StoredFace(
+        face_id=row[0],
+        image_id=row[1],
+        external_image_id=row[2],
+        box=(row[3], row[4], row[5], row[6]),
+        confidence=row[7],
+        image_hash=row[8],
+        model_version=row[9],
+        indexed_at=row[10],
+        user_id=row[11],
+        embedding=embedding,
+    )
