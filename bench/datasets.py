@@ -86,7 +86,9 @@ def _embed_batch(args: tuple[list[str], bool]) -> list[tuple[np.ndarray | None, 
     return [_embed_one(p, fallback) for p in paths]
 
 
-def embed_paths(paths: list[Path], *, fallback_whole: bool, label: str, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def embed_paths(
+    paths: list[Path], *, fallback_whole: bool, label: str, workers: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings n×128 with NaN rows where no face was used, detected mask n). Cached by content."""
     key = hashlib.sha256(("\n".join(map(str, paths)) + f"|{fallback_whole}").encode()).hexdigest()[:16]
     cache = CACHE / f"embeddings-{label}-{key}.npz"

@@ -33,7 +33,7 @@ _SHOW_LIMIT = 64  # characters of a value echoed back in a message
 _MAX_REPORTED = 100  # violations spelled out in one message; the count still covers all of them
 # A pattern on a string shape without a ``max`` is not run on values longer than this: every such shape in
 # the model is an ID or ARN, and some of their patterns (``.*:\w{12}:.+$``) backtrack quadratically.
-_UNBOUNDED_PATTERN_LIMIT = 65536
+_UNBOUNDED_PATTERN_LIMIT = 4096
 
 _INT_BITS = {"integer": 32, "long": 64}
 _EXPECTED = {
@@ -73,8 +73,9 @@ def validate_request(operation: str, params: dict[str, Any]) -> dict[str, Any]:
     if op is None:
         raise ValidationException(f"Operation {operation} is not part of the Rekognition API")
     if not isinstance(params, dict):
+        received = _json_type(params)
         raise ValidationException(
-            f"1 validation error detected: The request body must be a JSON object (received {_json_type(params)})"
+            f"1 validation error detected: The request body must be a JSON object (received {received})"
         )
     checker = _Checker(_model()["shapes"])
     if "input" in op:

@@ -67,9 +67,7 @@ class FaceEngine:
     def decode(self, data: bytes) -> np.ndarray:
         return decode_image(data, max_bytes=self.max_image_bytes)
 
-    def analyse(
-        self, image: np.ndarray, *, embed: bool = True, max_faces: int = MAX_FACES_PER_IMAGE
-    ) -> AnalysedImage:
+    def analyse(self, image: np.ndarray, *, embed: bool = True, max_faces: int = MAX_FACES_PER_IMAGE) -> AnalysedImage:
         """Detect up to ``max_faces`` faces (largest first) with landmarks, pose, quality and embeddings."""
         self._load()
         height, width = image.shape[:2]

@@ -84,9 +84,7 @@ class CnnDetector:
 
 def _box(rect: dlib.rectangle, scale: float) -> Box:
     # dlib's rectangles are inclusive on both ends.
-    return Box(
-        rect.left() / scale, rect.top() / scale, (rect.right() + 1) / scale, (rect.bottom() + 1) / scale
-    )
+    return Box(rect.left() / scale, rect.top() / scale, (rect.right() + 1) / scale, (rect.bottom() + 1) / scale)
 
 
 def make_detector(name: str) -> Detector:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 
@@ -75,10 +76,9 @@ def decode_image(
 
 def to_rgb_array(image: Image.Image) -> np.ndarray:
     """Apply EXIF orientation and convert any mode to an H×W×3 uint8 RGB array; check the minimum size."""
-    try:
+    # A broken EXIF block should not make an otherwise good image unusable.
+    with contextlib.suppress(Exception):
         image = ImageOps.exif_transpose(image)
-    except Exception:  # a broken EXIF block should not make an otherwise good image unusable
-        pass
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16/32-bit grayscale: scale to 8 bits by the actual range rather than clipping
         arr = np.asarray(image, dtype=np.float64)

@@ -132,9 +132,7 @@ class SqliteStore:
 
     # Collections
 
-    def create_collection(
-        self, owner: str, collection_id: str, model_version: str, tags: dict[str, str]
-    ) -> Collection:
+    def create_collection(self, owner: str, collection_id: str, model_version: str, tags: dict[str, str]) -> Collection:
         created = time.time()
         with self._write() as db:
             try:
@@ -143,9 +141,7 @@ class SqliteStore:
                     (owner, collection_id, model_version, created),
                 )
             except sqlite3.IntegrityError:
-                raise ResourceAlreadyExistsException(
-                    f"The collection id: {collection_id} already exists"
-                ) from None
+                raise ResourceAlreadyExistsException(f"The collection id: {collection_id} already exists") from None
             pk = cur.lastrowid
             db.executemany(
                 "INSERT INTO collection_tags (collection_pk, key, value) VALUES (?, ?, ?)",
@@ -182,21 +178,38 @@ class SqliteStore:
 
     # Faces
 
-    def add_faces(self, collection: Collection, faces: list[StoredFace]) -> None:
+    def add_faces(self, collection: Collection, faces: list[StoredFace]) -> list[StoredFace]:
+        """Store the faces of one image, unless faces of the same image and ExternalImageId are already
+        stored: then nothing is written and those are returned (checked inside the write transaction, so
+        two concurrent IndexFaces of one image cannot both store it)."""
+        if not faces:
+            return []
         with self._write() as db:
+            existing = self.faces_of_image(collection, faces[0].image_hash, faces[0].external_image_id)
+            if existing:
+                return existing
             db.executemany(
                 f"INSERT INTO faces ({_FACE_COLUMNS}, collection_pk, embedding) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        f.face_id, f.image_id, f.external_image_id, *f.box, f.confidence, f.image_hash,
-                        f.model_version, f.indexed_at, f.user_id, collection.pk,
+                        f.face_id,
+                        f.image_id,
+                        f.external_image_id,
+                        *f.box,
+                        f.confidence,
+                        f.image_hash,
+                        f.model_version,
+                        f.indexed_at,
+                        f.user_id,
+                        collection.pk,
                         np.asarray(f.embedding, dtype="<f4").tobytes(),
                     )
                     for f in faces
                 ],
             )
             self._bump(db, collection)
+        return faces
 
     def faces_of_image(
         self, collection: Collection, image_hash: str, external_image_id: str | None
@@ -254,7 +267,9 @@ class SqliteStore:
                     (collection.pk, *face_ids),
                 )
             ]
-            db.execute(f"DELETE FROM faces WHERE collection_pk = ? AND face_id IN ({marks})", (collection.pk, *face_ids))
+            db.execute(
+                f"DELETE FROM faces WHERE collection_pk = ? AND face_id IN ({marks})", (collection.pk, *face_ids)
+            )
             if found:
                 self._bump(db, collection)
         return found
@@ -311,7 +326,9 @@ class SqliteStore:
 
     def delete_user(self, collection: Collection, user_id: str) -> None:
         with self._write() as db:
-            db.execute("UPDATE faces SET user_id = NULL WHERE collection_pk = ? AND user_id = ?", (collection.pk, user_id))
+            db.execute(
+                "UPDATE faces SET user_id = NULL WHERE collection_pk = ? AND user_id = ?", (collection.pk, user_id)
+            )
             db.execute("DELETE FROM users WHERE collection_pk = ? AND user_id = ?", (collection.pk, user_id))
             self._bump(db, collection)
 

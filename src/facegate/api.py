@@ -1,0 +1,213 @@
+"""The Python API: as direct as face_recognition's for the simple cases, with typed results.
+
+    import facegate
+    fg = facegate.open("./facegate-data")
+    fg.create_collection("family")
+    fg.index("alice.jpg", "family", external_image_id="alice")
+    for match in fg.search("someone.jpg", "family"):
+        print(match.similarity, match.face.external_image_id)
+
+Every method runs the same service operation the CLI and the HTTP API run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from facegate.config import DEFAULT_OWNER, data_dir
+from facegate.engine import FaceEngine
+from facegate.service import FaceService
+from facegate.store.sqlite import SqliteStore
+
+ImageInput = str | os.PathLike | bytes
+
+
+@dataclass(frozen=True)
+class BoundingBox:
+    """Ratios of the image's width and height, origin top-left (as Rekognition reports them)."""
+
+    width: float
+    height: float
+    left: float
+    top: float
+
+    @classmethod
+    def of(cls, wire: dict) -> BoundingBox:
+        return cls(wire["Width"], wire["Height"], wire["Left"], wire["Top"])
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    bounding_box: BoundingBox
+    confidence: float
+    landmarks: dict[str, tuple[float, float]]  # Rekognition landmark type → (x, y) ratios
+    roll: float
+    yaw: float
+    pitch: float
+    brightness: float
+    sharpness: float
+
+    @classmethod
+    def of(cls, wire: dict) -> DetectedFace:
+        return cls(
+            bounding_box=BoundingBox.of(wire["BoundingBox"]),
+            confidence=wire["Confidence"],
+            landmarks={lm["Type"]: (lm["X"], lm["Y"]) for lm in wire["Landmarks"]},
+            roll=wire["Pose"]["Roll"],
+            yaw=wire["Pose"]["Yaw"],
+            pitch=wire["Pose"]["Pitch"],
+            brightness=wire["Quality"]["Brightness"],
+            sharpness=wire["Quality"]["Sharpness"],
+        )
+
+
+@dataclass(frozen=True)
+class IndexedFace:
+    face_id: str
+    image_id: str
+    external_image_id: str | None
+    bounding_box: BoundingBox
+    confidence: float
+    user_id: str | None = None
+
+    @classmethod
+    def of(cls, wire: dict) -> IndexedFace:
+        return cls(
+            face_id=wire["FaceId"],
+            image_id=wire["ImageId"],
+            external_image_id=wire.get("ExternalImageId"),
+            bounding_box=BoundingBox.of(wire["BoundingBox"]),
+            confidence=wire["Confidence"],
+            user_id=wire.get("UserId"),
+        )
+
+
+@dataclass(frozen=True)
+class FaceMatch:
+    """A face of the collection that matched, with its similarity 0–100."""
+
+    similarity: float
+    face: IndexedFace
+
+
+@dataclass(frozen=True)
+class ComparedFace:
+    """A face of the target image with its similarity to the source image's largest face."""
+
+    similarity: float | None  # None below the threshold: Rekognition does not report it for unmatched faces
+    bounding_box: BoundingBox
+    matched: bool
+
+
+class FaceGate:
+    """A data directory opened for one organisation (``owner``)."""
+
+    def __init__(self, service: FaceService, owner: str = DEFAULT_OWNER) -> None:
+        self.service = service
+        self.owner = owner
+
+    def _call(self, operation: str, params: dict) -> dict:
+        return self.service.call(self.owner, operation, params)
+
+    def create_collection(self, collection_id: str, tags: dict[str, str] | None = None) -> str:
+        """Create a collection; returns its ARN."""
+        params: dict = {"CollectionId": collection_id}
+        if tags:
+            params["Tags"] = tags
+        return self._call("CreateCollection", params)["CollectionArn"]
+
+    def collections(self) -> list[str]:
+        ids, token = [], None
+        while True:
+            page = self._call("ListCollections", {"NextToken": token} if token else {})
+            ids += page["CollectionIds"]
+            token = page.get("NextToken")
+            if not token:
+                return ids
+
+    def delete_collection(self, collection_id: str) -> None:
+        self._call("DeleteCollection", {"CollectionId": collection_id})
+
+    def index(
+        self,
+        image: ImageInput,
+        collection_id: str,
+        *,
+        external_image_id: str | None = None,
+        max_faces: int | None = None,
+        quality_filter: str = "AUTO",
+    ) -> list[IndexedFace]:
+        """Index the faces of an image (a path or its bytes); returns the faces stored (or already stored)."""
+        params: dict = {
+            "CollectionId": collection_id,
+            "Image": {"Bytes": _read(image)},
+            "QualityFilter": quality_filter,
+        }
+        if external_image_id is not None:
+            params["ExternalImageId"] = external_image_id
+        if max_faces is not None:
+            params["MaxFaces"] = max_faces
+        return [IndexedFace.of(r["Face"]) for r in self._call("IndexFaces", params)["FaceRecords"]]
+
+    def search(
+        self, image: ImageInput, collection_id: str, *, threshold: float = 80.0, max_faces: int = 10
+    ) -> list[FaceMatch]:
+        """Faces of the collection that match the image's largest face, most similar first."""
+        response = self._call(
+            "SearchFacesByImage",
+            {
+                "CollectionId": collection_id,
+                "Image": {"Bytes": _read(image)},
+                "FaceMatchThreshold": threshold,
+                "MaxFaces": max_faces,
+            },
+        )
+        return [FaceMatch(m["Similarity"], IndexedFace.of(m["Face"])) for m in response["FaceMatches"]]
+
+    def compare(self, source: ImageInput, target: ImageInput, *, threshold: float = 80.0) -> list[ComparedFace]:
+        """Every face of ``target``, matches (best first) then the rest, against the largest face of ``source``."""
+        response = self._call(
+            "CompareFaces",
+            {
+                "SourceImage": {"Bytes": _read(source)},
+                "TargetImage": {"Bytes": _read(target)},
+                "SimilarityThreshold": threshold,
+            },
+        )
+        matched = [
+            ComparedFace(m["Similarity"], BoundingBox.of(m["Face"]["BoundingBox"]), True)
+            for m in response["FaceMatches"]
+        ]
+        unmatched = [ComparedFace(None, BoundingBox.of(f["BoundingBox"]), False) for f in response["UnmatchedFaces"]]
+        return matched + unmatched
+
+    def detect(self, image: ImageInput) -> list[DetectedFace]:
+        """The faces of an image, largest first, with landmarks, pose and quality."""
+        response = self._call("DetectFaces", {"Image": {"Bytes": _read(image)}})
+        return [DetectedFace.of(d) for d in response["FaceDetails"]]
+
+    def close(self) -> None:
+        self.service.store.close()
+
+    def __enter__(self) -> FaceGate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open(  # noqa: A001 - mirrors the builtin on purpose: facegate.open(path)
+    path: str | os.PathLike | None = None, *, owner: str = DEFAULT_OWNER, detector: str = "hog"
+) -> FaceGate:
+    """Open (creating if needed) a data directory; default $FACEGATE_HOME or ./facegate-data."""
+    return FaceGate(build_service(data_dir(path), detector=detector), owner=owner)
+
+
+def build_service(path: Path, *, detector: str = "hog") -> FaceService:
+    return FaceService(SqliteStore(path), FaceEngine(detector=detector))
+
+
+def _read(image: ImageInput) -> bytes:
+    return image if isinstance(image, bytes) else Path(image).read_bytes()

@@ -1,0 +1,520 @@
+"""The `facegate` command line: the same service operations as the HTTP API, for people and scripts.
+
+With ``--json``, compare, search, detect and index print exactly the JSON of the Rekognition operation.
+Errors print one line naming the problem and its Rekognition code, and exit non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from facegate.config import DEFAULT_OWNER, data_dir
+from facegate.engine.image import sniff_format
+from facegate.errors import FacegateError
+from facegate.service import FaceService
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="facegate: accountable face recognition.")
+collections_app = typer.Typer(no_args_is_help=True, help="Create, list, describe and delete collections.")
+faces_app = typer.Typer(no_args_is_help=True, help="List and delete the faces of a collection.")
+users_app = typer.Typer(no_args_is_help=True, help="Users: a person as up to 100 faces of a collection.")
+app.add_typer(collections_app, name="collections")
+app.add_typer(faces_app, name="faces")
+app.add_typer(users_app, name="users")
+
+out = Console()
+err = Console(stderr=True)
+
+
+class _State:
+    data: Path | None = None
+    detector: str = "hog"
+    owner: str = DEFAULT_OWNER
+    _service: FaceService | None = None
+
+    @property
+    def service(self) -> FaceService:
+        if self._service is None:
+            from facegate.api import build_service
+
+            self._service = build_service(data_dir(self.data), detector=self.detector)
+        return self._service
+
+
+state = _State()
+
+DataOption = Annotated[
+    Path | None, typer.Option("--data", help="Data directory (default $FACEGATE_HOME or ./facegate-data).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the Rekognition JSON response.")]
+CollectionOption = Annotated[str, typer.Option("--collection", "-c", help="Collection id.")]
+
+
+@app.callback()
+def main_options(
+    data: DataOption = None,
+    detector: Annotated[str, typer.Option(help="Face detector: hog (fast) or cnn (dlib MMOD).")] = "hog",
+) -> None:
+    state.data = data
+    state.detector = detector
+
+
+def call(operation: str, params: dict) -> dict:
+    return state.service.call(state.owner, operation, params)
+
+
+def emit(response: dict[str, Any]) -> None:
+    out.print_json(json.dumps(response), highlight=False) if out.is_terminal else print(json.dumps(response, indent=2))
+
+
+def image(path: Path) -> dict:
+    return {"Bytes": path.read_bytes()}
+
+
+def _percent(value: float) -> str:
+    return f"{value:.2f}"
+
+
+# Collections
+
+
+@collections_app.command("create")
+def collections_create(collection_id: str, as_json: JsonOption = False) -> None:
+    """Create a collection."""
+    response = call("CreateCollection", {"CollectionId": collection_id})
+    emit(response) if as_json else out.print(f"created {collection_id} ({response['CollectionArn']})")
+
+
+@collections_app.command("list")
+def collections_list(as_json: JsonOption = False) -> None:
+    """List this organisation's collections."""
+    ids, versions, token = [], [], None
+    while True:
+        page = call("ListCollections", {"NextToken": token} if token else {})
+        ids += page["CollectionIds"]
+        versions += page["FaceModelVersions"]
+        token = page.get("NextToken")
+        if not token:
+            break
+    if as_json:
+        emit({"CollectionIds": ids, "FaceModelVersions": versions})
+        return
+    for cid in ids:
+        out.print(cid)
+
+
+@collections_app.command("describe")
+def collections_describe(collection_id: str, as_json: JsonOption = False) -> None:
+    """Show a collection's face count, user count, model and ARN."""
+    response = call("DescribeCollection", {"CollectionId": collection_id})
+    if as_json:
+        emit(response)
+        return
+    for key, value in response.items():
+        out.print(f"{key}: {value}")
+
+
+@collections_app.command("delete")
+def collections_delete(collection_id: str) -> None:
+    """Delete a collection and every face in it."""
+    call("DeleteCollection", {"CollectionId": collection_id})
+    out.print(f"deleted {collection_id}")
+
+
+# Indexing
+
+
+class RateColumn(ProgressColumn):
+    """Images per second."""
+
+    def render(self, task) -> str:
+        return f"{task.speed:.1f} img/s" if task.speed else "– img/s"
+
+
+def _image_files(paths: list[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file())
+        else:
+            yield path
+
+
+def external_image_id(path: Path) -> str:
+    """ExternalImageId from a file name, with characters Rekognition refuses replaced by '_'."""
+    return re.sub(r"[^a-zA-Z0-9_.\-:]", "_", path.name)[:255] or "_"
+
+
+@app.command("index")
+def index(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or directories (searched recursively).")],
+    collection: CollectionOption,
+    max_faces: Annotated[int | None, typer.Option(help="Index at most this many faces per image.")] = None,
+    quality_filter: Annotated[str, typer.Option(help="NONE, AUTO, LOW, MEDIUM or HIGH.")] = "AUTO",
+    as_json: JsonOption = False,
+) -> None:
+    """Index the faces of images into a collection; re-running skips images already indexed."""
+    files = list(_image_files(paths))
+    counts: Counter[str] = Counter()
+    failures: list[str] = []
+    responses = []
+    call("DescribeCollection", {"CollectionId": collection})  # fail before the loop, not once per file
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, disable=as_json or not err.is_terminal, transient=False) as progress:
+        task = progress.add_task("indexing", total=len(files))
+        for path in files:
+            try:
+                with path.open("rb") as fh:
+                    head = fh.read(16)
+                if sniff_format(head) is None:
+                    counts["skipped: not a JPEG, PNG or WebP image"] += 1
+                    continue
+                params = {
+                    "CollectionId": collection,
+                    "Image": image(path),
+                    "ExternalImageId": external_image_id(path),
+                    "QualityFilter": quality_filter,
+                }
+                if max_faces is not None:
+                    params["MaxFaces"] = max_faces
+                response, repeated = state.service.index(state.owner, params)
+                responses.append(response)
+                if repeated:
+                    counts["skipped: already indexed"] += 1
+                elif response["FaceRecords"]:
+                    counts["indexed"] += 1
+                    counts["faces"] += len(response["FaceRecords"])
+                else:
+                    counts[
+                        "skipped: no face passed the quality filter"
+                        if response["UnindexedFaces"]
+                        else "skipped: no face found"
+                    ] += 1
+            except FacegateError as exc:
+                if exc.code == "ResourceNotFoundException":
+                    raise
+                counts[f"failed: {exc.code}"] += 1
+                failures.append(f"{path}: {exc.code}: {exc.message}")
+            except OSError as exc:
+                counts["failed: unreadable file"] += 1
+                failures.append(f"{path}: {exc.strerror or exc}")
+            finally:
+                progress.advance(task)
+    if as_json:
+        emit(responses[0] if len(responses) == 1 else {"Responses": responses})
+        return
+    table = Table(title=f"{len(files)} files → {collection}")
+    table.add_column("outcome")
+    table.add_column("count", justify="right")
+    for outcome in sorted(counts):
+        table.add_row(outcome, str(counts[outcome]))
+    out.print(table)
+    for line in failures[:50]:
+        err.print(line, markup=False, highlight=False)
+    if len(failures) > 50:
+        err.print(f"... and {len(failures) - 50} more failures")
+
+
+# Search, compare, detect
+
+
+@app.command("search")
+def search(
+    image_path: Annotated[Path, typer.Argument(metavar="IMAGE")],
+    collection: CollectionOption,
+    threshold: Annotated[float, typer.Option(help="Minimum similarity 0–100.")] = 80.0,
+    max_faces: Annotated[int, typer.Option("--max", help="Most matches to return.")] = 10,
+    as_json: JsonOption = False,
+) -> None:
+    """Search a collection with the largest face of an image."""
+    response = call(
+        "SearchFacesByImage",
+        {
+            "CollectionId": collection,
+            "Image": image(image_path),
+            "FaceMatchThreshold": threshold,
+            "MaxFaces": max_faces,
+        },
+    )
+    if as_json:
+        emit(response)
+        return
+    table = Table(title=f"{len(response['FaceMatches'])} matches at similarity ≥ {threshold}")
+    for column in ("similarity", "external image id", "face id"):
+        table.add_column(column)
+    for match in response["FaceMatches"]:
+        face = match["Face"]
+        table.add_row(_percent(match["Similarity"]), face.get("ExternalImageId", ""), face["FaceId"])
+    out.print(table)
+
+
+@app.command("compare")
+def compare(
+    source: Path,
+    target: Path,
+    threshold: Annotated[float, typer.Option(help="Minimum similarity 0–100.")] = 80.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Compare the largest face of SOURCE with every face of TARGET."""
+    response = call(
+        "CompareFaces", {"SourceImage": image(source), "TargetImage": image(target), "SimilarityThreshold": threshold}
+    )
+    if as_json:
+        emit(response)
+        return
+    for match in response["FaceMatches"]:
+        box = match["Face"]["BoundingBox"]
+        out.print(f"match  similarity {_percent(match['Similarity'])}  at left {box['Left']:.2f} top {box['Top']:.2f}")
+    out.print(
+        f"{len(response['FaceMatches'])} matching, {len(response['UnmatchedFaces'])} not matching "
+        f"at similarity ≥ {threshold}"
+    )
+
+
+@app.command("detect")
+def detect(
+    image_path: Annotated[Path, typer.Argument(metavar="IMAGE")],
+    draw: Annotated[Path | None, typer.Option(help="Write a copy of the image with boxes and landmarks.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Detect faces with landmarks, pose and quality."""
+    data = image_path.read_bytes()
+    response = call("DetectFaces", {"Image": {"Bytes": data}})
+    if draw is not None:
+        _draw(data, response["FaceDetails"], draw)
+    if as_json:
+        emit(response)
+        return
+    table = Table(title=f"{len(response['FaceDetails'])} faces")
+    for column in ("left", "top", "width", "height", "confidence", "roll/yaw/pitch", "brightness", "sharpness"):
+        table.add_column(column, justify="right")
+    for face in response["FaceDetails"]:
+        box, pose, quality = face["BoundingBox"], face["Pose"], face["Quality"]
+        table.add_row(
+            f"{box['Left']:.3f}",
+            f"{box['Top']:.3f}",
+            f"{box['Width']:.3f}",
+            f"{box['Height']:.3f}",
+            _percent(face["Confidence"]),
+            f"{pose['Roll']:.0f}/{pose['Yaw']:.0f}/{pose['Pitch']:.0f}",
+            f"{quality['Brightness']:.0f}",
+            f"{quality['Sharpness']:.0f}",
+        )
+    out.print(table)
+    if draw is not None:
+        out.print(f"drawn to {draw}")
+
+
+def _draw(data: bytes, details: list[dict], path: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    pixels = state.service.engine.decode(data)
+    picture = Image.fromarray(pixels)
+    pen = ImageDraw.Draw(picture)
+    width, height = picture.size
+    stroke = max(2, round(min(width, height) / 200))
+    for face in details:
+        box = face["BoundingBox"]
+        left, top = box["Left"] * width, box["Top"] * height
+        pen.rectangle(
+            (left, top, left + box["Width"] * width, top + box["Height"] * height), outline=(0, 255, 0), width=stroke
+        )
+        for mark in face["Landmarks"]:
+            x, y = mark["X"] * width, mark["Y"] * height
+            pen.ellipse((x - stroke, y - stroke, x + stroke, y + stroke), fill=(255, 0, 0))
+    picture.save(path)
+
+
+# Faces
+
+
+@faces_app.command("list")
+def faces_list(
+    collection: CollectionOption,
+    user: Annotated[str | None, typer.Option(help="Only this user's faces.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List every face of a collection."""
+    faces, token, version = [], None, None
+    while True:
+        params: dict = {"CollectionId": collection}
+        if token:
+            params["NextToken"] = token
+        if user:
+            params["UserId"] = user
+        page = call("ListFaces", params)
+        faces += page["Faces"]
+        version = page["FaceModelVersion"]
+        token = page.get("NextToken")
+        if not token:
+            break
+    if as_json:
+        emit({"Faces": faces, "FaceModelVersion": version})
+        return
+    table = Table(title=f"{len(faces)} faces in {collection}")
+    for column in ("face id", "external image id", "user", "confidence"):
+        table.add_column(column)
+    for face in faces:
+        table.add_row(
+            face["FaceId"], face.get("ExternalImageId", ""), face.get("UserId", ""), _percent(face["Confidence"])
+        )
+    out.print(table)
+
+
+@faces_app.command("delete")
+def faces_delete(collection: CollectionOption, face_ids: list[str], as_json: JsonOption = False) -> None:
+    """Delete faces by FaceId."""
+    response = call("DeleteFaces", {"CollectionId": collection, "FaceIds": face_ids})
+    if as_json:
+        emit(response)
+        return
+    out.print(f"deleted {len(response['DeletedFaces'])} faces")
+    for failure in response["UnsuccessfulFaceDeletions"]:
+        out.print(f"not deleted {failure['FaceId']}: {', '.join(failure['Reasons'])}")
+
+
+# Users
+
+
+@users_app.command("create")
+def users_create(collection: CollectionOption, user_id: str) -> None:
+    """Create a user in a collection."""
+    call("CreateUser", {"CollectionId": collection, "UserId": user_id})
+    out.print(f"created user {user_id}")
+
+
+@users_app.command("delete")
+def users_delete(collection: CollectionOption, user_id: str) -> None:
+    """Delete a user (its faces stay, no longer associated)."""
+    call("DeleteUser", {"CollectionId": collection, "UserId": user_id})
+    out.print(f"deleted user {user_id}")
+
+
+@users_app.command("list")
+def users_list(collection: CollectionOption, as_json: JsonOption = False) -> None:
+    """List the users of a collection."""
+    users, token = [], None
+    while True:
+        page = call("ListUsers", {"CollectionId": collection, **({"NextToken": token} if token else {})})
+        users += page["Users"]
+        token = page.get("NextToken")
+        if not token:
+            break
+    if as_json:
+        emit({"Users": users})
+        return
+    for user in users:
+        out.print(f"{user['UserId']}  {user['UserStatus']}")
+
+
+@users_app.command("associate")
+def users_associate(
+    collection: CollectionOption, user_id: str, face_ids: list[str], as_json: JsonOption = False
+) -> None:
+    """Associate faces with a user."""
+    response = call("AssociateFaces", {"CollectionId": collection, "UserId": user_id, "FaceIds": face_ids})
+    if as_json:
+        emit(response)
+        return
+    out.print(f"associated {len(response['AssociatedFaces'])} faces with {user_id}")
+    for failure in response["UnsuccessfulFaceAssociations"]:
+        out.print(f"not associated {failure['FaceId']}: {', '.join(failure['Reasons'])}")
+
+
+@users_app.command("disassociate")
+def users_disassociate(
+    collection: CollectionOption, user_id: str, face_ids: list[str], as_json: JsonOption = False
+) -> None:
+    """Remove faces from a user."""
+    response = call("DisassociateFaces", {"CollectionId": collection, "UserId": user_id, "FaceIds": face_ids})
+    if as_json:
+        emit(response)
+        return
+    out.print(f"disassociated {len(response['DisassociatedFaces'])} faces from {user_id}")
+    for failure in response["UnsuccessfulFaceDisassociations"]:
+        out.print(f"not disassociated {failure['FaceId']}: {', '.join(failure['Reasons'])}")
+
+
+@users_app.command("search")
+def users_search(
+    collection: CollectionOption,
+    image_path: Annotated[
+        Path | None, typer.Option("--image", help="Search with the largest face of an image.")
+    ] = None,
+    user_id: Annotated[str | None, typer.Option("--user", help="Search with a user's faces.")] = None,
+    face_id: Annotated[str | None, typer.Option("--face", help="Search with an indexed face.")] = None,
+    threshold: Annotated[float, typer.Option(help="Minimum similarity 0–100.")] = 80.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Find the users that match an image, a user or a face."""
+    if sum(x is not None for x in (image_path, user_id, face_id)) != 1:
+        raise typer.BadParameter("give exactly one of --image, --user or --face")
+    params: dict = {"CollectionId": collection, "UserMatchThreshold": threshold}
+    if image_path is not None:
+        response = call("SearchUsersByImage", {**params, "Image": image(image_path)})
+    else:
+        response = call("SearchUsers", {**params, **({"UserId": user_id} if user_id else {"FaceId": face_id})})
+    if as_json:
+        emit(response)
+        return
+    for match in response["UserMatches"]:
+        out.print(f"{_percent(match['Similarity'])}  {match['User']['UserId']}")
+    out.print(f"{len(response['UserMatches'])} users at similarity ≥ {threshold}")
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning facegate errors into one line and a non-zero exit code."""
+    try:
+        app(standalone_mode=False)
+    except FacegateError as exc:
+        err.print(f"error: {exc.code}: {exc.message}", markup=False, highlight=False)
+        sys.exit(1)
+    except FileNotFoundError as exc:
+        err.print(f"error: file not found: {exc.filename}", markup=False, highlight=False)
+        sys.exit(1)
+    except IsADirectoryError as exc:
+        err.print(f"error: {exc.filename} is a directory, not an image file", markup=False, highlight=False)
+        sys.exit(1)
+    except PermissionError as exc:
+        err.print(f"error: permission denied: {exc.filename}", markup=False, highlight=False)
+        sys.exit(1)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,689 @@
+"""The Rekognition face operations and their semantics — the one place where the rules live.
+
+The CLI, the Python API and the HTTP API all call ``FaceService.call(owner, operation, params)``: params and
+results are the operation's request and response shapes (blobs as bytes). ``owner`` is the organisation on
+whose behalf the call runs; no operation ever reads or changes another owner's collections.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from facegate.engine import AnalysedImage, Face, FaceEngine
+from facegate.errors import (
+    ConflictException,
+    IdempotentParameterMismatchException,
+    InvalidPaginationTokenException,
+    InvalidParameterException,
+    InvalidS3ObjectException,
+    ResourceNotFoundException,
+    ServiceQuotaExceededException,
+)
+from facegate.quality import filter_reasons
+from facegate.store import Collection, Store, StoredFace
+from facegate.validation import validate_request
+
+DEFAULT_THRESHOLD = 80.0  # FaceMatchThreshold, SimilarityThreshold, UserMatchThreshold
+ASSOCIATE_THRESHOLD = 75.0  # AssociateFaces' UserMatchThreshold default
+DEFAULT_SEARCH_MAX = 100
+DEFAULT_PAGE = 1000
+DEFAULT_USER_PAGE = 100
+MAX_FACES_PER_USER = 100
+MAX_COMPARE_TARGETS = 100
+REGION = "us-east-1"
+
+Response = dict[str, Any]
+
+
+class FaceService:
+    """Rekognition's face operations over a face engine and a store."""
+
+    def __init__(self, store: Store, engine: FaceEngine, region: str = REGION) -> None:
+        self.store = store
+        self.engine = engine
+        self.region = region
+        self._operations: dict[str, Callable[[str, dict], Response]] = {
+            "CreateCollection": self.create_collection,
+            "DescribeCollection": self.describe_collection,
+            "ListCollections": self.list_collections,
+            "DeleteCollection": self.delete_collection,
+            "IndexFaces": self.index_faces,
+            "ListFaces": self.list_faces,
+            "DeleteFaces": self.delete_faces,
+            "SearchFaces": self.search_faces,
+            "SearchFacesByImage": self.search_faces_by_image,
+            "CompareFaces": self.compare_faces,
+            "DetectFaces": self.detect_faces,
+            "CreateUser": self.create_user,
+            "DeleteUser": self.delete_user,
+            "ListUsers": self.list_users,
+            "AssociateFaces": self.associate_faces,
+            "DisassociateFaces": self.disassociate_faces,
+            "SearchUsers": self.search_users,
+            "SearchUsersByImage": self.search_users_by_image,
+            "TagResource": self.tag_resource,
+            "UntagResource": self.untag_resource,
+            "ListTagsForResource": self.list_tags_for_resource,
+        }
+
+    @property
+    def operations(self) -> frozenset[str]:
+        return frozenset(self._operations)
+
+    def call(self, owner: str, operation: str, params: dict) -> Response:
+        """Validate ``params`` against Rekognition's model and run ``operation`` for ``owner``."""
+        handler = self._operations.get(operation)
+        if handler is None:
+            raise InvalidParameterException(f"Operation {operation} is not supported by facegate.")
+        return handler(owner, validate_request(operation, params))
+
+    # Collections
+
+    def create_collection(self, owner: str, p: dict) -> Response:
+        collection = self.store.create_collection(
+            owner, p["CollectionId"], self.engine.model_version, p.get("Tags", {})
+        )
+        return {
+            "StatusCode": 200,
+            "CollectionArn": self._arn(collection),
+            "FaceModelVersion": collection.model_version,
+        }
+
+    def describe_collection(self, owner: str, p: dict) -> Response:
+        collection = self._collection(owner, p["CollectionId"])
+        return {
+            "FaceCount": collection.face_count,
+            "UserCount": collection.user_count,
+            "FaceModelVersion": collection.model_version,
+            "CollectionARN": self._arn(collection),
+            "CreationTimestamp": collection.created_at,
+        }
+
+    def list_collections(self, owner: str, p: dict) -> Response:
+        limit = p.get("MaxResults") or DEFAULT_PAGE  # the model allows 0; Rekognition reads it as unset
+        after = _read_token(p.get("NextToken"), "ListCollections", owner)
+        page = self.store.list_collections(owner, after, limit + 1)
+        response: Response = {
+            "CollectionIds": [c.collection_id for c in page[:limit]],
+            "FaceModelVersions": [c.model_version for c in page[:limit]],
+        }
+        if len(page) > limit:
+            response["NextToken"] = _make_token(page[limit - 1].collection_id, "ListCollections", owner)
+        return response
+
+    def delete_collection(self, owner: str, p: dict) -> Response:
+        self.store.delete_collection(self._collection(owner, p["CollectionId"]))
+        return {"StatusCode": 200}
+
+    # Faces
+
+    def index(self, owner: str, params: dict) -> tuple[Response, bool]:
+        """IndexFaces, also telling whether the image was already indexed (nothing new stored)."""
+        return self._index(owner, validate_request("IndexFaces", params))
+
+    def index_faces(self, owner: str, p: dict) -> Response:
+        return self._index(owner, p)[0]
+
+    def _index(self, owner: str, p: dict) -> tuple[Response, bool]:
+        collection = self._collection(owner, p["CollectionId"])
+        self._check_model(collection)
+        data = _image_bytes(p["Image"])
+        external_id = p.get("ExternalImageId")
+        image_hash = hashlib.sha256(data).hexdigest()
+        response: Response = {"FaceModelVersion": collection.model_version}
+        already = self.store.faces_of_image(collection, image_hash, external_id)
+        if already:
+            return _repeat(response, already), True
+
+        analysed = self.engine.analyse_bytes(data)
+        max_faces = p.get("MaxFaces")
+        level = p.get("QualityFilter", "AUTO")
+        kept: list[Face] = []
+        unindexed = []
+        for face in analysed.faces:  # largest first
+            reasons = filter_reasons(face, level)
+            if not reasons and max_faces is not None and len(kept) >= max_faces:
+                reasons = ["EXCEEDS_MAX_FACES"]
+            if reasons:
+                unindexed.append({"Reasons": reasons, "FaceDetail": face_detail(face, analysed)})
+            else:
+                kept.append(face)
+
+        image_id = str(uuid.uuid4())
+        now = time.time()
+        new = [
+            StoredFace(
+                face_id=str(uuid.uuid4()),
+                image_id=image_id,
+                external_image_id=external_id,
+                box=_ratio_box(face, analysed),
+                confidence=face.confidence,
+                image_hash=image_hash,
+                model_version=collection.model_version,
+                indexed_at=now,
+                embedding=face.embedding,
+            )
+            for face in kept
+        ]
+        stored = self.store.add_faces(collection, new)
+        if stored and stored[0].face_id != (new[0].face_id if new else None):
+            # A concurrent IndexFaces of the same image won the race; report its faces, as a repeat would.
+            return _repeat(response, stored), True
+        response["FaceRecords"] = [
+            {"Face": _face_json(record), "FaceDetail": face_detail(face, analysed)}
+            for record, face in zip(new, kept, strict=True)
+        ]
+        response["UnindexedFaces"] = unindexed
+        return response, False
+
+    def list_faces(self, owner: str, p: dict) -> Response:
+        collection = self._collection(owner, p["CollectionId"])
+        limit = p.get("MaxResults") or DEFAULT_PAGE  # the model allows 0; Rekognition reads it as unset
+        scope = f"{owner}/{collection.collection_id}/{p.get('UserId')}/{','.join(p.get('FaceIds', []))}"
+        after = _read_token(p.get("NextToken"), "ListFaces", scope)
+        page = self.store.list_faces(collection, after, limit + 1, user_id=p.get("UserId"), face_ids=p.get("FaceIds"))
+        response: Response = {
+            "Faces": [_face_json(f) for f in page[:limit]],
+            "FaceModelVersion": collection.model_version,
+        }
+        if len(page) > limit:
+            response["NextToken"] = _make_token(page[limit - 1].face_id, "ListFaces", scope)
+        return response
+
+    def delete_faces(self, owner: str, p: dict) -> Response:
+        collection = self._collection(owner, p["CollectionId"])
+        requested = list(dict.fromkeys(p["FaceIds"]))
+        found = {f.face_id: f for f in self.store.get_faces(collection, requested)}
+        unsuccessful = []
+        deletable = []
+        for face_id in requested:
+            face = found.get(face_id)
+            if face is None:
+                unsuccessful.append({"FaceId": face_id, "Reasons": ["FACE_NOT_FOUND"]})
+            elif face.user_id is not None:
+                unsuccessful.append(
+                    {"FaceId": face_id, "UserId": face.user_id, "Reasons": ["ASSOCIATED_TO_AN_EXISTING_USER"]}
+                )
+            else:
+                deletable.append(face_id)
+        deleted = self.store.delete_faces(collection, deletable)
+        return {"DeletedFaces": deleted, "UnsuccessfulFaceDeletions": unsuccessful}
+
+    # Search and compare
+
+    def search_faces(self, owner: str, p: dict) -> Response:
+        collection = self._collection(owner, p["CollectionId"])
+        face_id = p["FaceId"]
+        probe = self.store.get_faces(collection, [face_id], with_embeddings=True)
+        if not probe:
+            raise ResourceNotFoundException(f"FaceId {face_id} was not found in collection {collection.collection_id}.")
+        matches = self._search(
+            collection,
+            probe[0].embedding,
+            p.get("FaceMatchThreshold", DEFAULT_THRESHOLD),
+            p.get("MaxFaces", DEFAULT_SEARCH_MAX),
+            exclude=face_id,
+        )
+        return {"SearchedFaceId": face_id, "FaceMatches": matches, "FaceModelVersion": collection.model_version}
+
+    def search_faces_by_image(self, owner: str, p: dict) -> Response:
+        collection = self._collection(owner, p["CollectionId"])
+        self._check_model(collection)
+        analysed = self.engine.analyse_bytes(_image_bytes(p["Image"]))
+        face = _largest_usable(analysed, p.get("QualityFilter", "NONE"))
+        matches = self._search(
+            collection,
+            face.embedding,
+            p.get("FaceMatchThreshold", DEFAULT_THRESHOLD),
+            p.get("MaxFaces", DEFAULT_SEARCH_MAX),
+        )
+        return {
+            "SearchedFaceBoundingBox": _bounding_box(face, analysed),
+            "SearchedFaceConfidence": face.confidence,
+            "FaceMatches": matches,
+            "FaceModelVersion": collection.model_version,
+        }
+
+    def compare_faces(self, owner: str, p: dict) -> Response:
+        level = p.get("QualityFilter", "NONE")
+        source = self.engine.analyse_bytes(_image_bytes(p["SourceImage"], "SourceImage"))
+        source_face = _largest_usable(source, level, "SourceImage")
+        target = self.engine.analyse_bytes(_image_bytes(p["TargetImage"], "TargetImage"), max_faces=MAX_COMPARE_TARGETS)
+        threshold = p.get("SimilarityThreshold", DEFAULT_THRESHOLD)
+        targets = [f for f in target.faces if not filter_reasons(f, level)]
+        matches, unmatched = [], []
+        if targets:
+            distances = np.linalg.norm(
+                np.stack([f.embedding for f in targets]) - source_face.embedding[None, :], axis=1
+            )
+            similarities = self.engine.similarity.similarity(distances)
+            for face, similarity in zip(targets, similarities, strict=True):
+                if similarity >= threshold:
+                    matches.append({"Similarity": float(similarity), "Face": compared_face(face, target)})
+                else:
+                    unmatched.append(compared_face(face, target))
+        matches.sort(key=lambda m: m["Similarity"], reverse=True)
+        return {
+            "SourceImageFace": {
+                "BoundingBox": _bounding_box(source_face, source),
+                "Confidence": source_face.confidence,
+            },
+            "FaceMatches": matches,
+            "UnmatchedFaces": unmatched,
+        }
+
+    def detect_faces(self, owner: str, p: dict) -> Response:
+        analysed = self.engine.analyse_bytes(_image_bytes(p["Image"]), embed=False)
+        return {"FaceDetails": [face_detail(face, analysed) for face in analysed.faces]}
+
+    def _search(
+        self, collection: Collection, probe: np.ndarray, threshold: float, limit: int, exclude: str | None = None
+    ) -> list[dict]:
+        gallery = self.store.gallery(collection)
+        if not gallery.face_ids:
+            return []
+        similarities = self._similarities(gallery.embeddings, probe)
+        order = np.argsort(-similarities, kind="stable")
+        hits = []
+        for i in order:
+            if similarities[i] < threshold or len(hits) >= limit:
+                break
+            if gallery.face_ids[i] != exclude:
+                hits.append(i)
+        faces = {f.face_id: f for f in self.store.get_faces(collection, [gallery.face_ids[i] for i in hits])}
+        return [
+            {"Similarity": float(similarities[i]), "Face": _face_json(faces[gallery.face_ids[i]])}
+            for i in hits
+            if gallery.face_ids[i] in faces  # deleted since the gallery was read
+        ]
+
+    def _similarities(self, embeddings: np.ndarray, probe: np.ndarray) -> np.ndarray:
+        """Similarity of every gallery row to the probe: one matrix product, exact."""
+        probe = np.asarray(probe, dtype=np.float32)
+        squared = np.einsum("ij,ij->i", embeddings, embeddings) - 2.0 * (embeddings @ probe) + float(probe @ probe)
+        return self.engine.similarity.similarity(np.sqrt(np.maximum(squared, 0.0)))
+
+    # Users
+
+    def create_user(self, owner: str, p: dict) -> Response:
+        collection = self._collection(owner, p["CollectionId"])
+        if self._replayed(collection, "CreateUser", p):
+            return {}
+        if self.store.get_user(collection, p["UserId"]) is not None:
+            raise ConflictException(f"User {p['UserId']} already exists in collection {collection.collection_id}.")
+        self.store.create_user(collection, p["UserId"])
+        self._remember(collection, "CreateUser", p)
+        return {}
+
+    def delete_user(self, owner: str, p: dict) -> Response:
+        collection = self._collection(owner, p["CollectionId"])
+        if self._replayed(collection, "DeleteUser", p):
+            return {}
+        self._user(collection, p["UserId"])
+        self.store.delete_user(collection, p["UserId"])
+        self._remember(collection, "DeleteUser", p)
+        return {}
+
+    def list_users(self, owner: str, p: dict) -> Response:
+        collection = self._collection(owner, p["CollectionId"])
+        limit = p.get("MaxResults") or DEFAULT_USER_PAGE
+        scope = f"{owner}/{collection.collection_id}"
+        after = _read_token(p.get("NextToken"), "ListUsers", scope)
+        page = self.store.list_users(collection, after, limit + 1)
+        response: Response = {"Users": [{"UserId": u.user_id, "UserStatus": u.status} for u in page[:limit]]}
+        if len(page) > limit:
+            response["NextToken"] = _make_token(page[limit - 1].user_id, "ListUsers", scope)
+        return response
+
+    def associate_faces(self, owner: str, p: dict) -> Response:
+        collection = self._collection(owner, p["CollectionId"])
+        self._replayed(collection, "AssociateFaces", p)  # a replay re-runs: association is idempotent
+        user_id = p["UserId"]
+        user = self._user(collection, user_id)
+        threshold = p.get("UserMatchThreshold", ASSOCIATE_THRESHOLD)
+        requested = list(dict.fromkeys(p["FaceIds"]))
+        found = {f.face_id: f for f in self.store.get_faces(collection, requested, with_embeddings=True)}
+        members = [
+            f.embedding
+            for f in self.store.get_faces(
+                collection,
+                [f.face_id for f in self.store.list_faces(collection, None, MAX_FACES_PER_USER, user_id=user_id)],
+                with_embeddings=True,
+            )
+        ]
+        count = user.face_count
+        associated, unsuccessful = [], []
+        for face_id in requested:
+            face = found.get(face_id)
+            if face is None:
+                unsuccessful.append({"FaceId": face_id, "Reasons": ["FACE_NOT_FOUND"]})
+                continue
+            if face.user_id == user_id:
+                associated.append(face_id)
+                continue
+            if face.user_id is not None:
+                unsuccessful.append(
+                    {"FaceId": face_id, "UserId": face.user_id, "Reasons": ["ASSOCIATED_TO_A_DIFFERENT_USER"]}
+                )
+                continue
+            if members:
+                confidence = float(np.max(self._similarities(np.stack(members), face.embedding)))
+                if confidence < threshold:
+                    unsuccessful.append(
+                        {
+                            "FaceId": face_id,
+                            "UserId": user_id,
+                            "Confidence": confidence,
+                            "Reasons": ["LOW_MATCH_CONFIDENCE"],
+                        }
+                    )
+                    continue
+            if count >= MAX_FACES_PER_USER:
+                raise ServiceQuotaExceededException(
+                    f"User {user_id} already has {MAX_FACES_PER_USER} faces, the most a user can have."
+                )
+            associated.append(face_id)
+            members.append(face.embedding)
+            count += 1
+        self.store.set_face_user(collection, [f for f in associated if found[f].user_id is None], user_id)
+        self._remember(collection, "AssociateFaces", p)
+        return {
+            "AssociatedFaces": [{"FaceId": f} for f in associated],
+            "UnsuccessfulFaceAssociations": unsuccessful,
+            "UserStatus": "ACTIVE",
+        }
+
+    def disassociate_faces(self, owner: str, p: dict) -> Response:
+        collection = self._collection(owner, p["CollectionId"])
+        self._replayed(collection, "DisassociateFaces", p)
+        user_id = p["UserId"]
+        self._user(collection, user_id)
+        requested = list(dict.fromkeys(p["FaceIds"]))
+        found = {f.face_id: f for f in self.store.get_faces(collection, requested)}
+        done, unsuccessful = [], []
+        for face_id in requested:
+            face = found.get(face_id)
+            if face is None:
+                unsuccessful.append({"FaceId": face_id, "Reasons": ["FACE_NOT_FOUND"]})
+            elif face.user_id not in (user_id, None):
+                unsuccessful.append(
+                    {"FaceId": face_id, "UserId": face.user_id, "Reasons": ["ASSOCIATED_TO_A_DIFFERENT_USER"]}
+                )
+            elif face.user_id is None:
+                unsuccessful.append({"FaceId": face_id, "Reasons": ["FACE_NOT_FOUND"]})
+            else:
+                done.append(face_id)
+        self.store.set_face_user(collection, done, None)
+        self._remember(collection, "DisassociateFaces", p)
+        return {
+            "DisassociatedFaces": [{"FaceId": f} for f in done],
+            "UnsuccessfulFaceDisassociations": unsuccessful,
+            "UserStatus": "ACTIVE",
+        }
+
+    def search_users(self, owner: str, p: dict) -> Response:
+        collection = self._collection(owner, p["CollectionId"])
+        if ("UserId" in p) == ("FaceId" in p):
+            raise InvalidParameterException("SearchUsers needs exactly one of UserId or FaceId.")
+        response: Response = {"FaceModelVersion": collection.model_version}
+        if "FaceId" in p:
+            probe = self.store.get_faces(collection, [p["FaceId"]], with_embeddings=True)
+            if not probe:
+                raise ResourceNotFoundException(
+                    f"FaceId {p['FaceId']} was not found in collection {collection.collection_id}."
+                )
+            probes = [probe[0].embedding]
+            response["SearchedFace"] = {"FaceId": p["FaceId"]}
+            exclude = probe[0].user_id
+        else:
+            self._user(collection, p["UserId"])
+            faces = self.store.list_faces(collection, None, MAX_FACES_PER_USER, user_id=p["UserId"])
+            probes = [
+                f.embedding for f in self.store.get_faces(collection, [f.face_id for f in faces], with_embeddings=True)
+            ]
+            response["SearchedUser"] = {"UserId": p["UserId"]}
+            exclude = p["UserId"]
+        response["UserMatches"] = self._search_users(
+            collection,
+            probes,
+            p.get("UserMatchThreshold", DEFAULT_THRESHOLD),
+            p.get("MaxUsers", DEFAULT_SEARCH_MAX),
+            exclude_user=exclude if "UserId" in p else None,
+        )
+        return response
+
+    def search_users_by_image(self, owner: str, p: dict) -> Response:
+        collection = self._collection(owner, p["CollectionId"])
+        self._check_model(collection)
+        analysed = self.engine.analyse_bytes(_image_bytes(p["Image"]))
+        face = _largest_usable(analysed, p.get("QualityFilter", "NONE"))
+        unsearched = [
+            {"FaceDetails": face_detail(other, analysed), "Reasons": ["FACE_NOT_LARGEST"]}
+            for other in analysed.faces
+            if other is not face
+        ]
+        return {
+            "UserMatches": self._search_users(
+                collection,
+                [face.embedding],
+                p.get("UserMatchThreshold", DEFAULT_THRESHOLD),
+                p.get("MaxUsers", DEFAULT_SEARCH_MAX),
+            ),
+            "FaceModelVersion": collection.model_version,
+            "SearchedFace": {"FaceDetail": face_detail(face, analysed)},
+            "UnsearchedFaces": unsearched,
+        }
+
+    def _search_users(
+        self,
+        collection: Collection,
+        probes: list[np.ndarray],
+        threshold: float,
+        limit: int,
+        exclude_user: str | None = None,
+    ) -> list[dict]:
+        """A user's similarity is the best similarity between any probe and any of the user's faces."""
+        gallery = self.store.gallery(collection)
+        best: dict[str, float] = {}
+        if gallery.face_ids and probes:
+            rows = [i for i, u in enumerate(gallery.user_ids) if u is not None and u != exclude_user]
+            if rows:
+                sub = gallery.embeddings[rows]
+                scores = np.max(np.stack([self._similarities(sub, probe) for probe in probes]), axis=0)
+                for row, score in zip(rows, scores, strict=True):
+                    user = gallery.user_ids[row]
+                    best[user] = max(best.get(user, 0.0), float(score))
+        ranked = sorted(((s, u) for u, s in best.items() if s >= threshold), reverse=True)[:limit]
+        return [{"Similarity": s, "User": {"UserId": u, "UserStatus": "ACTIVE"}} for s, u in ranked]
+
+    # Tags
+
+    def tag_resource(self, owner: str, p: dict) -> Response:
+        self.store.set_tags(self._collection_by_arn(owner, p["ResourceArn"]), p["Tags"])
+        return {}
+
+    def untag_resource(self, owner: str, p: dict) -> Response:
+        self.store.remove_tags(self._collection_by_arn(owner, p["ResourceArn"]), p["TagKeys"])
+        return {}
+
+    def list_tags_for_resource(self, owner: str, p: dict) -> Response:
+        return {"Tags": self.store.tags(self._collection_by_arn(owner, p["ResourceArn"]))}
+
+    # Helpers
+
+    def _collection(self, owner: str, collection_id: str) -> Collection:
+        collection = self.store.get_collection(owner, collection_id)
+        if collection is None:
+            # The same answer whether the id is free or another owner's: ids must not leak across owners.
+            raise ResourceNotFoundException(f"The collection id: {collection_id} does not exist")
+        return collection
+
+    def _collection_by_arn(self, owner: str, arn: str) -> Collection:
+        prefix = "aws:rekognition:"
+        parts = arn.removeprefix("arn:").removeprefix(prefix).split(":", 2)
+        if not arn.removeprefix("arn:").startswith(prefix) or len(parts) != 3 or not parts[2].startswith("collection/"):
+            raise InvalidParameterException(
+                f"ResourceArn {arn!r} is not a collection ARN (aws:rekognition:REGION:OWNER:collection/ID)."
+            )
+        if parts[1] != owner:
+            raise ResourceNotFoundException(f"The resource {arn} does not exist")
+        return self._collection(owner, parts[2].removeprefix("collection/"))
+
+    def _user(self, collection: Collection, user_id: str):
+        user = self.store.get_user(collection, user_id)
+        if user is None:
+            raise ResourceNotFoundException(f"User {user_id} does not exist in collection {collection.collection_id}.")
+        return user
+
+    def _check_model(self, collection: Collection) -> None:
+        if collection.model_version != self.engine.model_version:
+            raise InvalidParameterException(
+                f"Collection {collection.collection_id} holds faces of model {collection.model_version}; this "
+                f"server embeds with {self.engine.model_version}. Embeddings of different models cannot be mixed: "
+                "use a collection created for this model."
+            )
+
+    def _arn(self, collection: Collection) -> str:
+        return f"aws:rekognition:{self.region}:{collection.owner}:collection/{collection.collection_id}"
+
+    def _replayed(self, collection: Collection, operation: str, p: dict) -> bool:
+        """True when ``ClientRequestToken`` repeats an identical earlier request; a mismatch is an error."""
+        token = p.get("ClientRequestToken")
+        if token is None:
+            return False
+        seen = self.store.recall_request(collection, operation, token)
+        if seen is None:
+            return False
+        if seen != _fingerprint(p):
+            raise IdempotentParameterMismatchException(
+                f"ClientRequestToken {token} was already used for a different {operation} request."
+            )
+        return True
+
+    def _remember(self, collection: Collection, operation: str, p: dict) -> None:
+        if p.get("ClientRequestToken"):
+            self.store.remember_request(collection, operation, p["ClientRequestToken"], _fingerprint(p))
+
+
+# Wire shapes
+
+
+def _ratio_box(face: Face, image: AnalysedImage) -> tuple[float, float, float, float]:
+    return (
+        face.box.width / image.width,
+        face.box.height / image.height,
+        face.box.left / image.width,
+        face.box.top / image.height,
+    )
+
+
+def _bounding_box(face: Face, image: AnalysedImage) -> dict[str, float]:
+    width, height, left, top = _ratio_box(face, image)
+    return {"Width": width, "Height": height, "Left": left, "Top": top}
+
+
+def compared_face(face: Face, image: AnalysedImage) -> Response:
+    """Rekognition's ComparedFace: geometry, confidence, landmarks, pose, quality."""
+    return {
+        "BoundingBox": _bounding_box(face, image),
+        "Confidence": face.confidence,
+        "Landmarks": [
+            {"Type": name, "X": x / image.width, "Y": y / image.height} for name, (x, y) in face.landmarks.items()
+        ],
+        "Pose": {"Roll": face.pose.roll, "Yaw": face.pose.yaw, "Pitch": face.pose.pitch},
+        "Quality": {"Brightness": face.quality.brightness, "Sharpness": face.quality.sharpness},
+    }
+
+
+def face_detail(face: Face, image: AnalysedImage) -> Response:
+    """Rekognition's FaceDetail with the DEFAULT attributes. Age, gender and emotion are never estimated."""
+    return compared_face(face, image)
+
+
+def _face_json(face: StoredFace) -> Response:
+    width, height, left, top = face.box
+    out: Response = {
+        "FaceId": face.face_id,
+        "BoundingBox": {"Width": width, "Height": height, "Left": left, "Top": top},
+        "ImageId": face.image_id,
+        "Confidence": face.confidence,
+        "IndexFacesModelVersion": face.model_version,
+    }
+    if face.external_image_id is not None:
+        out["ExternalImageId"] = face.external_image_id
+    if face.user_id is not None:
+        out["UserId"] = face.user_id
+    return out
+
+
+def _repeat(response: Response, faces: list[StoredFace]) -> Response:
+    """IndexFaces' answer for an image already indexed with the same ExternalImageId: its stored faces."""
+    records = []
+    for face in faces:
+        stored = _face_json(face)
+        records.append(
+            {"Face": stored, "FaceDetail": {"BoundingBox": stored["BoundingBox"], "Confidence": face.confidence}}
+        )
+    return {**response, "FaceRecords": records, "UnindexedFaces": []}
+
+
+def _largest_usable(analysed: AnalysedImage, level: str, member: str = "Image") -> Face:
+    if not analysed.faces:
+        raise InvalidParameterException(f"There are no faces in the {member}: nothing to search with.")
+    largest = analysed.faces[0]
+    reasons = filter_reasons(largest, level)
+    if reasons:
+        raise InvalidParameterException(
+            f"The largest face in the {member} does not pass QualityFilter {level}: {', '.join(reasons)}."
+        )
+    return largest
+
+
+def _image_bytes(image: dict, member: str = "Image") -> bytes:
+    if "S3Object" in image:
+        raise InvalidS3ObjectException(
+            f"{member}.S3Object is not supported by facegate: send the image as {member}.Bytes."
+        )
+    if "Bytes" not in image:
+        raise InvalidParameterException(f"{member} needs Bytes: the image's bytes (base64 on the wire).")
+    return image["Bytes"]
+
+
+# Pagination tokens: opaque to clients, bound to the listing they continue.
+
+
+def _make_token(last_key: str, operation: str, scope: str) -> str:
+    body = json.dumps({"k": last_key, "o": operation, "s": _scope_hash(scope)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(body.encode()).decode()
+
+
+def _read_token(token: str | None, operation: str, scope: str) -> str | None:
+    if token is None:
+        return None
+    try:
+        body = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if body["o"] != operation or body["s"] != _scope_hash(scope) or not isinstance(body["k"], str):
+            raise ValueError
+        return body["k"]
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise InvalidPaginationTokenException(
+            f"NextToken is not a token returned by a previous {operation} call with the same parameters."
+        ) from None
+
+
+def _scope_hash(scope: str) -> str:
+    return hashlib.sha256(scope.encode()).hexdigest()[:16]
+
+
+def _fingerprint(p: dict) -> str:
+    body = {k: v for k, v in p.items() if k != "ClientRequestToken"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
