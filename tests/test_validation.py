@@ -51,9 +51,7 @@ def test_operation_names_cover_the_face_api() -> None:
 
 
 def test_unknown_operation() -> None:
-    with pytest.raises(
-        ValidationException, match="^Operation Frobnicate is not part of the Rekognition API$"
-    ):
+    with pytest.raises(ValidationException, match="^Operation Frobnicate is not part of the Rekognition API$"):
         validate_request("Frobnicate", {})
 
 
@@ -111,9 +109,7 @@ def test_index_faces_base64_string_becomes_bytes() -> None:
     assert result["Image"]["Bytes"] == PNG_ISH
     assert isinstance(result["Image"]["Bytes"], bytes)
     assert params["Image"]["Bytes"] == b64(PNG_ISH)  # the caller's dict is left alone
-    assert {k: v for k, v in result.items() if k != "Image"} == {
-        k: v for k, v in params.items() if k != "Image"
-    }
+    assert {k: v for k, v in result.items() if k != "Image"} == {k: v for k, v in params.items() if k != "Image"}
 
 
 def test_index_faces_raw_bytes_accepted() -> None:
@@ -165,8 +161,7 @@ def test_too_long_and_value_truncated() -> None:
 
 def test_empty_string_breaks_length_and_pattern() -> None:
     assert violations(error_of("CreateCollection", {"CollectionId": ""})) == [
-        "Value '' at 'collectionId' failed to satisfy constraint: "
-        "Member must have length greater than or equal to 1",
+        "Value '' at 'collectionId' failed to satisfy constraint: Member must have length greater than or equal to 1",
         "Value '' at 'collectionId' failed to satisfy constraint: "
         "Member must satisfy regular expression pattern: [a-zA-Z0-9_.\\-]+",
     ]
@@ -182,8 +177,7 @@ def test_empty_string_breaks_length_and_pattern() -> None:
 def test_max_faces_out_of_range(max_faces: int, constraint: str) -> None:
     params = {"CollectionId": "c1", "Image": {"Bytes": PNG_ISH}, "MaxFaces": max_faces}
     assert error_of("SearchFacesByImage", params) == (
-        f"1 validation error detected: Value '{max_faces}' at 'maxFaces' failed to satisfy constraint: "
-        + constraint
+        f"1 validation error detected: Value '{max_faces}' at 'maxFaces' failed to satisfy constraint: " + constraint
     )
 
 
@@ -205,8 +199,7 @@ def test_enum_violation() -> None:
 
 def test_missing_required() -> None:
     assert error_of("IndexFaces", {"CollectionId": "c1"}) == (
-        "1 validation error detected: "
-        "Value null at 'image' failed to satisfy constraint: Member must not be null"
+        "1 validation error detected: Value null at 'image' failed to satisfy constraint: Member must not be null"
     )
     assert violations(error_of("IndexFaces", {"Image": None})) == [
         "Value null at 'collectionId' failed to satisfy constraint: Member must not be null",
@@ -227,8 +220,7 @@ def test_member_names_are_case_sensitive() -> None:
     message = error_of("ListFaces", {"collectionId": "c1"})
     assert violations(message) == [
         "Value null at 'collectionId' failed to satisfy constraint: Member must not be null",
-        "Unexpected member 'collectionId': accepted members are CollectionId, NextToken, MaxResults, "
-        "UserId, FaceIds",
+        "Unexpected member 'collectionId': accepted members are CollectionId, NextToken, MaxResults, UserId, FaceIds",
     ]
 
 
@@ -269,12 +261,9 @@ def test_list_for_structure() -> None:
 def test_other_wrong_types() -> None:
     parts = violations(error_of("ListFaces", {"CollectionId": 7, "FaceIds": FACE_A, "NextToken": {"a": 1}}))
     assert parts == [
-        "Value '7' at 'collectionId' failed to satisfy constraint: Member must be of type string "
-        "(received integer)",
-        "Value '{a=1}' at 'nextToken' failed to satisfy constraint: Member must be of type string "
-        "(received object)",
-        f"Value '{FACE_A}' at 'faceIds' failed to satisfy constraint: Member must be of type array "
-        "(received string)",
+        "Value '7' at 'collectionId' failed to satisfy constraint: Member must be of type string (received integer)",
+        "Value '{a=1}' at 'nextToken' failed to satisfy constraint: Member must be of type string (received object)",
+        f"Value '{FACE_A}' at 'faceIds' failed to satisfy constraint: Member must be of type array (received string)",
     ]
 
 
@@ -329,9 +318,7 @@ def test_five_megabyte_image_is_fast() -> None:
 @pytest.mark.parametrize("as_text", [True, False])
 def test_blob_over_max_is_refused_without_echo(as_text: bool) -> None:
     image = b"\xff" * (5 * 1024 * 1024 + 1)
-    message = error_of(
-        "IndexFaces", {"CollectionId": "c1", "Image": {"Bytes": b64(image) if as_text else image}}
-    )
+    message = error_of("IndexFaces", {"CollectionId": "c1", "Image": {"Bytes": b64(image) if as_text else image}})
     assert message == (
         "1 validation error detected: Value at 'image.bytes' failed to satisfy constraint: "
         "Member must have length less than or equal to 5242880"
@@ -368,13 +355,10 @@ def test_list_item_path_is_one_based() -> None:
 
 def test_list_length_and_null_item() -> None:
     assert violations(error_of("DeleteFaces", {"CollectionId": "c1", "FaceIds": []})) == [
-        "Value '[]' at 'faceIds' failed to satisfy constraint: "
-        "Member must have length greater than or equal to 1"
+        "Value '[]' at 'faceIds' failed to satisfy constraint: Member must have length greater than or equal to 1"
     ]
     message = error_of("DeleteFaces", {"CollectionId": "c1", "FaceIds": [FACE_A, None]})
-    assert violations(message) == [
-        "Value null at 'faceIds.2' failed to satisfy constraint: Member must not be null"
-    ]
+    assert violations(message) == ["Value null at 'faceIds.2' failed to satisfy constraint: Member must not be null"]
 
 
 def test_map_key_and_value_constraints_fold_into_the_map() -> None:
