@@ -487,6 +487,81 @@ def users_search(
     out.print(f"{len(response['UserMatches'])} users at similarity ≥ {threshold}")
 
 
+# Keys and the HTTP service
+
+keys_app = typer.Typer(no_args_is_help=True, help="Access keys for the Rekognition API.")
+app.add_typer(keys_app, name="keys")
+
+
+def _key_ring():
+    from facegate.keys import KeyRing
+
+    return KeyRing(state.service.store, data_dir(state.data))
+
+
+@keys_app.command("create")
+def keys_create(
+    org: Annotated[str, typer.Option(help="Organisation the key acts for.")] = DEFAULT_OWNER,
+    as_json: JsonOption = False,
+) -> None:
+    """Issue an access key pair; the secret is shown now and never again."""
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", org):
+        raise typer.BadParameter("an organisation name is 1–64 letters, digits, '_', '.' or '-'", param_hint="--org")
+    issued = _key_ring().issue(org)
+    if as_json:
+        print(json.dumps(issued.to_json()))
+        return
+    out.print(
+        f"AccessKeyId:     {issued.access_key_id}\nSecretAccessKey: {issued.secret_access_key}\norganisation:    {org}"
+    )
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    workers: Annotated[int | None, typer.Option(help="Face worker processes (default: one per core).")] = None,
+    queue: Annotated[
+        int | None, typer.Option(help="Requests allowed to wait for a worker (default 4 per worker).")
+    ] = None,
+) -> None:
+    """Serve the Rekognition-compatible API (AWS JSON 1.1 + SigV4) on HOST:PORT."""
+    import uvicorn
+
+    from facegate.server.app import create_app
+
+    home = data_dir(state.data)
+    ring = _key_ring()
+    if not ring.has_keys("client"):
+        _print_first_start(ring.issue("admin", role="admin"), ring.issue(DEFAULT_OWNER), host, port)
+    application = create_app(home, detector=state.detector, workers=workers, queue=queue)
+    err.print(f"facegate serving {home.resolve()} on http://{host}:{port}  (health: /healthz, metrics: /metrics)")
+    uvicorn.run(application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
+
+
+def _print_first_start(admin, client, host: str, port: int) -> None:
+    """Shown once, on first start: the secrets are not stored in clear and cannot be shown again."""
+    endpoint = f"http://{host}:{port}"
+    print(
+        "First start: credentials created. They are shown this once; keep them.\n"
+        f"  administrator   AccessKeyId {admin.access_key_id}  SecretAccessKey {admin.secret_access_key}\n"
+        f"  organisation '{client.owner}'  AccessKeyId {client.access_key_id}  "
+        f"SecretAccessKey {client.secret_access_key}\n\n"
+        "Call it with boto3:\n"
+        f"  client = boto3.client('rekognition', endpoint_url='{endpoint}', region_name='us-east-1',\n"
+        f"                        aws_access_key_id='{client.access_key_id}',\n"
+        f"                        aws_secret_access_key='{client.secret_access_key}')\n"
+        "  client.create_collection(CollectionId='family')\n\n"
+        "or the AWS CLI:\n"
+        f"  export AWS_ACCESS_KEY_ID={client.access_key_id} AWS_SECRET_ACCESS_KEY={client.secret_access_key} "
+        "AWS_DEFAULT_REGION=us-east-1\n"
+        f"  aws rekognition create-collection --collection-id family --endpoint-url {endpoint}\n"
+        f"  aws rekognition index-faces --collection-id family --image Bytes=fileb://photo.jpg "
+        f"--endpoint-url {endpoint}\n",
+        flush=True,
+    )
+
+
 def main() -> None:
     """Entry point: run the CLI, turning facegate errors into one line and a non-zero exit code."""
     try:

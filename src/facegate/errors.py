@@ -49,3 +49,11 @@ class ThrottlingException(FacegateError):
 class InternalServerError(FacegateError):
     code = "InternalServerError"
     status = 500
+
+
+# Authentication and protocol errors, named and coded as AWS's front end answers them.
+UnrecognizedClientException = _client_error("UnrecognizedClientException")
+InvalidSignatureException = _client_error("InvalidSignatureException")
+IncompleteSignatureException = _client_error("IncompleteSignatureException")
+UnknownOperationException = _client_error("UnknownOperationException")
+SerializationException = _client_error("SerializationException")

@@ -27,7 +27,7 @@ import sys
 import unicodedata
 from typing import Any
 
-from facegate.errors import ValidationException
+from facegate.errors import ImageTooLargeException, ValidationException
 
 _SHOW_LIMIT = 64  # characters of a value echoed back in a message
 _MAX_REPORTED = 100  # violations spelled out in one message; the count still covers all of them
@@ -274,8 +274,7 @@ class _Checker:
             # A valid encoding of more than ``max`` bytes needs at least this many characters: say so
             # without decoding (or judging the encoding of) megabytes that would be refused anyway.
             if "max" in shape and len(value) // 4 * 3 - 2 > shape["max"]:
-                self.violation(path, _HIDDEN, f"Member must have length less than or equal to {shape['max']}")
-                return value
+                _image_too_large(path, len(value) // 4 * 3 - 2, shape["max"], at_least=True)
             try:
                 data = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):  # ValueError: non-ASCII characters
@@ -284,9 +283,18 @@ class _Checker:
         else:
             self.wrong_type(path, value, shape, hidden=True)
             return value
-        for problem in _length_problems(shape, len(data)):
+        if "max" in shape and len(data) > shape["max"]:
+            _image_too_large(path, len(data), shape["max"])
+        for problem in _length_problems({k: v for k, v in shape.items() if k != "max"}, len(data)):
             self.violation(path, _HIDDEN, problem)
         return data
+
+
+def _image_too_large(path: str, size: int, limit: int, at_least: bool = False) -> None:
+    # Rekognition answers an over-limit image with ImageTooLargeException, not a generic validation error.
+    raise ImageTooLargeException(
+        f"The image at '{path}' is {'at least ' if at_least else ''}{size:,} bytes; the limit is {limit:,} bytes."
+    )
 
 
 # -- constraints ---------------------------------------------------------------------------------------

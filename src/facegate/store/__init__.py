@@ -52,6 +52,18 @@ class Gallery:
     embeddings: np.ndarray
 
 
+@dataclass(frozen=True)
+class AccessKey:
+    """An access key pair; the secret is sealed (encrypted) by the key ring before it reaches the store."""
+
+    access_key_id: str
+    owner: str
+    role: str  # "client" (Rekognition API) or "admin"
+    sealed_secret: bytes
+    created_at: float
+    revoked_at: float | None = None
+
+
 class Store(Protocol):
     def create_collection(
         self, owner: str, collection_id: str, model_version: str, tags: dict[str, str]
@@ -91,5 +103,9 @@ class Store(Protocol):
 
     def recall_request(self, collection: Collection, operation: str, token: str) -> str | None: ...
     def remember_request(self, collection: Collection, operation: str, token: str, fingerprint: str) -> None: ...
+
+    def add_key(self, key: AccessKey) -> None: ...
+    def get_key(self, access_key_id: str) -> AccessKey | None: ...
+    def count_keys(self, role: str) -> int: ...
 
     def close(self) -> None: ...

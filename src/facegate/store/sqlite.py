@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from facegate.errors import ResourceAlreadyExistsException
-from facegate.store import Collection, Gallery, StoredFace, StoredUser
+from facegate.store import AccessKey, Collection, Gallery, StoredFace, StoredUser
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
@@ -69,6 +69,17 @@ MIGRATIONS: list[str] = [
         created_at REAL NOT NULL,
         PRIMARY KEY (collection_pk, operation, token)
     );
+    """,
+    """
+    CREATE TABLE access_keys (
+        access_key_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        role TEXT NOT NULL,
+        sealed_secret BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        revoked_at REAL
+    );
+    CREATE INDEX access_keys_by_owner ON access_keys (owner);
     """,
 ]
 
@@ -389,6 +400,26 @@ class SqliteStore:
                 "VALUES (?, ?, ?, ?, ?)",
                 (collection.pk, operation, token, fingerprint, time.time()),
             )
+
+    # Access keys (secrets arrive sealed: the store never sees them in clear)
+
+    def add_key(self, key: AccessKey) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO access_keys (access_key_id, owner, role, sealed_secret, created_at) VALUES (?, ?, ?, ?, ?)",
+                (key.access_key_id, key.owner, key.role, key.sealed_secret, key.created_at),
+            )
+
+    def get_key(self, access_key_id: str) -> AccessKey | None:
+        row = self._db.execute(
+            "SELECT access_key_id, owner, role, sealed_secret, created_at, revoked_at FROM access_keys "
+            "WHERE access_key_id = ?",
+            (access_key_id,),
+        ).fetchone()
+        return AccessKey(*row) if row else None
+
+    def count_keys(self, role: str) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM access_keys WHERE role = ?", (role,)).fetchone()[0]
 
     def close(self) -> None:
         for conn in self._connections:

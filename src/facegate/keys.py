@@ -1,0 +1,91 @@
+"""Access keys facegate issues: AWS-style key pairs whose secrets are sealed at rest under a server key file.
+
+SigV4 is an HMAC, so the server must recover each secret to verify a signature: secrets are stored encrypted
+(Fernet: AES-128-CBC + HMAC-SHA256) under ``server.key`` in the data directory, created with mode 0600.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import string
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.fernet import Fernet, InvalidToken
+
+from facegate.store import AccessKey, Store
+
+KEY_FILE = "server.key"
+_ID_ALPHABET = string.ascii_uppercase + string.digits
+_SECRET_ALPHABET = string.ascii_letters + string.digits + "/+"  # as AWS secrets
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A key pair as shown to its holder, once."""
+
+    access_key_id: str
+    secret_access_key: str
+    owner: str
+    role: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"AccessKeyId": self.access_key_id, "SecretAccessKey": self.secret_access_key}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a verified request acts for."""
+
+    access_key_id: str
+    owner: str
+    role: str
+
+
+class KeyRing:
+    def __init__(self, store: Store, data_dir: Path) -> None:
+        self.store = store
+        self._fernet = Fernet(_server_key(Path(data_dir) / KEY_FILE))
+
+    def issue(self, owner: str, role: str = "client") -> IssuedKey:
+        """Create a key pair for ``owner``; the secret is returned here and never again."""
+        prefix = "AKIA" if role == "client" else "FGAD"
+        key_id = prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(16))
+        secret = "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(40))
+        self.store.add_key(AccessKey(key_id, owner, role, self._fernet.encrypt(secret.encode()), time.time()))
+        return IssuedKey(key_id, secret, owner, role)
+
+    def secret_for(self, access_key_id: str) -> tuple[Principal, str] | None:
+        """The principal and clear secret of an active key, or None for an unknown or revoked key."""
+        key = self.store.get_key(access_key_id)
+        if key is None or key.revoked_at is not None:
+            return None
+        try:
+            secret = self._fernet.decrypt(key.sealed_secret).decode()
+        except InvalidToken:  # sealed under another server key: unusable, as if unknown
+            return None
+        return Principal(key.access_key_id, key.owner, key.role), secret
+
+    def has_keys(self, role: str) -> bool:
+        return self.store.count_keys(role) > 0
+
+
+def _server_key(path: Path) -> bytes:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(Fernet.generate_key())
+            fh.flush()
+            os.fsync(fh.fileno())
+        # link() is atomic and fails if the key exists: of two processes starting at once, one key wins.
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_bytes().strip()

@@ -1,0 +1,177 @@
+"""The HTTP service: Rekognition's AWS JSON 1.1 protocol on POST /, SigV4, /healthz and /metrics.
+
+One straight path per request: read the body (capped) → verify the SigV4 signature → resolve the operation →
+parse JSON → run the service operation for the key's organisation → JSON response or AWS error.
+The wire layer knows nothing of SQL: it reaches the store only through the service and the key ring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from facegate.errors import (
+    AccessDeniedException,
+    FacegateError,
+    InternalServerError,
+    SerializationException,
+    UnknownOperationException,
+    ValidationException,
+)
+from facegate.keys import KeyRing
+from facegate.server import sigv4
+from facegate.server.workers import OperationRunner
+
+log = logging.getLogger("facegate.server")
+
+AMZ_JSON = "application/x-amz-json-1.1"
+TARGET_PREFIX = "RekognitionService."
+# Two 5 MB images (CompareFaces) are ~14 MB once base64-encoded: nothing legitimate is larger.
+MAX_BODY = 16 * 1024 * 1024
+
+
+class PayloadTooLarge(ValidationException):
+    status = 413
+
+
+class Metrics:
+    def __init__(self, runner: OperationRunner) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "facegate_requests", "Rekognition API requests", ["operation", "code"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "facegate_request_seconds",
+            "Rekognition API request latency",
+            ["operation"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.errors = Counter("facegate_errors", "Errors by code", ["code"], registry=self.registry)
+        Gauge("facegate_queue_depth", "Requests waiting for a worker", registry=self.registry).set_function(
+            lambda: runner.queue_depth
+        )
+        Gauge("facegate_in_flight", "Requests being processed", registry=self.registry).set_function(
+            lambda: runner.in_flight
+        )
+
+
+def create_app(
+    data_dir: Path, *, detector: str = "hog", workers: int | None = None, queue: int | None = None
+) -> Starlette:
+    from facegate.api import build_service
+
+    service = build_service(Path(data_dir), detector=detector)
+    keys = KeyRing(service.store, Path(data_dir))
+    workers = workers or os.cpu_count() or 1
+    runner = OperationRunner(service, Path(data_dir), detector, workers, queue if queue is not None else 4 * workers)
+    metrics = Metrics(runner)
+
+    async def rekognition(request: Request) -> Response:
+        started = time.perf_counter()
+        operation = "unknown"
+        request_id = str(uuid.uuid4())
+        try:
+            body = await _read_body(request)
+            principal = sigv4.verify(keys, request.method, request.url.path, request.url.query, request.headers, body)
+            if principal.role != "client":
+                raise AccessDeniedException("Administrator keys are for the admin API, not the Rekognition API.")
+            target = request.headers.get("x-amz-target", "")
+            name = target.removeprefix(TARGET_PREFIX)
+            if not target.startswith(TARGET_PREFIX) or name not in service.operations:
+                raise UnknownOperationException(f"Operation {target[:100]!r} is not supported by facegate.")
+            operation = name
+            params = _parse_json(body)
+            result = await runner.call(principal.owner, operation, params)
+            code, response = "OK", JSONResponse(result, media_type=AMZ_JSON)
+        except FacegateError as exc:
+            code, response = exc.code, _error_response(exc)
+        except Exception:
+            log.exception("%s failed", operation)
+            exc = InternalServerError("facegate failed to process the request; it has been logged.")
+            code, response = exc.code, _error_response(exc)
+        response.headers["x-amzn-RequestId"] = request_id
+        metrics.requests.labels(operation, code).inc()
+        metrics.latency.labels(operation).observe(time.perf_counter() - started)
+        if code != "OK":
+            metrics.errors.labels(code).inc()
+        return response
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "workers": runner.workers, "in_flight": runner.in_flight})
+
+    async def prometheus(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def not_found(request: Request) -> Response:
+        return _error_response(UnknownOperationException(f"No such endpoint: {request.method} {request.url.path}"), 404)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        runner.warm_up()
+        try:
+            yield
+        finally:
+            runner.close()
+            service.store.close()
+
+    app = Starlette(
+        routes=[
+            Route("/", rekognition, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", prometheus, methods=["GET"]),
+            Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.keys = keys
+    app.state.runner = runner
+    return app
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise SerializationException(f"Content-Length {declared[:20]!r} is not a number.")
+        if int(declared) > MAX_BODY:
+            raise PayloadTooLarge(f"The request body is {int(declared):,} bytes; at most {MAX_BODY:,} are accepted.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise PayloadTooLarge(f"The request body exceeds {MAX_BODY:,} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_json(body: bytes) -> dict:
+    if not body.strip():
+        return {}
+    try:
+        params = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise SerializationException(f"The request body is not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(params, dict):
+        raise SerializationException(f"The request body must be a JSON object, not {type(params).__name__}.")
+    return params
+
+
+def _error_response(error: FacegateError, status: int | None = None) -> JSONResponse:
+    return JSONResponse(
+        error.to_wire(),
+        status_code=status or error.status,
+        media_type=AMZ_JSON,
+        headers={"x-amzn-ErrorType": error.code},
+    )
