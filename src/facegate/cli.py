@@ -556,7 +556,7 @@ def _print_first_start(admin, client, host: str, port: int) -> None:
         f"  export AWS_ACCESS_KEY_ID={client.access_key_id} AWS_SECRET_ACCESS_KEY={client.secret_access_key} "
         "AWS_DEFAULT_REGION=us-east-1\n"
         f"  aws rekognition create-collection --collection-id family --endpoint-url {endpoint}\n"
-        f"  aws rekognition index-faces --collection-id family --image Bytes=fileb://photo.jpg "
+        f"  aws rekognition index-faces --collection-id family --image-bytes fileb://photo.jpg "
         f"--endpoint-url {endpoint}\n",
         flush=True,
     )
