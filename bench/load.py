@@ -1,0 +1,284 @@
+"""Bounded load test of the HTTP service on loopback: concurrent boto3 clients doing SearchFacesByImage.
+
+Starts `facegate serve` on a free 127.0.0.1 port with a fresh data directory, indexes a gallery of real LFW
+faces through the API, then, for each concurrency level, runs that many boto3 clients (SDK retries off, so
+overload is visible) doing SearchFacesByImage with real probe photos for a fixed time, while one more client
+keeps indexing new photos. Afterwards it checks that every face whose IndexFaces was acknowledged is in the
+collection. The peer row is face_recognition in-process (no HTTP, one core): encode the probe, then a numpy
+distance scan over the same gallery — what a script would do without a service.
+
+    python bench/load.py [--gallery 2000] [--seconds 15] [--levels 1,2,4,8,16] [--json]
+
+Every request loop is bounded in count and time and only talks to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import boto3
+import numpy as np
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import datasets  # noqa: E402
+
+MAX_REQUESTS_PER_LEVEL = 20_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(home: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "FACEGATE_HOME": str(home)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "facegate", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import httpx
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    sys.exit("the server did not start")
+
+
+def make_client(endpoint: str, key: dict, retries: int = 1):
+    return boto3.client(
+        "rekognition",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=key["AccessKeyId"],
+        aws_secret_access_key=key["SecretAccessKey"],
+        config=Config(retries={"max_attempts": retries, "mode": "standard"}, max_pool_connections=64),
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1000 if values else float("nan")
+
+
+def run_level(endpoint, key, probes, writer_photos, concurrency, seconds) -> dict:
+    clients = [make_client(endpoint, key) for _ in range(concurrency)]
+    stop = time.time() + seconds
+    latencies: list[float] = []
+    outcomes: dict[str, int] = {}
+    lock = threading.Lock()
+    counter = iter(range(MAX_REQUESTS_PER_LEVEL))
+
+    def searcher(i: int) -> None:
+        rek = clients[i]
+        while time.time() < stop:
+            n = next(counter, None)
+            if n is None:
+                return
+            began = time.perf_counter()
+            try:
+                rek.search_faces_by_image(CollectionId="load", Image={"Bytes": probes[n % len(probes)]}, MaxFaces=5)
+                code = "OK"
+            except ClientError as exc:
+                code = exc.response["Error"]["Code"]
+            except Exception as exc:  # connection errors would be a finding, not a crash of the bench
+                code = type(exc).__name__
+            elapsed = time.perf_counter() - began
+            with lock:
+                outcomes[code] = outcomes.get(code, 0) + 1
+                if code == "OK":
+                    latencies.append(elapsed)
+
+    acknowledged: list[str] = []
+    write_errors: dict[str, int] = {}
+
+    def writer() -> None:
+        rek = make_client(endpoint, key, retries=5)
+        for path in writer_photos:
+            if time.time() >= stop:
+                return
+            try:
+                response = rek.index_faces(
+                    CollectionId="load", Image={"Bytes": path.read_bytes()}, ExternalImageId=path.name
+                )
+                acknowledged.extend(r["Face"]["FaceId"] for r in response["FaceRecords"])
+            except ClientError as exc:
+                code = exc.response["Error"]["Code"]
+                write_errors[code] = write_errors.get(code, 0) + 1
+
+    began = time.time()
+    with ThreadPoolExecutor(concurrency + 1) as pool:
+        futures = [pool.submit(searcher, i) for i in range(concurrency)] + [pool.submit(writer)]
+        for future in futures:
+            future.result()
+    wall = time.time() - began
+    ok = outcomes.get("OK", 0)
+    return {
+        "concurrency": concurrency,
+        "requests": sum(outcomes.values()),
+        "ok": ok,
+        "throughput_rps": ok / wall,
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "p99_ms": percentile(latencies, 99),
+        "throttled": outcomes.get("ThrottlingException", 0),
+        "other_errors": {k: v for k, v in outcomes.items() if k not in ("OK", "ThrottlingException")},
+        "index_writes_acknowledged": len(acknowledged),
+        "index_write_errors": write_errors,
+        "acknowledged_face_ids": acknowledged,
+    }
+
+
+def peer_face_recognition(gallery_paths, probes, seconds) -> dict | None:
+    try:
+        import face_recognition
+    except ImportError:
+        return None
+    emb, _ = datasets.embed_paths(gallery_paths, fallback_whole=False, label="load-gallery")
+    gallery = emb[~np.isnan(emb).any(axis=1)]
+    import io
+
+    from PIL import Image
+
+    latencies = []
+    stop = time.time() + seconds
+    i = 0
+    while time.time() < stop and i < MAX_REQUESTS_PER_LEVEL:
+        began = time.perf_counter()
+        image = np.asarray(Image.open(io.BytesIO(probes[i % len(probes)])).convert("RGB"))
+        locations = face_recognition.face_locations(image, number_of_times_to_upsample=1)
+        if locations:
+            largest = max(locations, key=lambda b: (b[2] - b[0]) * (b[1] - b[3]))
+            vector = face_recognition.face_encodings(image, [largest])[0]
+            distances = np.linalg.norm(gallery - vector, axis=1)
+            np.argsort(distances)[:5]
+        latencies.append(time.perf_counter() - began)
+        i += 1
+    return {
+        "throughput_rps": len(latencies) / sum(latencies),
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "p99_ms": percentile(latencies, 99),
+        "requests": len(latencies),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gallery", type=int, default=2000, help="LFW photos to index before the load")
+    parser.add_argument("--seconds", type=float, default=15.0, help="duration of each concurrency level")
+    parser.add_argument("--levels", default="1,2,4,8,16")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    paths = datasets.lfw_paths()
+    gallery_paths = paths[: args.gallery]
+    probe_paths = paths[args.gallery : args.gallery + 200]
+    writer_paths = paths[args.gallery + 200 :]
+    probes = [p.read_bytes() for p in probe_paths]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "data"
+        env = {**os.environ, "FACEGATE_HOME": str(home)}
+        key = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "facegate", "keys", "create", "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        port = free_port()
+        server = start_server(home, port)
+        endpoint = f"http://127.0.0.1:{port}"
+        try:
+            setup = make_client(endpoint, key, retries=10)
+            setup.create_collection(CollectionId="load")
+            began = time.time()
+            with ThreadPoolExecutor(4) as pool:
+                list(
+                    pool.map(
+                        lambda p: setup.index_faces(
+                            CollectionId="load", Image={"Bytes": p.read_bytes()}, ExternalImageId=p.name
+                        ),
+                        gallery_paths,
+                    )
+                )
+            index_seconds = time.time() - began
+            faces = setup.describe_collection(CollectionId="load")["FaceCount"]
+            print(
+                f"gallery: {faces} faces from {len(gallery_paths)} LFW photos, indexed through the API in "
+                f"{index_seconds:.0f} s ({len(gallery_paths) / index_seconds:.1f} images/s)",
+                file=sys.stderr,
+            )
+
+            results = []
+            offset = 0
+            for level in [int(x) for x in args.levels.split(",")]:
+                result = run_level(endpoint, key, probes, writer_paths[offset:], level, args.seconds)
+                offset += result["index_writes_acknowledged"] + sum(result["index_write_errors"].values()) + 1
+                results.append(result)
+                print(f"concurrency {level}: {result['throughput_rps']:.1f} req/s", file=sys.stderr)
+
+            stored = {
+                f["FaceId"]
+                for page in setup.get_paginator("list_faces").paginate(CollectionId="load")
+                for f in page["Faces"]
+            }
+            acknowledged = [fid for r in results for fid in r.pop("acknowledged_face_ids")]
+            lost = [fid for fid in acknowledged if fid not in stored]
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+    peer = peer_face_recognition(gallery_paths, probes, args.seconds)
+    report = {
+        "gallery_faces": faces,
+        "index_images_per_second": len(gallery_paths) / index_seconds,
+        "levels": results,
+        "acknowledged_index_writes": len(acknowledged),
+        "lost_index_writes": len(lost),
+        "peer_face_recognition_in_process": peer,
+        "cpu_cores": os.cpu_count(),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"\nSearchFacesByImage against {faces} real faces, {os.cpu_count()} cores, loopback, SDK retries off\n")
+    print("| system | clients | requests | OK/s | p50 ms | p95 ms | p99 ms | throttled | other errors |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        other = sum(r["other_errors"].values())
+        print(
+            f"| facegate HTTP | {r['concurrency']} | {r['requests']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.0f} | "
+            f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['throttled']} | {other} {r['other_errors'] or ''} |"
+        )
+    if peer:
+        print(
+            f"| face_recognition in-process, 1 core | 1 | {peer['requests']} | {peer['throughput_rps']:.1f} | "
+            f"{peer['p50_ms']:.0f} | {peer['p95_ms']:.0f} | {peer['p99_ms']:.0f} | – | – |"
+        )
+    print(f"\nIndexFaces during the load: {len(acknowledged)} acknowledged, {len(lost)} lost")
+
+
+if __name__ == "__main__":
+    main()
