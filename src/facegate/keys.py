@@ -42,6 +42,7 @@ class Principal:
     access_key_id: str
     owner: str
     role: str
+    use_case_id: str | None = None
 
 
 class KeyRing:
@@ -49,24 +50,27 @@ class KeyRing:
         self.store = store
         self._fernet = Fernet(_server_key(Path(data_dir) / KEY_FILE))
 
-    def issue(self, owner: str, role: str = "client") -> IssuedKey:
-        """Create a key pair for ``owner``; the secret is returned here and never again."""
+    def issue(self, owner: str, role: str = "client", use_case_id: str | None = None) -> IssuedKey:
+        """Create a key pair for ``owner`` (and the use case it is registered for); the secret is returned here
+        and never again."""
         prefix = "AKIA" if role == "client" else "FGAD"
         key_id = prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(16))
         secret = "".join(secrets.choice(_SECRET_ALPHABET) for _ in range(40))
-        self.store.add_key(AccessKey(key_id, owner, role, self._fernet.encrypt(secret.encode()), time.time()))
+        sealed = self._fernet.encrypt(secret.encode())
+        self.store.add_key(AccessKey(key_id, owner, role, sealed, time.time(), use_case_id=use_case_id))
         return IssuedKey(key_id, secret, owner, role)
 
     def secret_for(self, access_key_id: str) -> tuple[Principal, str] | None:
-        """The principal and clear secret of an active key, or None for an unknown or revoked key."""
+        """The principal and clear secret of a key, or None for an unknown one. A revoked key still verifies:
+        the policy gate refuses it, so the refusal names the revocation and is audited."""
         key = self.store.get_key(access_key_id)
-        if key is None or key.revoked_at is not None:
+        if key is None:
             return None
         try:
             secret = self._fernet.decrypt(key.sealed_secret).decode()
         except InvalidToken:  # sealed under another server key: unusable, as if unknown
             return None
-        return Principal(key.access_key_id, key.owner, key.role), secret
+        return Principal(key.access_key_id, key.owner, key.role, key.use_case_id), secret
 
     def has_keys(self, role: str) -> bool:
         return self.store.count_keys(role) > 0

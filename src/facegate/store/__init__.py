@@ -62,6 +62,43 @@ class AccessKey:
     sealed_secret: bytes
     created_at: float
     revoked_at: float | None = None
+    use_case_id: str | None = None  # the registered use case the key was issued for, if any
+
+
+@dataclass(frozen=True)
+class Organisation:
+    name: str
+    category: str  # law_enforcement, ngo, commercial, research, government, city_department, ...
+    jurisdiction: str  # e.g. US-IL, EU-DE, US-CA-SF
+    status: str  # active, suspended, revoked
+    groups: tuple[str, ...]  # named groups, e.g. a moratorium's exemption list
+    created_at: float
+    status_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class UseCase:
+    use_case_id: str
+    organisation: str
+    purpose: str
+    collections: tuple[str, ...] | None  # None: any collection of the organisation
+    valid_from: float
+    valid_until: float | None
+    legal_basis: str | None
+    authorisation_reference: str | None
+    approver: str | None
+    status: str  # active, revoked
+    created_at: float
+    status_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    template: str
+    active: bool
+    params: dict
+    changed_at: float
+    reason: str
 
 
 class Store(Protocol):
@@ -107,5 +144,21 @@ class Store(Protocol):
     def add_key(self, key: AccessKey) -> None: ...
     def get_key(self, access_key_id: str) -> AccessKey | None: ...
     def count_keys(self, role: str) -> int: ...
+    def revoke_key(self, access_key_id: str) -> bool: ...
+
+    # Governance: every change bumps governance_generation(), so request-time caches know to reload.
+    def governance_generation(self) -> int: ...
+    def add_organisation(self, organisation: Organisation) -> None: ...
+    def get_organisation(self, name: str) -> Organisation | None: ...
+    def list_organisations(self) -> list[Organisation]: ...
+    def update_organisation(
+        self, name: str, *, status: str | None = None, reason: str | None = None, groups: tuple[str, ...] | None = None
+    ) -> None: ...
+    def add_use_case(self, use_case: UseCase) -> None: ...
+    def get_use_case(self, use_case_id: str) -> UseCase | None: ...
+    def list_use_cases(self, organisation: str | None = None) -> list[UseCase]: ...
+    def set_use_case_status(self, use_case_id: str, status: str, reason: str) -> None: ...
+    def policy_states(self) -> dict[str, PolicyState]: ...
+    def set_policy_state(self, state: PolicyState) -> None: ...
 
     def close(self) -> None: ...

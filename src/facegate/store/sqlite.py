@@ -6,6 +6,7 @@ collection's ``generation`` (bumped by every change to its faces) moves, also wh
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from facegate.errors import ResourceAlreadyExistsException
-from facegate.store import AccessKey, Collection, Gallery, StoredFace, StoredUser
+from facegate.store import AccessKey, Collection, Gallery, Organisation, PolicyState, StoredFace, StoredUser, UseCase
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
@@ -80,6 +81,40 @@ MIGRATIONS: list[str] = [
         revoked_at REAL
     );
     CREATE INDEX access_keys_by_owner ON access_keys (owner);
+    """,
+    """
+    CREATE TABLE organisations (
+        name TEXT PRIMARY KEY,
+        category TEXT NOT NULL,
+        jurisdiction TEXT NOT NULL,
+        status TEXT NOT NULL,
+        groups TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        status_reason TEXT
+    );
+    CREATE TABLE use_cases (
+        use_case_id TEXT PRIMARY KEY,
+        organisation TEXT NOT NULL REFERENCES organisations(name),
+        purpose TEXT NOT NULL,
+        collections TEXT,
+        valid_from REAL NOT NULL,
+        valid_until REAL,
+        legal_basis TEXT,
+        authorisation_reference TEXT,
+        approver TEXT,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        status_reason TEXT
+    );
+    ALTER TABLE access_keys ADD COLUMN use_case_id TEXT REFERENCES use_cases(use_case_id);
+    CREATE TABLE policy_state (
+        template TEXT PRIMARY KEY,
+        active INTEGER NOT NULL,
+        params TEXT NOT NULL,
+        changed_at REAL NOT NULL,
+        reason TEXT NOT NULL
+    );
+    INSERT INTO meta (key, value) VALUES ('governance_generation', '0');
     """,
 ]
 
@@ -406,13 +441,15 @@ class SqliteStore:
     def add_key(self, key: AccessKey) -> None:
         with self._write() as db:
             db.execute(
-                "INSERT INTO access_keys (access_key_id, owner, role, sealed_secret, created_at) VALUES (?, ?, ?, ?, ?)",
-                (key.access_key_id, key.owner, key.role, key.sealed_secret, key.created_at),
+                "INSERT INTO access_keys (access_key_id, owner, role, sealed_secret, created_at, use_case_id) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (key.access_key_id, key.owner, key.role, key.sealed_secret, key.created_at, key.use_case_id),
             )
+            self._bump_governance(db)
 
     def get_key(self, access_key_id: str) -> AccessKey | None:
         row = self._db.execute(
-            "SELECT access_key_id, owner, role, sealed_secret, created_at, revoked_at FROM access_keys "
+            "SELECT access_key_id, owner, role, sealed_secret, created_at, revoked_at, use_case_id FROM access_keys "
             "WHERE access_key_id = ?",
             (access_key_id,),
         ).fetchone()
@@ -420,6 +457,136 @@ class SqliteStore:
 
     def count_keys(self, role: str) -> int:
         return self._db.execute("SELECT COUNT(*) FROM access_keys WHERE role = ?", (role,)).fetchone()[0]
+
+    def revoke_key(self, access_key_id: str) -> bool:
+        with self._write() as db:
+            changed = db.execute(
+                "UPDATE access_keys SET revoked_at = ? WHERE access_key_id = ? AND revoked_at IS NULL",
+                (time.time(), access_key_id),
+            ).rowcount
+            self._bump_governance(db)
+        return bool(changed)
+
+    # Governance
+
+    @staticmethod
+    def _bump_governance(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'governance_generation'")
+
+    def governance_generation(self) -> int:
+        return int(self._db.execute("SELECT value FROM meta WHERE key = 'governance_generation'").fetchone()[0])
+
+    def add_organisation(self, organisation: Organisation) -> None:
+        o = organisation
+        with self._write() as db:
+            try:
+                db.execute(
+                    "INSERT INTO organisations (name, category, jurisdiction, status, groups, created_at, status_reason) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        o.name,
+                        o.category,
+                        o.jurisdiction,
+                        o.status,
+                        json.dumps(list(o.groups)),
+                        o.created_at,
+                        o.status_reason,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise ResourceAlreadyExistsException(f"Organisation {o.name} already exists.") from None
+            self._bump_governance(db)
+
+    _ORG_COLUMNS = "name, category, jurisdiction, status, groups, created_at, status_reason"
+
+    def get_organisation(self, name: str) -> Organisation | None:
+        row = self._db.execute(f"SELECT {self._ORG_COLUMNS} FROM organisations WHERE name = ?", (name,)).fetchone()
+        return _organisation(row) if row else None
+
+    def list_organisations(self) -> list[Organisation]:
+        rows = self._db.execute(f"SELECT {self._ORG_COLUMNS} FROM organisations ORDER BY name").fetchall()
+        return [_organisation(row) for row in rows]
+
+    def update_organisation(
+        self, name: str, *, status: str | None = None, reason: str | None = None, groups: tuple[str, ...] | None = None
+    ) -> None:
+        with self._write() as db:
+            if status is not None:
+                db.execute(
+                    "UPDATE organisations SET status = ?, status_reason = ? WHERE name = ?", (status, reason, name)
+                )
+            if groups is not None:
+                db.execute("UPDATE organisations SET groups = ? WHERE name = ?", (json.dumps(list(groups)), name))
+            self._bump_governance(db)
+
+    _USE_CASE_COLUMNS = (
+        "use_case_id, organisation, purpose, collections, valid_from, valid_until, legal_basis, "
+        "authorisation_reference, approver, status, created_at, status_reason"
+    )
+
+    def add_use_case(self, use_case: UseCase) -> None:
+        u = use_case
+        with self._write() as db:
+            db.execute(
+                f"INSERT INTO use_cases ({self._USE_CASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    u.use_case_id,
+                    u.organisation,
+                    u.purpose,
+                    None if u.collections is None else json.dumps(list(u.collections)),
+                    u.valid_from,
+                    u.valid_until,
+                    u.legal_basis,
+                    u.authorisation_reference,
+                    u.approver,
+                    u.status,
+                    u.created_at,
+                    u.status_reason,
+                ),
+            )
+            self._bump_governance(db)
+
+    def get_use_case(self, use_case_id: str) -> UseCase | None:
+        row = self._db.execute(
+            f"SELECT {self._USE_CASE_COLUMNS} FROM use_cases WHERE use_case_id = ?", (use_case_id,)
+        ).fetchone()
+        return _use_case(row) if row else None
+
+    def list_use_cases(self, organisation: str | None = None) -> list[UseCase]:
+        sql = f"SELECT {self._USE_CASE_COLUMNS} FROM use_cases"
+        args: tuple = ()
+        if organisation is not None:
+            sql += " WHERE organisation = ?"
+            args = (organisation,)
+        return [_use_case(row) for row in self._db.execute(sql + " ORDER BY created_at", args).fetchall()]
+
+    def set_use_case_status(self, use_case_id: str, status: str, reason: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE use_cases SET status = ?, status_reason = ? WHERE use_case_id = ?",
+                (status, reason, use_case_id),
+            )
+            self._bump_governance(db)
+
+    def policy_states(self) -> dict[str, PolicyState]:
+        rows = self._db.execute("SELECT template, active, params, changed_at, reason FROM policy_state").fetchall()
+        return {r[0]: PolicyState(r[0], bool(r[1]), json.loads(r[2]), r[3], r[4]) for r in rows}
+
+    def set_policy_state(self, state: PolicyState) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO policy_state (template, active, params, changed_at, reason) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(template) DO UPDATE SET active = excluded.active, params = excluded.params, "
+                "changed_at = excluded.changed_at, reason = excluded.reason",
+                (
+                    state.template,
+                    int(state.active),
+                    json.dumps(state.params, sort_keys=True),
+                    state.changed_at,
+                    state.reason,
+                ),
+            )
+            self._bump_governance(db)
 
     def close(self) -> None:
         for conn in self._connections:
@@ -440,6 +607,15 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _organisation(row: tuple) -> Organisation:
+    return Organisation(row[0], row[1], row[2], row[3], tuple(json.loads(row[4])), row[5], row[6])
+
+
+def _use_case(row: tuple) -> UseCase:
+    collections = None if row[3] is None else tuple(json.loads(row[3]))
+    return UseCase(row[0], row[1], row[2], collections, *row[4:])
 
 
 def _face(row: tuple) -> StoredFace:
