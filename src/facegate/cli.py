@@ -27,6 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from facegate.audit.commands import audit_app
 from facegate.config import DEFAULT_OWNER, data_dir
 from facegate.engine.image import sniff_format
 from facegate.errors import FacegateError
@@ -487,10 +488,19 @@ def users_search(
     out.print(f"{len(response['UserMatches'])} users at similarity ≥ {threshold}")
 
 
-# Keys and the HTTP service
+# Governance: organisations, use cases, keys, policies
 
 keys_app = typer.Typer(no_args_is_help=True, help="Access keys for the Rekognition API.")
+orgs_app = typer.Typer(no_args_is_help=True, help="Organisations: category, jurisdiction, groups, status.")
+usecases_app = typer.Typer(no_args_is_help=True, help="Registered use cases: organisation + purpose + terms.")
+policies_app = typer.Typer(no_args_is_help=True, help="Policy templates: list, activate, extend, deactivate.")
 app.add_typer(keys_app, name="keys")
+app.add_typer(orgs_app, name="orgs")
+app.add_typer(usecases_app, name="usecases")
+app.add_typer(policies_app, name="policies")
+app.add_typer(audit_app, name="audit", help="The tamper-evident audit log: verify, export, show.")
+
+ReasonOption = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")]
 
 
 def _key_ring():
@@ -499,21 +509,242 @@ def _key_ring():
     return KeyRing(state.service.store, data_dir(state.data))
 
 
+def _governance():
+    from facegate.audit import AuditLog
+    from facegate.governance import Governance
+
+    home = data_dir(state.data)
+    return Governance(state.service.store, _key_ring(), AuditLog(home))
+
+
+def _when(value: str | None) -> float | None:
+    from facegate.policy.templates import epoch
+
+    return None if value is None else float(epoch(value))
+
+
+@orgs_app.command("create")
+def orgs_create(
+    name: str,
+    category: Annotated[
+        str, typer.Option(help="law_enforcement, ngo, commercial, research, government, city_department")
+    ],
+    jurisdiction: Annotated[str, typer.Option(help="e.g. US-IL, EU-DE, US-CA-SF")] = "",
+    group: Annotated[
+        list[str] | None, typer.Option("--group", help="Named group, e.g. a moratorium exemption list.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Register an organisation."""
+    org = _governance().create_organisation(name, category, jurisdiction, tuple(group or ()))
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "Organisation": org.name,
+                    "Category": org.category,
+                    "Jurisdiction": org.jurisdiction,
+                    "Groups": list(org.groups),
+                }
+            )
+        )
+        return
+    out.print(f"registered {org.name} ({org.category}, {org.jurisdiction or 'no jurisdiction'})")
+
+
+@orgs_app.command("list")
+def orgs_list(as_json: JsonOption = False) -> None:
+    """List organisations with their status."""
+    orgs = state.service.store.list_organisations()
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "Organisation": o.name,
+                        "Category": o.category,
+                        "Jurisdiction": o.jurisdiction,
+                        "Status": o.status,
+                        "Groups": list(o.groups),
+                    }
+                    for o in orgs
+                ]
+            )
+        )
+        return
+    table = Table(title=f"{len(orgs)} organisations")
+    for column in ("name", "category", "jurisdiction", "status", "groups"):
+        table.add_column(column)
+    for o in orgs:
+        table.add_row(o.name, o.category, o.jurisdiction, o.status, ", ".join(o.groups))
+    out.print(table)
+
+
+@orgs_app.command("revoke")
+def orgs_revoke(name: str, reason: ReasonOption) -> None:
+    """Revoke an organisation: every key of it is refused from the next request on."""
+    _governance().set_organisation_status(name, "revoked", reason)
+    out.print(f"revoked {name}")
+
+
+@orgs_app.command("suspend")
+def orgs_suspend(name: str, reason: ReasonOption) -> None:
+    """Suspend an organisation (reinstate it later)."""
+    _governance().set_organisation_status(name, "suspended", reason)
+    out.print(f"suspended {name}")
+
+
+@orgs_app.command("reinstate")
+def orgs_reinstate(name: str, reason: ReasonOption) -> None:
+    """Make a suspended or revoked organisation active again."""
+    _governance().set_organisation_status(name, "active", reason)
+    out.print(f"reinstated {name}")
+
+
+@orgs_app.command("groups")
+def orgs_groups(name: str, group: Annotated[list[str], typer.Option("--group")], reason: ReasonOption) -> None:
+    """Set an organisation's groups (e.g. add it to a moratorium's exemption list)."""
+    _governance().set_organisation_groups(name, tuple(group), reason)
+    out.print(f"{name} is in: {', '.join(group)}")
+
+
+@usecases_app.command("create")
+def usecases_create(
+    org: Annotated[str, typer.Option(help="Registered organisation.")],
+    purpose: Annotated[str, typer.Option(help="One purpose from the controlled vocabulary.")],
+    collection: Annotated[list[str] | None, typer.Option("--collection", help="Allowed collection (repeat).")] = None,
+    valid_from: Annotated[str | None, typer.Option(help="Start date (YYYY-MM-DD or ISO time).")] = None,
+    valid_until: Annotated[str | None, typer.Option(help="End date (exclusive).")] = None,
+    legal_basis: Annotated[str | None, typer.Option(help="Legal basis of the use.")] = None,
+    authorisation: Annotated[str | None, typer.Option(help="Authorisation reference (e.g. a warrant).")] = None,
+    approver: Annotated[str | None, typer.Option(help="Who approved the registration.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Register a use case; keys issued for it carry its purpose."""
+    use_case = _governance().create_use_case(
+        org,
+        purpose,
+        collections=tuple(collection) if collection else None,
+        valid_from=_when(valid_from),
+        valid_until=_when(valid_until),
+        legal_basis=legal_basis,
+        authorisation_reference=authorisation,
+        approver=approver,
+    )
+    if as_json:
+        print(json.dumps({"UseCaseId": use_case.use_case_id}))
+        return
+    out.print(f"registered use case {use_case.use_case_id}: {org} for {purpose}")
+
+
+@usecases_app.command("list")
+def usecases_list(org: Annotated[str | None, typer.Option(help="Only this organisation's.")] = None) -> None:
+    """List registered use cases."""
+    table = Table(title="use cases")
+    for column in ("id", "organisation", "purpose", "collections", "status"):
+        table.add_column(column)
+    for u in state.service.store.list_use_cases(org):
+        table.add_row(u.use_case_id, u.organisation, u.purpose, ", ".join(u.collections or ("any",)), u.status)
+    out.print(table)
+
+
+@usecases_app.command("revoke")
+def usecases_revoke(use_case_id: str, reason: ReasonOption) -> None:
+    """Revoke a use case: its keys are refused from the next request on."""
+    _governance().revoke_use_case(use_case_id, reason)
+    out.print(f"revoked {use_case_id}")
+
+
 @keys_app.command("create")
 def keys_create(
-    org: Annotated[str, typer.Option(help="Organisation the key acts for.")] = DEFAULT_OWNER,
+    usecase: Annotated[str | None, typer.Option("--usecase", help="Registered use case the key is for.")] = None,
+    org: Annotated[str | None, typer.Option(help="Organisation, for a key without a registered use case.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Issue an access key pair; the secret is shown now and never again."""
-    if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", org):
+    if usecase is None and org is None:
+        org = DEFAULT_OWNER
+    if org is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", org):
         raise typer.BadParameter("an organisation name is 1–64 letters, digits, '_', '.' or '-'", param_hint="--org")
-    issued = _key_ring().issue(org)
+    issued = _governance().issue_key(use_case_id=usecase, organisation=org)
     if as_json:
         print(json.dumps(issued.to_json()))
         return
-    out.print(
-        f"AccessKeyId:     {issued.access_key_id}\nSecretAccessKey: {issued.secret_access_key}\norganisation:    {org}"
+    print(
+        f"AccessKeyId:     {issued.access_key_id}\nSecretAccessKey: {issued.secret_access_key}\n"
+        f"organisation:    {issued.owner}"
     )
+
+
+@keys_app.command("revoke")
+def keys_revoke(access_key_id: str, reason: ReasonOption) -> None:
+    """Revoke an access key: refused from the next request on."""
+    _governance().revoke_key(access_key_id, reason)
+    out.print(f"revoked {access_key_id}")
+
+
+@policies_app.command("list")
+def policies_list(as_json: JsonOption = False) -> None:
+    """Every template, whether it is active, with its parameters."""
+    from facegate.policy.templates import TEMPLATES
+
+    states = state.service.store.policy_states()
+    rows = []
+    for name, template in TEMPLATES.items():
+        if template.always_on:
+            continue
+        current = states.get(name)
+        rows.append(
+            {
+                "Template": name,
+                "Title": template.title,
+                "Active": bool(current and current.active),
+                "Params": current.params if current else template.defaults,
+                "Reason": current.reason if current else None,
+            }
+        )
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title="policy templates")
+    for column in ("template", "active", "parameters", "title"):
+        table.add_column(column)
+    for row in rows:
+        params = ", ".join(f"{k}={v}" for k, v in row["Params"].items())
+        table.add_row(row["Template"], "yes" if row["Active"] else "no", params, row["Title"])
+    out.print(table)
+
+
+@policies_app.command("activate")
+def policies_activate(
+    template: str,
+    reason: ReasonOption,
+    setting: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE parameter (repeat).")] = None,
+) -> None:
+    """Activate a template (or change its parameters); takes effect on the next request."""
+    activated = _governance().activate(template, setting or [], reason)
+    out.print(f"activated {template}: " + ", ".join(f"{k}={v}" for k, v in activated.params.items()))
+
+
+@policies_app.command("extend")
+def policies_extend(
+    template: str,
+    reason: ReasonOption,
+    until: Annotated[str, typer.Option(help="New end date, or 'forever' (until further notice).")],
+) -> None:
+    """Extend (or shorten) a time-limited template such as the police moratorium."""
+    from facegate.policy.templates import FOREVER
+
+    ends = FOREVER if until.lower() in ("forever", "open", FOREVER) else until
+    activated = _governance().activate(template, [f"ends={ends}"], reason)
+    out.print(f"{template} now ends: {activated.params.get('ends')}")
+
+
+@policies_app.command("deactivate")
+def policies_deactivate(template: str, reason: ReasonOption) -> None:
+    """Lift a template; takes effect on the next request."""
+    _governance().deactivate(template, reason)
+    out.print(f"deactivated {template}")
 
 
 @app.command("serve")
@@ -531,9 +762,14 @@ def serve(
     from facegate.server.app import create_app
 
     home = data_dir(state.data)
-    ring = _key_ring()
-    if not ring.has_keys("client"):
-        _print_first_start(ring.issue("admin", role="admin"), ring.issue(DEFAULT_OWNER), host, port)
+    if not _key_ring().has_keys("client"):
+        governance = _governance()
+        _print_first_start(
+            governance.issue_key(organisation="admin", role="admin"),
+            governance.issue_key(organisation=DEFAULT_OWNER),
+            host,
+            port,
+        )
     application = create_app(home, detector=state.detector, workers=workers, queue=queue)
     err.print(f"facegate serving {home.resolve()} on http://{host}:{port}  (health: /healthz, metrics: /metrics)")
     uvicorn.run(application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)

@@ -10,9 +10,10 @@ class FacegateError(Exception):
     code = "InternalServerError"
     status = 500
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, audited: bool = False) -> None:
         super().__init__(message)
         self.message = message
+        self.audited = audited  # already written to the audit log by whoever raised it
 
     def to_wire(self) -> dict[str, str]:
         return {"__type": self.code, "Message": self.message}

@@ -15,9 +15,6 @@ from facegate.engine.models import cnn_detector_weights
 # HOG's sliding window is 80 px, so one 2× upsampling finds faces down to about 40 px. Upsampling a large
 # photo costs 4× the pixels, so big images are first reduced to this budget (≈ a 1920×1080 frame).
 DETECTION_PIXEL_BUDGET = 1920 * 1080
-# Tiny images (tight crops such as LFW's 150×150) get a second doubling so a face filling the frame is
-# still seen whole by the detector.
-SMALL_IMAGE_SIDE = 200
 
 
 class Detector(Protocol):
@@ -30,10 +27,8 @@ class Detector(Protocol):
 
 def plan_detection(height: int, width: int) -> tuple[float, int]:
     """(scale applied before detection, number of 2× upsamplings) for an image of this size."""
-    pixels = height * width
-    scale = min(1.0, math.sqrt(DETECTION_PIXEL_BUDGET / pixels))
-    upsample = 2 if max(height, width) <= SMALL_IMAGE_SIDE else 1
-    return scale, upsample
+    # A second doubling for tight crops was measured: 4× the detector time, no more faces found on LFW.
+    return min(1.0, math.sqrt(DETECTION_PIXEL_BUDGET / (height * width))), 1
 
 
 def _resize(image: np.ndarray, scale: float) -> np.ndarray:

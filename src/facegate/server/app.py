@@ -7,7 +7,9 @@ The wire layer knows nothing of SQL: it reaches the store only through the servi
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -21,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from facegate.audit import AuditLog, AuditUnavailable
 from facegate.errors import (
     AccessDeniedException,
     FacegateError,
@@ -29,6 +32,7 @@ from facegate.errors import (
     UnknownOperationException,
     ValidationException,
 )
+from facegate.governance import GateOutcome, Governance
 from facegate.keys import KeyRing
 from facegate.server import sigv4
 from facegate.server.workers import OperationRunner
@@ -74,6 +78,7 @@ def create_app(
 
     service = build_service(Path(data_dir), detector=detector)
     keys = KeyRing(service.store, Path(data_dir))
+    governance = Governance(service.store, keys, AuditLog(Path(data_dir)))
     workers = workers or os.cpu_count() or 1
     runner = OperationRunner(service, Path(data_dir), detector, workers, queue if queue is not None else 4 * workers)
     metrics = Metrics(runner)
@@ -82,6 +87,8 @@ def create_app(
         started = time.perf_counter()
         operation = "unknown"
         request_id = str(uuid.uuid4())
+        principal = outcome = None
+        facts: dict = {}
         try:
             body = await _read_body(request)
             principal = sigv4.verify(keys, request.method, request.url.path, request.url.query, request.headers, body)
@@ -93,10 +100,62 @@ def create_app(
                 raise UnknownOperationException(f"Operation {target[:100]!r} is not supported by facegate.")
             operation = name
             params = _parse_json(body)
-            result = await runner.call(principal.owner, operation, params)
-            code, response = "OK", JSONResponse(result, media_type=AMZ_JSON)
+            facts["image_sha256"] = _image_digests(params)
+            # The gate decides before any image is decoded or any face compared.
+            outcome = governance.gate(
+                principal,
+                operation,
+                params,
+                case_reference=request.headers.get("x-facegate-case"),
+                consent_reference=request.headers.get("x-facegate-consent"),
+            )
+            if not outcome.decision.allowed:
+                governance.record_request(
+                    outcome,
+                    principal,
+                    operation,
+                    decision="deny",
+                    reason=outcome.decision.reason,
+                    latency_ms=_ms(started),
+                    request_id=request_id,
+                    **facts,
+                )
+                raise AccessDeniedException(
+                    f"Denied by policy {', '.join(outcome.decision.policies) or '(none)'}: {outcome.decision.reason}.",
+                    audited=True,
+                )
+            result = await runner.call(principal.owner, operation, outcome.params)
+            facts.update(governance.summarise_result(operation, result))
+            governance.record_request(
+                outcome,
+                principal,
+                operation,
+                decision="allow",
+                latency_ms=_ms(started),
+                request_id=request_id,
+                model_version=result.get("FaceModelVersion"),
+                **facts,
+            )
+            response = JSONResponse({**result, **_decision_members(outcome)}, media_type=AMZ_JSON)
+            _decision_headers(response, outcome)
+            code = "OK"
         except FacegateError as exc:
             code, response = exc.code, _error_response(exc)
+            if not getattr(exc, "audited", False):
+                try:
+                    governance.record_request(
+                        outcome,
+                        principal,
+                        operation,
+                        decision="error",
+                        error_code=exc.code,
+                        reason=exc.message[:500],
+                        latency_ms=_ms(started),
+                        request_id=request_id,
+                        **facts,
+                    )
+                except AuditUnavailable as audit_error:
+                    code, response = audit_error.code, _error_response(audit_error)
         except Exception:
             log.exception("%s failed", operation)
             exc = InternalServerError("facegate failed to process the request; it has been logged.")
@@ -166,6 +225,46 @@ def _parse_json(body: bytes) -> dict:
     if not isinstance(params, dict):
         raise SerializationException(f"The request body must be a JSON object, not {type(params).__name__}.")
     return params
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _image_digests(params: dict) -> list[str] | None:
+    """SHA-256 of each image in the request (the audit keeps these, never the image)."""
+    digests = []
+    for member in ("Image", "SourceImage", "TargetImage"):
+        image = params.get(member)
+        data = image.get("Bytes") if isinstance(image, dict) else None
+        if isinstance(data, str):
+            with contextlib.suppress(ValueError):
+                digests.append(hashlib.sha256(base64.b64decode(data, validate=True)).hexdigest())
+    return digests or None
+
+
+def _decision_members(outcome: GateOutcome) -> dict:
+    """What the gate applied, as a response member botocore ignores and raw clients can read."""
+    obligations = outcome.decision.obligations
+    if outcome.threshold_applied is None and not obligations.human_review:
+        return {}
+    return {
+        "FacegateDecision": {
+            "Policies": list(outcome.decision.policies),
+            "ThresholdRequested": outcome.threshold_requested,
+            "ThresholdApplied": outcome.threshold_applied,
+            "HumanReviewRequired": obligations.human_review,
+            "ReviewersRequired": obligations.reviewers,
+        }
+    }
+
+
+def _decision_headers(response: Response, outcome: GateOutcome) -> None:
+    response.headers["x-facegate-policies"] = ",".join(outcome.decision.policies)
+    if outcome.threshold_applied is not None:
+        response.headers["x-facegate-threshold-applied"] = f"{outcome.threshold_applied:g}"
+    if outcome.decision.obligations.human_review:
+        response.headers["x-facegate-human-review"] = str(outcome.decision.obligations.reviewers)
 
 
 def _error_response(error: FacegateError, status: int | None = None) -> JSONResponse:

@@ -1,0 +1,228 @@
+"""``facegate audit ...``: verify, export and read the audit log from the command line.
+
+Every command takes ``--data DIR`` (default $FACEGATE_HOME, else ./facegate-data). Errors print one line and
+exit 1; ``verify`` exits 0 only when the log is intact.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from facegate.audit.canonical import canonical_json
+from facegate.audit.log import DB_NAME, PUBLIC_KEY_NAME, AuditLog
+from facegate.audit.verify import VerificationReport, verify_export
+from facegate.errors import FacegateError
+
+audit_app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="The tamper-evident audit log: verify, export, show."
+)
+
+out = Console()
+err = Console(stderr=True)
+
+DataOption = Annotated[
+    Path,
+    typer.Option("--data", envvar="FACEGATE_HOME", help="The data directory ($FACEGATE_HOME, else ./facegate-data)."),
+]
+_DEFAULT_DATA = Path("facegate-data")
+_DECISIONS = ("allow", "deny", "error")
+_MAX_PROBLEMS_SHOWN = 50
+
+
+class _UsageError(Exception):
+    """A command-line input that is wrong; the message says what would be accepted."""
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into one line on stderr and exit 1, never a traceback."""
+    try:
+        yield
+    except FacegateError as exc:
+        _fail(f"{exc.code}: {exc.message}")
+    except _UsageError as exc:
+        _fail(str(exc))
+    except FileNotFoundError as exc:
+        _fail(f"file not found: {exc.filename}")
+    except PermissionError as exc:
+        _fail(f"permission denied: {exc.filename}")
+    except UnicodeDecodeError as exc:
+        _fail(f"the file is not UTF-8 text ({exc.reason} at byte {exc.start})")
+    except (OSError, sqlite3.Error, ValueError) as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str) -> None:
+    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _open(data: Path) -> AuditLog:
+    """The data directory's log; refuses to create one where none exists, as reading commands should."""
+    if not (data / DB_NAME).exists():
+        raise _UsageError(f"no audit log in {data} ({DB_NAME} not found): pass --data or set FACEGATE_HOME")
+    return AuditLog(data)
+
+
+def _epoch(option: str, text: str | None) -> float | None:
+    """An ISO 8601 time as epoch seconds; a time without a zone is UTC."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise _UsageError(
+            f"{option} {text!r} is not an ISO 8601 time; use e.g. 2024-05-01 or 2024-05-01T13:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+@audit_app.command()
+def verify(
+    data: DataOption = _DEFAULT_DATA,
+    log: Annotated[Path | None, typer.Option("--log", help="An exported log (JSON Lines) to verify offline.")] = None,
+    public_key: Annotated[
+        Path | None, typer.Option("--public-key", help=f"The log's PEM public key (default: DATA/{PUBLIC_KEY_NAME}).")
+    ] = None,
+) -> None:
+    """Check that no entry was altered, removed, inserted or reordered, and that the checkpoints are signed."""
+    with _one_line_errors():
+        key_path = public_key or data / PUBLIC_KEY_NAME
+        if log is not None:
+            pem = key_path.read_bytes()
+            with log.open(encoding="utf-8") as lines:
+                report = verify_export(lines, pem)
+        else:
+            audit = _open(data)
+            pem = key_path.read_bytes()
+            with tempfile.TemporaryFile("w+", encoding="utf-8") as exported:
+                audit.export(exported)
+                exported.seek(0)
+                report = verify_export(exported, pem)
+    _print_report(report, str(log) if log else str(data / DB_NAME))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_report(report: VerificationReport, source: str) -> None:
+    summary = (
+        f"{_count(report.entries, 'entry', 'entries')}, {_count(report.checkpoints, 'checkpoint')}, key {report.key_id}"
+    )
+    if report.ok:
+        out.print(
+            f"intact: {source}: {summary}; newest checkpoint root {report.root}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    out.print(
+        f"NOT intact: {source}: {len(report.problems)} problems ({summary})",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    for problem in report.problems[:_MAX_PROBLEMS_SHOWN]:
+        out.print(f"  - {problem}", markup=False, highlight=False, soft_wrap=True)
+    if len(report.problems) > _MAX_PROBLEMS_SHOWN:
+        out.print(
+            f"  ... and {len(report.problems) - _MAX_PROBLEMS_SHOWN} more",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@audit_app.command()
+def export(
+    data: DataOption = _DEFAULT_DATA,
+    to: Annotated[Path | None, typer.Option("--out", help="Write here instead of standard output.")] = None,
+) -> None:
+    """Sign a fresh checkpoint and write the whole log as JSON Lines, for `audit verify --log` elsewhere."""
+    with _one_line_errors():
+        audit = _open(data)
+        if to is None:
+            audit.export(sys.stdout)
+            return
+        with to.open("w", encoding="utf-8") as file:
+            count = audit.export(file)
+        err.print(f"exported {count} entries to {to}", markup=False, highlight=False, soft_wrap=True)
+
+
+@audit_app.command()
+def show(
+    data: DataOption = _DEFAULT_DATA,
+    org: Annotated[str | None, typer.Option("--org", help="Only this organisation.")] = None,
+    purpose: Annotated[str | None, typer.Option("--purpose", help="Only this purpose.")] = None,
+    decision: Annotated[str | None, typer.Option("--decision", help="Only allow, deny or error.")] = None,
+    event: Annotated[str | None, typer.Option("--event", help="Only this event (request, policy_change, ...).")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="From this ISO 8601 time (UTC if no zone).")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="Before this ISO 8601 time (UTC if no zone).")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="At most this many entries, oldest first.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON Lines of the entries instead of a table.")] = False,
+) -> None:
+    """List audit entries, oldest first, filtered by the record's top-level fields and time."""
+    with _one_line_errors():
+        if decision is not None and decision not in _DECISIONS:
+            raise _UsageError(f"--decision {decision!r} is not one of: {', '.join(_DECISIONS)}")
+        entries = _open(data).entries(
+            organisation=org,
+            purpose=purpose,
+            decision=decision,
+            event=event,
+            since=_epoch("--since", since),
+            until=_epoch("--until", until),
+            limit=limit,
+        )
+        if as_json:
+            for entry in entries:
+                sys.stdout.write(canonical_json(entry).decode() + "\n")
+            return
+        table = Table()
+        table.add_column("seq", justify="right", no_wrap=True)
+        table.add_column("time (UTC)", no_wrap=True)
+        for name in ("organisation", "purpose", "operation", "decision", "policies"):
+            table.add_column(name, overflow="fold")
+        for entry in entries:
+            # Text, not markup: record values are data and may contain "[".
+            table.add_row(
+                Text(str(entry.get("seq"))),
+                Text(_when(entry.get("time"))),
+                *(Text(_text(entry.get(name))) for name in ("organisation", "purpose", "operation", "decision")),
+                Text(_text(entry.get("policies"))),
+            )
+        out.print(table)
+
+
+def _count(n: int, singular: str, plural: str | None = None) -> str:
+    return f"{n} {singular if n == 1 else plural or singular + 's'}"
+
+
+def _when(value: Any) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return _text(value)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value)
+    return str(value)

@@ -1,0 +1,411 @@
+"""The audit log: every request and follow-up event, append-only, in a Merkle tree with signed tree heads.
+
+Storage: ``audit.sqlite3`` in the data directory (WAL, ``synchronous=FULL``), shared safely by several
+processes: ``seq`` is assigned inside ``BEGIN IMMEDIATE``, and ``append`` returns only after ``COMMIT``, so a
+returned entry is on disk. If it cannot be written, ``append`` raises :class:`AuditUnavailable` and the caller
+refuses the request (fail closed).
+
+Entry: the caller's record (a JSON object) plus ``seq`` (0, 1, 2, ...), ``time`` (epoch seconds, set if
+absent) and ``prev`` (hex of the previous entry's leaf hash; 64 zeros for entry 0). Its bytes are the
+canonical JSON ``json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` in UTF-8, and
+its leaf hash is SHA-256(0x00 || bytes) (RFC 6962). ``prev`` chains the entries, so a verifier can name the
+first altered one; the Merkle root over all leaf hashes is what checkpoints sign.
+
+Checkpoint (signed tree head): ``{"size", "root" (hex), "time" (epoch float), "signature", "key_id"}``, where
+``signature`` is base64 Ed25519 over::
+
+    b"facegate-audit-checkpoint/v1\\n" + f"{size}\\n{root}\\n{json.dumps(time)}\\n"
+
+and ``key_id`` is the first 16 hex digits of SHA-256 over the public key's DER. The signing key is
+``audit_signing.key`` (PKCS#8 PEM, mode 0600); its public half is published as ``audit_public.pem``.
+
+Export (JSON Lines, UTF-8), what an outside auditor verifies with only the file and the public key:
+
+* one line per entry, in ``seq`` order: ``{"kind":"entry","entry":<entry>}``, where ``<entry>`` is the stored
+  canonical bytes verbatim; re-serialising the parsed object canonically gives the leaf bytes back;
+* then one line per checkpoint, oldest first: ``{"kind":"checkpoint","size":...,"root":...,"time":...,
+  "signature":...,"key_id":...}``; the last one is made by the export itself and covers every entry.
+
+What it proves: nobody without the signing key can alter, remove, insert or reorder entries covered by a
+checkpoint without verification failing; whoever keeps an earlier checkpoint can also catch a rewrite by the
+key holder (consistency proofs).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, TextIO
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+)
+
+from facegate.audit import merkle
+from facegate.audit.canonical import GENESIS_PREV, canonical_json, checkpoint_message, key_id
+from facegate.errors import FacegateError
+
+DB_NAME = "audit.sqlite3"
+KEY_NAME = "audit_signing.key"
+PUBLIC_KEY_NAME = "audit_public.pem"
+
+# Each entry upgrades the schema by one version (PRAGMA user_version); never edit a released entry.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE entries (
+        seq INTEGER PRIMARY KEY,
+        record BLOB NOT NULL,
+        leaf_hash BLOB NOT NULL,
+        time REAL NOT NULL,
+        event TEXT,
+        organisation TEXT,
+        purpose TEXT,
+        decision TEXT
+    );
+    CREATE INDEX entries_by_time ON entries (time);
+    CREATE INDEX entries_by_event ON entries (event);
+    CREATE INDEX entries_by_organisation ON entries (organisation);
+    CREATE INDEX entries_by_purpose ON entries (purpose);
+    CREATE INDEX entries_by_decision ON entries (decision);
+    CREATE TABLE tree (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        size INTEGER NOT NULL,
+        frontier BLOB NOT NULL,
+        last_leaf BLOB
+    );
+    INSERT INTO tree (id, size, frontier, last_leaf) VALUES (0, 0, x'', NULL);
+    CREATE TABLE checkpoints (
+        id INTEGER PRIMARY KEY,
+        size INTEGER NOT NULL,
+        root TEXT NOT NULL,
+        time REAL NOT NULL,
+        signature TEXT NOT NULL,
+        key_id TEXT NOT NULL
+    );
+    """,
+]
+
+# Top-level record fields copied into indexed columns, so filtering does not parse every record.
+_FILTER_COLUMNS = ("event", "organisation", "purpose", "decision")
+_PAGE = 500
+
+
+class AuditUnavailable(FacegateError):
+    """The audit log cannot be written: the request must be refused rather than served unaudited."""
+
+    code = "InternalServerError"
+    status = 500
+
+
+def _unavailable(path: Path, exc: BaseException) -> AuditUnavailable:
+    return AuditUnavailable(
+        f"The request was refused because it could not be audited: the audit log {path} cannot be written ({exc})."
+    )
+
+
+class AuditLog:
+    """The append-only audit log of one data directory. Safe to share between threads (one SQLite connection
+    each) and between processes (writers serialise on the database lock)."""
+
+    def __init__(self, data_dir: Path | str, *, timeout: float = 10.0) -> None:
+        """Open (creating if needed) the log and its signing key. ``timeout``: how long an append waits for
+        another writer before giving up with :class:`AuditUnavailable`."""
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / DB_NAME
+        self.timeout = timeout
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._key = _load_or_create_key(self.data_dir)
+            self._migrate()
+        except (sqlite3.Error, OSError, ValueError) as exc:
+            raise _unavailable(self.path, exc) from exc
+        self.key_id = key_id(self._key.public_key())
+
+    @property
+    def public_key_pem(self) -> bytes:
+        """The PEM public key that verifies this log's checkpoints."""
+        return self._key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if os.getpid() != self._pid:
+            # A forked child must not use its parent's connections.
+            self._pid, self._local, self._connections = os.getpid(), threading.local(), []
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.timeout)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: an entry returned to the caller is on disk, so an allowed request is never unaudited.
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT``; rolls back on any failure, COMMIT's own included."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                with suppress(sqlite3.Error):  # the original error is the one to report
+                    db.execute("ROLLBACK")
+            raise
+
+    def _migrate(self) -> None:
+        with self._write() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise ValueError(f"schema version {version} is newer than this facegate's ({len(MIGRATIONS)})")
+            for script in MIGRATIONS[version:]:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+
+    def close(self) -> None:
+        """Close this process's connections (threads reopen on next use)."""
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def append(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Append one record and return the stored entry (with ``seq``, ``time``, ``prev``) once it is durable.
+
+        Raises :class:`AuditUnavailable` when it cannot be written, ``ValueError``/``TypeError`` when the record
+        is not a JSON object the log can store (it must not set ``seq`` or ``prev``; ``time`` is a number)."""
+        entry = dict(record)
+        for reserved in ("seq", "prev"):
+            if reserved in entry:
+                raise ValueError(f"the record sets {reserved!r}; the audit log assigns it")
+        if "time" in entry and (isinstance(entry["time"], bool) or not isinstance(entry["time"], int | float)):
+            raise ValueError(f"the record's time {entry['time']!r} is not epoch seconds (a number)")
+        try:
+            with self._write() as db:
+                size, frontier_bytes, last_leaf = db.execute("SELECT size, frontier, last_leaf FROM tree").fetchone()
+                entry.setdefault("time", time.time())
+                entry["seq"] = size
+                entry["prev"] = last_leaf.hex() if last_leaf else GENESIS_PREV
+                data = canonical_json(entry)
+                leaf = merkle.leaf_hash(data)
+                frontier = merkle.CompactRange.from_bytes(size, frontier_bytes)
+                frontier.append(leaf)
+                columns = [entry.get(name) if isinstance(entry.get(name), str) else None for name in _FILTER_COLUMNS]
+                db.execute(
+                    "INSERT INTO entries (seq, record, leaf_hash, time, event, organisation, purpose, decision) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (size, data, leaf, float(entry["time"]), *columns),
+                )
+                db.execute(
+                    "UPDATE tree SET size = ?, frontier = ?, last_leaf = ? WHERE id = 0",
+                    (frontier.size, frontier.to_bytes(), leaf),
+                )
+        except (sqlite3.Error, OSError) as exc:
+            raise _unavailable(self.path, exc) from exc
+        return json.loads(data)
+
+    def size(self) -> int:
+        """How many entries the log holds."""
+        return self._db.execute("SELECT size FROM tree").fetchone()[0]
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Sign and store the current tree head; O(log n), from the stored frontier."""
+        return self._checkpoint()[1]
+
+    def _checkpoint(self) -> tuple[int, dict[str, Any]]:
+        try:
+            with self._write() as db:
+                size, frontier_bytes = db.execute("SELECT size, frontier FROM tree").fetchone()
+                root = merkle.CompactRange.from_bytes(size, frontier_bytes).root().hex()
+                now = time.time()
+                signature = base64.b64encode(self._key.sign(checkpoint_message(size, root, now))).decode("ascii")
+                head = {"size": size, "root": root, "time": now, "signature": signature, "key_id": self.key_id}
+                cur = db.execute(
+                    "INSERT INTO checkpoints (size, root, time, signature, key_id) VALUES (?, ?, ?, ?, ?)",
+                    (size, root, now, signature, self.key_id),
+                )
+        except (sqlite3.Error, OSError) as exc:
+            raise _unavailable(self.path, exc) from exc
+        return cur.lastrowid, head
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        """Every stored checkpoint, oldest first."""
+        return self._checkpoints(None)
+
+    def _checkpoints(self, up_to_id: int | None) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT size, root, time, signature, key_id FROM checkpoints WHERE id <= ? ORDER BY id",
+            (up_to_id if up_to_id is not None else 2**63 - 1,),
+        ).fetchall()
+        return [dict(zip(("size", "root", "time", "signature", "key_id"), row, strict=True)) for row in rows]
+
+    def entries(
+        self,
+        *,
+        organisation: str | None = None,
+        purpose: str | None = None,
+        decision: str | None = None,
+        event: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """The entries, in ``seq`` order, whose top-level fields equal the given values and whose ``time`` is in
+        ``[since, until)`` (epoch seconds); at most ``limit`` of them."""
+        where, params = [], []
+        for column, value in zip(_FILTER_COLUMNS, (event, organisation, purpose, decision), strict=True):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("time >= ?")
+            params.append(since)
+        if until is not None:
+            where.append("time < ?")
+            params.append(until)
+        for _, record in self._records(where, params, limit):
+            yield json.loads(record)
+
+    def _records(self, where: list[str], params: list[Any], limit: int | None) -> Iterator[tuple[int, str]]:
+        """(seq, canonical JSON text) in seq order, a page at a time so no read stays open between pages."""
+        condition = "".join(f" AND {clause}" for clause in where)
+        after, remaining = -1, limit
+        while remaining is None or remaining > 0:
+            page = _PAGE if remaining is None else min(_PAGE, remaining)
+            rows = self._db.execute(
+                f"SELECT seq, record FROM entries WHERE seq > ?{condition} ORDER BY seq LIMIT ?",
+                (after, *params, page),
+            ).fetchall()
+            for seq, record in rows:
+                yield seq, record.decode() if isinstance(record, bytes) else record
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
+            if remaining is not None:
+                remaining -= len(rows)
+
+    def _leaves(self, size: int) -> list[bytes]:
+        rows = self._db.execute("SELECT leaf_hash FROM entries WHERE seq < ? ORDER BY seq", (size,)).fetchall()
+        return [row[0] for row in rows]
+
+    def _resolve_size(self, size: int | None) -> int:
+        current = self.size()
+        if size is None:
+            return current
+        if not 0 <= size <= current:
+            raise ValueError(f"tree size {size} is not between 0 and the log's size {current}")
+        return size
+
+    def inclusion_proof(self, seq: int, size: int | None = None) -> dict[str, Any]:
+        """Proof that entry ``seq`` is in the tree of ``size`` entries (default: all):
+        ``{"seq", "size", "leaf_hash", "root", "proof"}``, hashes in hex. O(size)."""
+        size = self._resolve_size(size)
+        if not 0 <= seq < size:
+            raise ValueError(f"entry {seq} is not in a tree of size {size}")
+        leaves = self._leaves(size)
+        return {
+            "seq": seq,
+            "size": size,
+            "leaf_hash": leaves[seq].hex(),
+            "root": merkle.root(leaves).hex(),
+            "proof": [node.hex() for node in merkle.inclusion_proof(leaves, seq, size)],
+        }
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> dict[str, Any]:
+        """Proof that the tree of ``old_size`` entries is a prefix of the tree of ``new_size`` (default: all):
+        ``{"old_size", "new_size", "old_root", "new_root", "proof"}``, hashes in hex. O(new_size)."""
+        new_size = self._resolve_size(new_size)
+        if not 0 <= old_size <= new_size:
+            raise ValueError(f"old size {old_size} is not between 0 and the new size {new_size}")
+        leaves = self._leaves(new_size)
+        return {
+            "old_size": old_size,
+            "new_size": new_size,
+            "old_root": merkle.root(leaves[:old_size]).hex(),
+            "new_root": merkle.root(leaves).hex(),
+            "proof": [node.hex() for node in merkle.consistency_proof(leaves, old_size, new_size)],
+        }
+
+    def export(self, out: TextIO) -> int:
+        """Write the log as JSON Lines (see the module docstring) after signing a fresh checkpoint that covers
+        it; entries appended meanwhile wait for the next export. Returns the number of entries written."""
+        checkpoint_id, head = self._checkpoint()
+        count = 0
+        for _, record in self._records(["seq < ?"], [head["size"]], None):
+            out.write('{"kind":"entry","entry":' + record + "}\n")
+            count += 1
+        for checkpoint in self._checkpoints(checkpoint_id):
+            out.write(canonical_json({"kind": "checkpoint", **checkpoint}).decode() + "\n")
+        return count
+
+
+def _load_or_create_key(data_dir: Path) -> Ed25519PrivateKey:
+    """The log's signing key, created on first use. Written to a private temporary file and then hard-linked
+    into place, which fails if the name exists: of two processes starting together, one key wins and both
+    use it."""
+    path = data_dir / KEY_NAME
+    if not path.exists():
+        pem = Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        tmp = data_dir / f".{KEY_NAME}.{os.getpid()}.{secrets.token_hex(8)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, pem)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process created it first; use that one
+        finally:
+            tmp.unlink()
+        _fsync_dir(data_dir)
+    key = load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    _publish_public_key(data_dir, key)
+    return key
+
+
+def _publish_public_key(data_dir: Path, key: Ed25519PrivateKey) -> None:
+    """Write ``audit_public.pem`` (atomically, by rename) unless it already holds this key."""
+    path = data_dir / PUBLIC_KEY_NAME
+    pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    if path.exists() and path.read_bytes() == pem:
+        return
+    tmp = data_dir / f".{PUBLIC_KEY_NAME}.{os.getpid()}.{secrets.token_hex(8)}"
+    tmp.write_bytes(pem)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

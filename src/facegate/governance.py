@@ -1,0 +1,391 @@
+"""Who may use facegate for what: organisations, registered use cases, keys, policy templates — and the gate
+that decides each request and the audit records that prove what happened.
+
+Every change here is written to the store (bumping its governance generation, so the very next request sees
+it) and to the audit log. The gate itself is ``facegate.policy.gate.decide``, a pure function; this module
+gathers its inputs, caches them per governance generation, and turns obligations into the parameters the
+service actually runs with.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from facegate.audit import AuditLog
+from facegate.errors import InvalidParameterException, ResourceNotFoundException
+from facegate.keys import IssuedKey, KeyRing, Principal
+from facegate.policy.gate import Circumstances, CompiledPolicies, Decision, PolicyInvalid, Subject, Target, decide
+from facegate.policy.templates import CATEGORIES, PURPOSES, TEMPLATES, parse_params
+from facegate.store import Organisation, PolicyState, Store, UseCase
+
+OPERATOR = "operator"
+# Request members that carry a threshold or a result cap, per operation.
+THRESHOLD_MEMBER = {
+    "SearchFaces": "FaceMatchThreshold",
+    "SearchFacesByImage": "FaceMatchThreshold",
+    "CompareFaces": "SimilarityThreshold",
+    "SearchUsers": "UserMatchThreshold",
+    "SearchUsersByImage": "UserMatchThreshold",
+}
+RESULTS_MEMBER = {
+    "SearchFaces": "MaxFaces",
+    "SearchFacesByImage": "MaxFaces",
+    "SearchUsers": "MaxUsers",
+    "SearchUsersByImage": "MaxUsers",
+}
+DEFAULT_THRESHOLD = 80.0
+
+
+class Clock:
+    """Wall time, unless FACEGATE_CLOCK_FILE names a file holding the time to use (an ISO date or epoch
+    seconds) — for drills and tests that replay a policy timeline without waiting for it."""
+
+    def __init__(self, clock_file: str | None = None) -> None:
+        self.clock_file = clock_file if clock_file is not None else os.environ.get("FACEGATE_CLOCK_FILE")
+
+    def now(self) -> float:
+        if not self.clock_file:
+            return time.time()
+        from facegate.policy.templates import epoch
+
+        text = Path(self.clock_file).read_text().strip()
+        return float(text) if text.replace(".", "", 1).isdigit() else float(epoch(text))
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """A decision with everything the audit record and the response need."""
+
+    decision: Decision
+    subject: Subject
+    target: Target
+    params: dict  # the parameters the service runs with (obligations applied)
+    threshold_requested: float | None
+    threshold_applied: float | None
+    now: float
+    case_reference: str | None = None
+    consent_reference: str | None = None
+
+
+class Governance:
+    def __init__(self, store: Store, keys: KeyRing, audit: AuditLog, clock: Clock | None = None) -> None:
+        self.store = store
+        self.keys = keys
+        self.audit = audit
+        self.clock = clock or Clock()
+        self._lock = threading.Lock()
+        self._generation = -1
+        self._policies: CompiledPolicies | None = None
+        self._subjects: dict[str, tuple[int, Subject]] = {}
+
+    # Organisations
+
+    def create_organisation(
+        self, name: str, category: str, jurisdiction: str = "", groups: tuple[str, ...] = (), actor: str = OPERATOR
+    ) -> Organisation:
+        if category not in CATEGORIES:
+            raise InvalidParameterException(f"Category {category!r} is not one of: {', '.join(sorted(CATEGORIES))}.")
+        organisation = Organisation(name, category, jurisdiction, "active", tuple(groups), time.time())
+        self.store.add_organisation(organisation)
+        self._event(
+            "organisation_created",
+            actor,
+            organisation=name,
+            category=category,
+            jurisdiction=jurisdiction,
+            groups=list(groups),
+        )
+        return organisation
+
+    def set_organisation_status(self, name: str, status: str, reason: str, actor: str = OPERATOR) -> None:
+        self._organisation(name)
+        if status not in ("active", "suspended", "revoked"):
+            raise InvalidParameterException(f"Status {status!r} is not active, suspended or revoked.")
+        self.store.update_organisation(name, status=status, reason=reason)
+        event = "revocation" if status != "active" else "reinstatement"
+        self._event(event, actor, organisation=name, status=status, reason=reason)
+
+    def set_organisation_groups(self, name: str, groups: tuple[str, ...], reason: str, actor: str = OPERATOR) -> None:
+        self._organisation(name)
+        self.store.update_organisation(name, groups=tuple(groups))
+        self._event("groups_changed", actor, organisation=name, groups=list(groups), reason=reason)
+
+    def _organisation(self, name: str) -> Organisation:
+        organisation = self.store.get_organisation(name)
+        if organisation is None:
+            raise ResourceNotFoundException(f"Organisation {name} is not registered.")
+        return organisation
+
+    # Use cases
+
+    def create_use_case(
+        self,
+        organisation: str,
+        purpose: str,
+        *,
+        collections: tuple[str, ...] | None = None,
+        valid_from: float | None = None,
+        valid_until: float | None = None,
+        legal_basis: str | None = None,
+        authorisation_reference: str | None = None,
+        approver: str | None = None,
+        actor: str = OPERATOR,
+    ) -> UseCase:
+        self._organisation(organisation)
+        if purpose not in PURPOSES:
+            raise InvalidParameterException(f"Purpose {purpose!r} is not one of: {', '.join(sorted(PURPOSES))}.")
+        use_case = UseCase(
+            use_case_id="uc-" + uuid.uuid4().hex[:12],
+            organisation=organisation,
+            purpose=purpose,
+            collections=tuple(collections) if collections else None,
+            valid_from=valid_from if valid_from is not None else 0.0,
+            valid_until=valid_until,
+            legal_basis=legal_basis,
+            authorisation_reference=authorisation_reference,
+            approver=approver,
+            status="active",
+            created_at=time.time(),
+        )
+        self.store.add_use_case(use_case)
+        self._event(
+            "use_case_registered",
+            actor,
+            organisation=organisation,
+            use_case=use_case.use_case_id,
+            purpose=purpose,
+            collections=list(collections or []),
+            approver=approver,
+            legal_basis=legal_basis,
+            authorisation_reference=authorisation_reference,
+        )
+        return use_case
+
+    def revoke_use_case(self, use_case_id: str, reason: str, actor: str = OPERATOR) -> None:
+        use_case = self.store.get_use_case(use_case_id)
+        if use_case is None:
+            raise ResourceNotFoundException(f"Use case {use_case_id} is not registered.")
+        self.store.set_use_case_status(use_case_id, "revoked", reason)
+        self._event("revocation", actor, organisation=use_case.organisation, use_case=use_case_id, reason=reason)
+
+    # Keys
+
+    def issue_key(
+        self,
+        *,
+        use_case_id: str | None = None,
+        organisation: str | None = None,
+        role: str = "client",
+        actor: str = OPERATOR,
+    ) -> IssuedKey:
+        """A key for a registered use case (its organisation owns the collections), or a bare organisation key."""
+        if use_case_id is not None:
+            use_case = self.store.get_use_case(use_case_id)
+            if use_case is None:
+                raise ResourceNotFoundException(f"Use case {use_case_id} is not registered.")
+            organisation = use_case.organisation
+        if organisation is None:
+            raise InvalidParameterException("A key needs a use case or an organisation.")
+        issued = self.keys.issue(organisation, role=role, use_case_id=use_case_id)
+        self._event(
+            "key_issued",
+            actor,
+            organisation=organisation,
+            use_case=use_case_id,
+            access_key=issued.access_key_id,
+            role=role,
+        )
+        return issued
+
+    def revoke_key(self, access_key_id: str, reason: str, actor: str = OPERATOR) -> None:
+        key = self.store.get_key(access_key_id)
+        if key is None:
+            raise ResourceNotFoundException(f"Access key {access_key_id} does not exist.")
+        self.store.revoke_key(access_key_id)
+        self._event(
+            "revocation",
+            actor,
+            organisation=key.owner,
+            use_case=key.use_case_id,
+            access_key=access_key_id,
+            reason=reason,
+        )
+
+    # Policies
+
+    def policy_states(self) -> dict[str, PolicyState]:
+        return self.store.policy_states()
+
+    def activate(self, template: str, settings: list[str], reason: str, actor: str = OPERATOR) -> PolicyState:
+        """Activate (or re-parameterise: extend, shorten) a template. Refused if the resulting policy set fails
+        validation against the schema."""
+        definition = self._template(template)
+        current = self.store.policy_states().get(template)
+        try:
+            params = parse_params(definition, settings, current.params if current else None)
+        except ValueError as exc:
+            raise InvalidParameterException(str(exc)) from None
+        state = PolicyState(template, True, params, time.time(), reason)
+        self._validate({**self.store.policy_states(), template: state})
+        self.store.set_policy_state(state)
+        self._event("policy_change", actor, template=template, change="activated", params=params, reason=reason)
+        return state
+
+    def deactivate(self, template: str, reason: str, actor: str = OPERATOR) -> None:
+        self._template(template)
+        current = self.store.policy_states().get(template)
+        params = current.params if current else dict(TEMPLATES[template].defaults)
+        self.store.set_policy_state(PolicyState(template, False, params, time.time(), reason))
+        self._event("policy_change", actor, template=template, change="deactivated", reason=reason)
+
+    def _template(self, name: str):
+        definition = TEMPLATES.get(name)
+        if definition is None or definition.always_on:
+            choices = ", ".join(n for n, t in TEMPLATES.items() if not t.always_on)
+            raise InvalidParameterException(f"No policy template {name!r}; templates: {choices}.")
+        return definition
+
+    @staticmethod
+    def _validate(states: dict[str, PolicyState]) -> CompiledPolicies:
+        try:
+            return CompiledPolicies.compile(states)
+        except PolicyInvalid as exc:
+            raise InvalidParameterException(f"Not activated: {exc}") from None
+
+    # The gate
+
+    def _current(self) -> tuple[CompiledPolicies, int]:
+        generation = self.store.governance_generation()
+        with self._lock:
+            if generation != self._generation or self._policies is None:
+                self._policies = CompiledPolicies.compile(self.store.policy_states())
+                self._subjects.clear()
+                self._generation = generation
+            return self._policies, generation
+
+    def _subject(self, principal: Principal, generation: int) -> Subject:
+        """The key's facts as of ``generation``; cached until governance changes (a revocation included)."""
+        cached = self._subjects.get(principal.access_key_id)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        key = self.store.get_key(principal.access_key_id)
+        use_case = self.store.get_use_case(key.use_case_id) if key and key.use_case_id else None
+        subject = Subject(key, self.store.get_organisation(key.owner), use_case)
+        self._subjects[principal.access_key_id] = (generation, subject)
+        return subject
+
+    def gate(
+        self,
+        principal: Principal,
+        operation: str,
+        params: dict,
+        *,
+        case_reference: str | None = None,
+        consent_reference: str | None = None,
+    ) -> GateOutcome:
+        """Decide a request before any image is decoded; when allowed, apply the obligations to its params."""
+        policies, generation = self._current()
+        subject = self._subject(principal, generation)
+        target = self._target(principal.owner, params)
+        member = THRESHOLD_MEMBER.get(operation)
+        requested = params.get(member) if member else None
+        if requested is not None and not isinstance(requested, int | float):
+            requested = None  # the service's validation will name the problem
+        now = self.clock.now()
+        decision = decide(
+            policies,
+            subject,
+            operation,
+            target,
+            Circumstances(now, case_reference, consent_reference, requested if member else None),
+        )
+        applied = None
+        params = dict(params)
+        if decision.allowed and member:
+            applied = float(requested) if requested is not None else DEFAULT_THRESHOLD
+            floor = decision.obligations.min_threshold
+            if floor is not None and applied < floor:
+                applied = floor
+                params[member] = floor
+        cap = decision.obligations.max_results
+        if decision.allowed and cap and operation in RESULTS_MEMBER:
+            results = RESULTS_MEMBER[operation]
+            if not isinstance(params.get(results), int) or params[results] > cap:
+                params[results] = cap
+        return GateOutcome(
+            decision, subject, target, params, requested, applied, now, case_reference, consent_reference
+        )
+
+    def _target(self, owner: str, params: dict) -> Target:
+        collection_id = params.get("CollectionId")
+        arn = params.get("ResourceArn")
+        if collection_id is None and isinstance(arn, str) and "collection/" in arn:
+            collection_id = arn.rsplit("collection/", 1)[1]
+        if not isinstance(collection_id, str):
+            return Target()
+        collection = self.store.get_collection(owner, collection_id)
+        if collection is None:
+            return Target(collection_id)
+        jurisdiction = self.store.tags(collection).get("jurisdiction", "")
+        return Target(collection_id, collection.face_count, jurisdiction)
+
+    # Audit
+
+    def record_request(
+        self, outcome: GateOutcome | None, principal: Principal | None, operation: str, **facts: Any
+    ) -> dict:
+        """Append one request's record; raises AuditUnavailable (the caller fails closed) if it cannot."""
+        record: dict[str, Any] = {"event": "request", "operation": operation}
+        if principal is not None:
+            record.update(access_key=principal.access_key_id, organisation=principal.owner)
+        if outcome is not None:
+            use_case = outcome.subject.use_case
+            record.update(
+                time=outcome.now,
+                use_case=use_case.use_case_id if use_case else None,
+                purpose=use_case.purpose if use_case else None,
+                case_reference=outcome.case_reference,
+                consent_reference=outcome.consent_reference,
+                collection=outcome.target.collection,
+                collection_size=outcome.target.size,
+                threshold_requested=outcome.threshold_requested,
+                threshold_applied=outcome.threshold_applied,
+                policies=list(outcome.decision.policies),
+                policy_set_hash=outcome.decision.policy_set_hash,
+                human_review_required=outcome.decision.obligations.human_review,
+                reviewers_required=outcome.decision.obligations.reviewers,
+            )
+        record.update({k: v for k, v in facts.items() if v is not None})
+        return self.audit.append(record)
+
+    @staticmethod
+    def summarise_result(operation: str, result: dict) -> dict[str, Any]:
+        """What the audit keeps of a response: counts and matched ids with similarities, never images."""
+        facts: dict[str, Any] = {}
+        if "FaceMatches" in result:
+            facts["matches"] = [
+                {"face_id": m["Face"].get("FaceId"), "similarity": round(m["Similarity"], 4)}
+                for m in result["FaceMatches"]
+            ]
+            facts["faces_found"] = len(result["FaceMatches"]) + len(result.get("UnmatchedFaces", []))
+        if "UserMatches" in result:
+            facts["matches"] = [
+                {"user_id": m["User"]["UserId"], "similarity": round(m["Similarity"], 4)} for m in result["UserMatches"]
+            ]
+        if "FaceRecords" in result:
+            facts["faces_found"] = len(result["FaceRecords"]) + len(result.get("UnindexedFaces", []))
+            facts["indexed_face_ids"] = [r["Face"]["FaceId"] for r in result["FaceRecords"]]
+        if "FaceDetails" in result:
+            facts["faces_found"] = len(result["FaceDetails"])
+        if "DeletedFaces" in result:
+            facts["deleted_face_ids"] = list(result["DeletedFaces"])
+        return facts
+
+    def _event(self, event: str, actor: str, **facts: Any) -> None:
+        self.audit.append({"event": event, "actor": actor, "time": self.clock.now(), **facts})
