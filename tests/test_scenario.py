@@ -206,3 +206,57 @@ def test_revocation_while_requests_are_in_flight(world):
     after = [o for t, o in log if t > revoked_at[0]]
     assert after and set(after) == {"AccessDeniedException"}
     assert httpx.get(world["endpoint"] + "/healthz").status_code == 200
+
+
+def admin_call(endpoint: str, key: dict, method: str, path: str, payload: dict | None = None) -> httpx.Response:
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    body = json.dumps(payload).encode() if payload is not None else b""
+    request = AWSRequest(method=method, url=endpoint + path, data=body, headers={"Content-Type": "application/json"})
+    SigV4Auth(Credentials(key["AccessKeyId"], key["SecretAccessKey"]), "facegate-admin", REGION).add_auth(request)
+    return httpx.request(method, endpoint + path, content=body, headers=dict(request.headers))
+
+
+def test_admin_api(world):
+    fg, endpoint = world["fg"], world["endpoint"]
+    admin = fg.json("keys", "create", "--org", "operators")
+    # A client key is not an administrator.
+    refused = admin_call(endpoint, admin, "POST", "/admin/organisations", {"Name": "x", "Category": "ngo"})
+    assert refused.status_code == 403 and refused.json()["__type"] == "AccessDeniedException"
+
+    from facegate.audit import AuditLog
+    from facegate.governance import Governance
+    from facegate.keys import KeyRing
+    from facegate.store.sqlite import SqliteStore
+
+    store = SqliteStore(world["home"])
+    admin_key = (
+        Governance(store, KeyRing(store, world["home"]), AuditLog(world["home"]))
+        .issue_key(organisation="operators", role="admin")
+        .to_json()
+    )
+    store.close()
+
+    created = admin_call(endpoint, admin_key, "POST", "/admin/organisations", {"Name": "icmec", "Category": "ngo"})
+    assert created.status_code == 200, created.text
+    use_case = admin_call(
+        endpoint, admin_key, "POST", "/admin/usecases", {"Organisation": "icmec", "Purpose": "missing_children"}
+    ).json()
+    key = admin_call(endpoint, admin_key, "POST", "/admin/keys", {"UseCaseId": use_case["UseCaseId"]}).json()
+    client = rekognition(endpoint, key)
+    client.create_collection(CollectionId="icmec-gallery")
+    activated = admin_call(endpoint, admin_key, "POST", "/admin/policies/kill-switch/activate", {"Reason": "drill"})
+    assert activated.json()["Active"] is True
+    # Denied before the image is even decoded: these bytes are not an image.
+    junk = {"Bytes": b"not an image: the gate decides first"}
+    assert "kill-switch" in denied(lambda: client.search_faces_by_image(CollectionId="icmec-gallery", Image=junk))
+    admin_call(endpoint, admin_key, "POST", "/admin/policies/kill-switch/deactivate", {"Reason": "drill over"})
+    revoked = admin_call(endpoint, admin_key, "POST", f"/admin/keys/{key['AccessKeyId']}/revoke", {"Reason": "done"})
+    assert revoked.status_code == 200
+    assert "revocation" in denied(lambda: client.list_collections())
+    head = admin_call(endpoint, admin_key, "POST", "/admin/audit/checkpoint").json()
+    assert head["size"] > 0 and head["signature"]
+    templates = admin_call(endpoint, admin_key, "GET", "/admin/policies")
+    assert templates.status_code == 200 and any(t["Template"] == MORATORIUM for t in templates.json()["Templates"])

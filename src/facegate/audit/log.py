@@ -129,6 +129,7 @@ class AuditLog:
         self._local = threading.local()
         self._pid = os.getpid()
         self._connections: list[sqlite3.Connection] = []
+        self._inherited: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -146,12 +147,13 @@ class AuditLog:
     @property
     def _db(self) -> sqlite3.Connection:
         if os.getpid() != self._pid:
-            # A forked child must not use its parent's connections.
+            # A forked child must neither use nor close its parent's connections: keep them, untouched.
+            self._inherited.extend(self._connections)
             self._pid, self._local, self._connections = os.getpid(), threading.local(), []
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.timeout)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn, self.timeout)
             # FULL: an entry returned to the caller is on disk, so an allowed request is never unaudited.
             conn.execute("PRAGMA synchronous=FULL")
             self._local.conn = conn
@@ -360,6 +362,22 @@ class AuditLog:
         for checkpoint in self._checkpoints(checkpoint_id):
             out.write(canonical_json({"kind": "checkpoint", **checkpoint}).decode() + "\n")
         return count
+
+
+def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch to WAL, retrying while busy: SQLite does not wait on its busy handler for this, so two processes
+    creating the database together would otherwise see "database is locked"."""
+    deadline, delay = time.monotonic() + timeout, 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if not busy or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def _load_or_create_key(data_dir: Path) -> Ed25519PrivateKey:

@@ -35,6 +35,7 @@ from facegate.errors import (
 from facegate.governance import GateOutcome, Governance
 from facegate.keys import KeyRing
 from facegate.server import sigv4
+from facegate.server.admin import admin_routes
 from facegate.server.workers import OperationRunner
 
 log = logging.getLogger("facegate.server")
@@ -190,6 +191,7 @@ def create_app(
             Route("/", rekognition, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
+            *admin_routes(governance, keys, _read_body),
             Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"]),
         ],
         lifespan=lifespan,
