@@ -140,6 +140,42 @@ def collections_delete(collection_id: str) -> None:
     out.print(f"deleted {collection_id}")
 
 
+@collections_app.command("retention")
+def collections_retention(
+    collection_id: str,
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")],
+    max_days: Annotated[int | None, typer.Option(help="Delete faces this many days after they were indexed.")] = None,
+    until: Annotated[str | None, typer.Option(help="Delete every face on this date (the purpose's end).")] = None,
+    org: Annotated[str, typer.Option(help="Organisation that owns the collection.")] = DEFAULT_OWNER,
+) -> None:
+    """Set (or, with neither option, clear) a collection's retention rule; `facegate retention purge` enforces it."""
+    rule = _governance().set_retention(org, collection_id, max_days=max_days, until=_when(until), reason=reason)
+    out.print(f"{collection_id}: retention {rule or 'cleared'}")
+
+
+retention_app = typer.Typer(no_args_is_help=True, help="Enforce retention rules.")
+app.add_typer(retention_app, name="retention")
+
+
+@retention_app.command("purge")
+def retention_purge(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be deleted.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete every face past its retention; each deletion is audited."""
+    report = _governance().purge(dry_run=dry_run)
+    if as_json:
+        print(json.dumps(report))
+        return
+    for item in report:
+        verb = "would delete" if dry_run else "deleted"
+        out.print(
+            f"{item['organisation']}/{item['collection']}: {verb} {len(item['deleted'])} faces ({item['reason']})"
+        )
+    if not report:
+        out.print("no collection has a retention rule")
+
+
 # Indexing
 
 

@@ -258,6 +258,78 @@ class Governance:
         except PolicyInvalid as exc:
             raise InvalidParameterException(f"Not activated: {exc}") from None
 
+    # Retention
+
+    def set_retention(
+        self,
+        owner: str,
+        collection_id: str,
+        *,
+        max_days: int | None,
+        until: float | None,
+        reason: str,
+        actor: str = OPERATOR,
+    ) -> dict | None:
+        """Give a collection a retention rule: faces older than ``max_days`` (since they were indexed, the last
+        interaction facegate sees) expire, and every face expires at ``until`` (the purpose's end)."""
+        collection = self.store.get_collection(owner, collection_id)
+        if collection is None:
+            raise ResourceNotFoundException(f"The collection id: {collection_id} does not exist")
+        rule = None if max_days is None and until is None else {"max_days": max_days, "until": until}
+        self.store.set_retention(collection, rule)
+        self._event("retention_set", actor, organisation=owner, collection=collection_id, rule=rule, reason=reason)
+        return rule
+
+    def purge(self, *, dry_run: bool = False, actor: str = "retention") -> list[dict]:
+        """Delete every face past its collection's retention (and past BIPA's limit for Illinois collections
+        while that template is active); each deletion is audited. Returns what was (or would be) deleted."""
+        now = self.clock.now()
+        rules = {c.pk: (c, dict(rule)) for c, rule in self.store.retention_rules()}
+        bipa = self.store.policy_states().get("illinois-bipa")
+        if bipa is not None and bipa.active:
+            bipa_days = int(bipa.params.get("retention_years", 3)) * 365
+            for collection in self.store.collections_tagged("jurisdiction", "US-IL"):
+                _, rule = rules.get(collection.pk, (collection, {"max_days": None, "until": None}))
+                rule["max_days"] = min(rule.get("max_days") or bipa_days, bipa_days)
+                rule["basis"] = "illinois-bipa"
+                rules[collection.pk] = (collection, rule)
+        report = []
+        for collection, rule in rules.values():
+            if rule.get("until") is not None and now >= rule["until"]:
+                cutoff, why = float("inf"), "the collection's purpose ended"
+            elif rule.get("max_days") is not None:
+                cutoff, why = now - rule["max_days"] * 86400, f"older than {rule['max_days']} days"
+            else:
+                cutoff, why = float("-inf"), "within retention"
+            expired = self.store.faces_indexed_before(collection, cutoff)
+            deleted = (
+                [f.face_id for f in expired]
+                if dry_run
+                else self.store.purge_faces(collection, [f.face_id for f in expired])
+            )
+            if not dry_run:
+                for face_id in deleted:
+                    self._event(
+                        "deletion",
+                        actor,
+                        organisation=collection.owner,
+                        collection=collection.collection_id,
+                        face_id=face_id,
+                        reason=f"retention: {why}",
+                        basis=rule.get("basis", "collection rule"),
+                    )
+            report.append(
+                {
+                    "organisation": collection.owner,
+                    "collection": collection.collection_id,
+                    "rule": rule,
+                    "reason": why,
+                    "deleted": deleted,
+                    "dry_run": dry_run,
+                }
+            )
+        return report
+
     # The gate
 
     def _current(self) -> tuple[CompiledPolicies, int]:

@@ -116,6 +116,10 @@ MIGRATIONS: list[str] = [
     );
     INSERT INTO meta (key, value) VALUES ('governance_generation', '0');
     """,
+    """
+    ALTER TABLE collections ADD COLUMN retention TEXT;
+    CREATE INDEX faces_by_age ON faces (collection_pk, indexed_at);
+    """,
 ]
 
 _FACE_COLUMNS = (
@@ -142,7 +146,7 @@ class SqliteStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(conn)
             # FULL: a transaction acknowledged to a client is on disk before we answer.
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -221,6 +225,59 @@ class SqliteStore:
             db.execute("DELETE FROM collections WHERE pk = ?", (collection.pk,))
         with self._galleries_lock:
             self._galleries.pop(collection.pk, None)
+
+    def set_retention(self, collection: Collection, rule: dict | None) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE collections SET retention = ? WHERE pk = ?",
+                (None if rule is None else json.dumps(rule, sort_keys=True), collection.pk),
+            )
+
+    def retention_rules(self) -> list[tuple[Collection, dict]]:
+        """Every collection that has a retention rule, with the rule."""
+        rows = self._db.execute(
+            self._COLLECTION_SELECT.replace("FROM collections c", ", c.retention FROM collections c")
+            + "WHERE c.retention IS NOT NULL ORDER BY c.owner, c.collection_id"
+        ).fetchall()
+        return [(Collection(*row[:7]), json.loads(row[7])) for row in rows]
+
+    def collections_tagged(self, key: str, value: str) -> list[Collection]:
+        rows = self._db.execute(
+            self._COLLECTION_SELECT
+            + "JOIN collection_tags t ON t.collection_pk = c.pk WHERE t.key = ? AND t.value = ?",
+            (key, value),
+        ).fetchall()
+        return [Collection(*row) for row in rows]
+
+    def retention_rule(self, collection: Collection) -> dict | None:
+        row = self._db.execute("SELECT retention FROM collections WHERE pk = ?", (collection.pk,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
+    def faces_indexed_before(self, collection: Collection, cutoff: float) -> list[StoredFace]:
+        rows = self._db.execute(
+            f"SELECT {_FACE_COLUMNS} FROM faces WHERE collection_pk = ? AND indexed_at < ? ORDER BY indexed_at",
+            (collection.pk, cutoff),
+        ).fetchall()
+        return [_face(row) for row in rows]
+
+    def purge_faces(self, collection: Collection, face_ids: list[str]) -> list[str]:
+        """Delete faces whatever their user association (retention overrides it); returns those deleted."""
+        if not face_ids:
+            return []
+        marks = ",".join("?" * len(face_ids))
+        with self._write() as db:
+            found = [
+                r[0]
+                for r in db.execute(
+                    f"SELECT face_id FROM faces WHERE collection_pk = ? AND face_id IN ({marks})",
+                    (collection.pk, *face_ids),
+                )
+            ]
+            db.execute(
+                f"DELETE FROM faces WHERE collection_pk = ? AND face_id IN ({marks})", (collection.pk, *face_ids)
+            )
+            self._bump(db, collection)
+        return found
 
     # Faces
 
@@ -593,6 +650,19 @@ class SqliteStore:
             conn.close()
         self._connections.clear()
         self._local = threading.local()
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    # Switching to WAL answers "database is locked" at once (no busy wait) while another process creates
+    # the database; retry briefly instead of failing the first request.
+    for attempt in range(100):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError:
+            if attempt == 99:
+                raise
+            time.sleep(0.05)
 
 
 class _Transaction:
