@@ -154,6 +154,30 @@ def test_june_2020(world):
     assert searches and all(r["purpose"] == "missing_children" and r["matches"] for r in searches)
     assert all(len(r["image_sha256"][0]) == 64 for r in searches)
 
+    # The transparency report counts it.
+    fg(
+        "report",
+        "transparency",
+        "--from",
+        "2020-01-01",
+        "--to",
+        "2030-01-01",
+        "--out",
+        str(world["home"].parent / "report"),
+    )
+    report = json.loads((world["home"].parent / "report" / "transparency.json").read_text())
+    assert report["denials_by_policy"][MORATORIUM] == 3  # police twice, Thorn's research use case once
+    assert report["denials_by_policy"]["revocation"] == 1
+    assert report["by_category"]["law_enforcement"]["deny"] == 2
+    assert report["by_purpose"]["missing_children"]["allow"] >= 2
+    assert [e["change"] for e in report["governance_events"] if e["event"] == "policy_change"] == [
+        "activated",
+        "activated",
+    ]
+    assert any(e["event"] == "revocation" and e["organisation"] == "marinus" for e in report["governance_events"])
+    html_report = (world["home"].parent / "report" / "transparency.html").read_text()
+    assert html_report.count("data:image/png;base64,") == 3
+
 
 def test_public_safety_obligations_raise_the_threshold(world):
     fg, search = world["fg"], world["search"]

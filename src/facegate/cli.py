@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -781,6 +782,30 @@ def policies_deactivate(template: str, reason: ReasonOption) -> None:
     """Lift a template; takes effect on the next request."""
     _governance().deactivate(template, reason)
     out.print(f"deactivated {template}")
+
+
+report_app = typer.Typer(no_args_is_help=True, help="Reports built from the audit log.")
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("transparency")
+def report_transparency(
+    since: Annotated[str, typer.Option("--from", help="Start (YYYY-MM-DD or ISO time, UTC).")] = "1970-01-01",
+    until: Annotated[str, typer.Option("--to", help="End, exclusive (default: now).")] = "",
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for transparency.json and transparency.html.")] = Path(
+        "transparency"
+    ),
+) -> None:
+    """Requests by organisation category, purpose and operation; decisions; denials by policy; matches; thresholds
+    applied; revocations and policy changes."""
+    from facegate import transparency
+
+    governance = _governance()
+    report = transparency.build(
+        governance.audit, state.service.store, _when(since), _when(until) if until else time.time() + 1
+    )
+    json_path, html_path = transparency.write(report, out_dir)
+    out.print(f"{sum(report['requests'].values())} requests; wrote {json_path} and {html_path}")
 
 
 @app.command("serve")
