@@ -87,6 +87,13 @@ def test_cli_end_to_end(tmp_path, photos, people, group_photo):
     run(home, "users", "delete", "-c", "family", "tony")
     assert "deleted 1" in run(home, "faces", "delete", "-c", "family", blair).stdout
 
+    # The operator's own calls are in the audit log too, and the log verifies.
+    records = [json.loads(line) for line in run(home, "audit", "show", "--json").stdout.splitlines()]
+    indexing = [r for r in records if r.get("operation") == "IndexFaces" and r.get("actor") == "local-cli"]
+    assert sum(1 for r in indexing if r["decision"] == "allow") == 6  # two runs over three photos
+    assert any(r["decision"] == "error" and r["error_code"] == "InvalidImageFormatException" for r in indexing)
+    assert run(home, "audit", "verify").returncode == 0
+
 
 def test_index_json_prints_the_index_faces_response(tmp_path, people):
     home = tmp_path / "home"

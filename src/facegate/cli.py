@@ -6,7 +6,9 @@ Errors print one line naming the problem and its Rekognition code, and exit non-
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import sys
 import time
@@ -32,6 +34,7 @@ from facegate.audit.commands import audit_app
 from facegate.config import DEFAULT_OWNER, data_dir
 from facegate.engine.image import sniff_format
 from facegate.errors import FacegateError
+from facegate.governance import Governance
 from facegate.service import FaceService
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="facegate: accountable face recognition.")
@@ -51,6 +54,16 @@ class _State:
     detector: str = "hog"
     owner: str = DEFAULT_OWNER
     _service: FaceService | None = None
+
+    _audit = None
+
+    @property
+    def audit(self):
+        if self._audit is None:
+            from facegate.audit import AuditLog
+
+            self._audit = AuditLog(data_dir(self.data))
+        return self._audit
 
     @property
     def service(self) -> FaceService:
@@ -77,10 +90,38 @@ def main_options(
 ) -> None:
     state.data = data
     state.detector = detector
+    if data is not None:
+        os.environ["FACEGATE_HOME"] = str(data)  # sub-apps (audit) read their data directory from it
 
 
 def call(operation: str, params: dict) -> dict:
-    return state.service.call(state.owner, operation, params)
+    """Run a service operation as the local operator; it is recorded in the audit log like any request."""
+    try:
+        result = state.service.call(state.owner, operation, params)
+    except FacegateError as exc:
+        _audit_local(operation, params, decision="error", error_code=exc.code, reason=exc.message[:500])
+        raise
+    _audit_local(operation, params, decision="allow", **Governance.summarise_result(operation, result))
+    return result
+
+
+def _audit_local(operation: str, params: dict, **facts: Any) -> None:
+    collection = params.get("CollectionId")
+    images = [
+        params[m]["Bytes"]
+        for m in ("Image", "SourceImage", "TargetImage")
+        if isinstance(params.get(m), dict) and isinstance(params[m].get("Bytes"), bytes)
+    ]
+    record = {
+        "event": "request",
+        "actor": "local-cli",
+        "organisation": state.owner,
+        "operation": operation,
+        "collection": collection,
+        "image_sha256": [hashlib.sha256(b).hexdigest() for b in images] or None,
+        **facts,
+    }
+    state.audit.append({k: v for k, v in record.items() if v is not None})
 
 
 def emit(response: dict[str, Any]) -> None:
@@ -240,7 +281,14 @@ def index(
                 }
                 if max_faces is not None:
                     params["MaxFaces"] = max_faces
-                response, repeated = state.service.index(state.owner, params)
+                try:
+                    response, repeated = state.service.index(state.owner, params)
+                except FacegateError as exc:
+                    _audit_local("IndexFaces", params, decision="error", error_code=exc.code, reason=exc.message[:500])
+                    raise
+                _audit_local(
+                    "IndexFaces", params, decision="allow", **Governance.summarise_result("IndexFaces", response)
+                )
                 responses.append(response)
                 if repeated:
                     counts["skipped: already indexed"] += 1
@@ -546,12 +594,8 @@ def _key_ring():
     return KeyRing(state.service.store, data_dir(state.data))
 
 
-def _governance():
-    from facegate.audit import AuditLog
-    from facegate.governance import Governance
-
-    home = data_dir(state.data)
-    return Governance(state.service.store, _key_ring(), AuditLog(home))
+def _governance() -> Governance:
+    return Governance(state.service.store, _key_ring(), state.audit)
 
 
 def _when(value: str | None) -> float | None:
