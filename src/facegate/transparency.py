@@ -126,7 +126,7 @@ def _chart(title: str, table: dict[str, dict[str, int]]) -> str:
     ax.set_title(title)
     ax.set_xlabel("requests")
     ax.invert_yaxis()
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
