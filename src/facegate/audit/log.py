@@ -116,6 +116,18 @@ def _unavailable(path: Path, exc: BaseException) -> AuditUnavailable:
     )
 
 
+class _Pending:
+    """One record waiting for the group commit that makes it durable."""
+
+    __slots__ = ("entry", "done", "result", "error")
+
+    def __init__(self, entry: dict[str, Any]) -> None:
+        self.entry = entry
+        self.done = threading.Event()
+        self.result: dict[str, Any] | None = None
+        self.error: Exception | None = None
+
+
 class AuditLog:
     """The append-only audit log of one data directory. Safe to share between threads (one SQLite connection
     each) and between processes (writers serialise on the database lock)."""
@@ -131,6 +143,9 @@ class AuditLog:
         self._connections: list[sqlite3.Connection] = []
         self._inherited: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        self._queue: list[_Pending] = []
+        self._queue_lock = threading.Lock()
+        self._writing = False
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self._key = _load_or_create_key(self.data_dir)
@@ -205,29 +220,65 @@ class AuditLog:
                 raise ValueError(f"the record sets {reserved!r}; the audit log assigns it")
         if "time" in entry and (isinstance(entry["time"], bool) or not isinstance(entry["time"], int | float)):
             raise ValueError(f"the record's time {entry['time']!r} is not epoch seconds (a number)")
+        return self._commit(_Pending(entry))
+
+    def _commit(self, pending: _Pending) -> dict[str, Any]:
+        """Group commit: the first waiting thread becomes the writer and commits every queued record in one
+        transaction (one disk sync for all of them); the others wait for their record's outcome."""
+        with self._queue_lock:
+            self._queue.append(pending)
+            leader = not self._writing
+            self._writing = True
+        if leader:
+            while True:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                    if not batch:
+                        self._writing = False
+                        break
+                self._write_batch(batch)
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        written = []
         try:
             with self._write() as db:
                 size, frontier_bytes, last_leaf = db.execute("SELECT size, frontier, last_leaf FROM tree").fetchone()
-                entry.setdefault("time", time.time())
-                entry["seq"] = size
-                entry["prev"] = last_leaf.hex() if last_leaf else GENESIS_PREV
-                data = canonical_json(entry)
-                leaf = merkle.leaf_hash(data)
                 frontier = merkle.CompactRange.from_bytes(size, frontier_bytes)
-                frontier.append(leaf)
-                columns = [entry.get(name) if isinstance(entry.get(name), str) else None for name in _FILTER_COLUMNS]
-                db.execute(
-                    "INSERT INTO entries (seq, record, leaf_hash, time, event, organisation, purpose, decision) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (size, data, leaf, float(entry["time"]), *columns),
-                )
+                for pending in batch:
+                    entry = pending.entry
+                    entry.setdefault("time", time.time())
+                    entry["seq"] = frontier.size
+                    entry["prev"] = last_leaf.hex() if last_leaf else GENESIS_PREV
+                    data = canonical_json(entry)
+                    leaf = merkle.leaf_hash(data)
+                    columns = [
+                        entry.get(name) if isinstance(entry.get(name), str) else None for name in _FILTER_COLUMNS
+                    ]
+                    db.execute(
+                        "INSERT INTO entries (seq, record, leaf_hash, time, event, organisation, purpose, decision) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (frontier.size, data, leaf, float(entry["time"]), *columns),
+                    )
+                    frontier.append(leaf)
+                    last_leaf = leaf
+                    written.append(data)
                 db.execute(
                     "UPDATE tree SET size = ?, frontier = ?, last_leaf = ? WHERE id = 0",
-                    (frontier.size, frontier.to_bytes(), leaf),
+                    (frontier.size, frontier.to_bytes(), last_leaf),
                 )
-        except (sqlite3.Error, OSError) as exc:
-            raise _unavailable(self.path, exc) from exc
-        return json.loads(data)
+        except (sqlite3.Error, OSError, ValueError, TypeError) as exc:
+            error = exc if isinstance(exc, ValueError | TypeError) else _unavailable(self.path, exc)
+            for pending in batch:
+                pending.error = error
+                pending.done.set()
+            return
+        for pending, data in zip(batch, written, strict=True):
+            pending.result = json.loads(data)
+            pending.done.set()
 
     def size(self) -> int:
         """How many entries the log holds."""

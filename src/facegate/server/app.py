@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -84,6 +85,10 @@ def create_app(
     runner = OperationRunner(service, Path(data_dir), detector, workers, queue if queue is not None else 4 * workers)
     metrics = Metrics(runner)
 
+    async def record(outcome, principal, operation, **facts) -> None:
+        # A durable append waits for a disk sync: off the event loop, and grouped with concurrent ones.
+        await anyio.to_thread.run_sync(lambda: governance.record_request(outcome, principal, operation, **facts))
+
     async def rekognition(request: Request) -> Response:
         started = time.perf_counter()
         operation = "unknown"
@@ -111,7 +116,7 @@ def create_app(
                 consent_reference=request.headers.get("x-facegate-consent"),
             )
             if not outcome.decision.allowed:
-                governance.record_request(
+                await record(
                     outcome,
                     principal,
                     operation,
@@ -127,7 +132,7 @@ def create_app(
                 )
             result = await runner.call(principal.owner, operation, outcome.params)
             facts.update(governance.summarise_result(operation, result))
-            governance.record_request(
+            await record(
                 outcome,
                 principal,
                 operation,
@@ -144,7 +149,7 @@ def create_app(
             code, response = exc.code, _error_response(exc)
             if not getattr(exc, "audited", False):
                 try:
-                    governance.record_request(
+                    await record(
                         outcome,
                         principal,
                         operation,
