@@ -400,3 +400,12 @@ def test_overload_answers_throttling_quickly_and_nothing_else(tmp_path, people):
                 len(r["FaceDetails"]) == 1
                 for r in pool.map(lambda _: patient.detect_faces(Image={"Bytes": photo}), range(6))
             )
+
+
+def test_secrets_are_sealed_at_rest(server):
+    home = server["home"]
+    assert (home / "server.key").stat().st_mode & 0o777 == 0o600
+    secret = server["a"]["SecretAccessKey"].encode()
+    for path in home.iterdir():
+        if path.is_file():
+            assert secret not in path.read_bytes(), f"the secret is readable in {path.name}"
