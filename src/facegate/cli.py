@@ -876,7 +876,15 @@ def serve(
             port,
         )
     application = create_app(home, detector=state.detector, workers=workers, queue=queue)
-    err.print(f"facegate serving {home.resolve()} on http://{host}:{port}  (health: /healthz, metrics: /metrics)")
+    endpoint = f"http://{host}:{port}"
+    print(
+        f"facegate serving {home.resolve()} on {endpoint}  (health: /healthz, metrics: /metrics)\n"
+        f"  boto3:   boto3.client('rekognition', endpoint_url='{endpoint}', region_name='us-east-1', "
+        "aws_access_key_id=..., aws_secret_access_key=...)\n"
+        f"  AWS CLI: aws rekognition list-collections --endpoint-url {endpoint}\n"
+        f"  new key: facegate keys create --json  (with FACEGATE_HOME={home})",
+        flush=True,
+    )
     uvicorn.run(application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
 
 
