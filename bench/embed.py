@@ -193,8 +193,8 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
 
-    print(f"128-d embedding of {n} aligned 150×150 chips of real faces, CPU, {result['cores']} cores; wall-clock ")
-    print(f"per face, median of {args.repeat} runs; model loading excluded\n")
+    print(f"128-d embeddings of {n} aligned 150×150 chips of real faces on {result['cores']} CPU cores: wall-clock")
+    print(f"time per face, median of {args.repeat} runs, model loading excluded\n")
     print("| runtime | how it runs | ms per face | faces/s | vs dlib | max abs diff vs dlib |")
     print("|---|---|---|---|---|---|")
     rows = [

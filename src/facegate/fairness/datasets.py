@@ -170,7 +170,9 @@ def _congress(spec: str, root: Path) -> Dataset:
         raise DatasetError(f"dataset {spec!r}: {members} not found; congress: takes the congress117 folder")
     rows = _read_csv(members, spec, ("bioguide", "photo_file", "ethnicity", "gender", "party"))
     records = [
-        Record(root / row["photo_file"], row["bioguide"], {k: row[k] for k in ("ethnicity", "gender", "party") if row[k]})
+        Record(
+            root / row["photo_file"], row["bioguide"], {k: row[k] for k in ("ethnicity", "gender", "party") if row[k]}
+        )
         for row in rows
     ]
     source = "members.csv: gender, party and ethnicity as maintained by volunteers (CivilServiceUSA); aggregate use"

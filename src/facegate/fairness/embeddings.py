@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from facegate.engine.faces import Box, Face, Pose, Quality
 from facegate.fairness.datasets import Dataset, dataset_digest, file_sha256, images_digest
 
 CHUNK = 32  # images per task: small enough for a smooth progress bar, large enough to amortise the IPC
 OK, NO_FACE, UNREADABLE = 0, 1, 2
+ARRAYS = ("embeddings", "status", "confidence", "brightness", "sharpness", "boxes", "image_sizes", "poses")
 STATUS_NAMES = {OK: "face found", NO_FACE: "no face detected", UNREADABLE: "image could not be decoded"}
 
 
@@ -43,7 +45,9 @@ class EmbeddedDataset:
     confidence: np.ndarray  # detector confidence 0–100
     brightness: np.ndarray  # 0–100, mean luma in the face box
     sharpness: np.ndarray  # 0–100, log Laplacian variance of the aligned chip
-    boxes: np.ndarray  # n × 4: Width, Height, Left, Top as ratios of the image (Rekognition's BoundingBox)
+    boxes: np.ndarray  # n × 4 pixels of the decoded image: left, top, right, bottom
+    image_sizes: np.ndarray  # n × 2: width, height
+    poses: np.ndarray  # n × 3: roll, yaw, pitch in degrees
     file_hashes: list[str]
     images_hash: str
     dataset_hash: str
@@ -53,6 +57,23 @@ class EmbeddedDataset:
     @property
     def detected(self) -> np.ndarray:
         return self.status == OK
+
+    def ratio_box(self, i: int) -> tuple[float, float, float, float]:
+        """Face i's box as Rekognition's ratios (Width, Height, Left, Top), as IndexFaces stores it."""
+        left, top, right, bottom = self.boxes[i]
+        width, height = self.image_sizes[i]
+        return (right - left) / width, (bottom - top) / height, left / width, top / height
+
+    def face(self, i: int) -> Face:
+        """Face i as the engine described it (without landmarks), for facegate's QualityFilter rules."""
+        return Face(
+            box=Box(*(float(v) for v in self.boxes[i])),
+            confidence=float(self.confidence[i]),
+            landmarks={},
+            pose=Pose(*(float(v) for v in self.poses[i])),
+            quality=Quality(float(self.brightness[i]), float(self.sharpness[i])),
+            embedding=self.embeddings[i],
+        )
 
 
 def cache_path(data_dir: Path, model_version: str, images_hash: str) -> Path:
@@ -87,7 +108,9 @@ def embed_dataset(
     if path.exists():
         reporter.note(f"reusing stored embeddings for {dataset.spec}: {path}")
         with np.load(path) as saved:
-            arrays = {k: saved[k] for k in ("embeddings", "status", "confidence", "brightness", "sharpness", "boxes")}
+            arrays = {k: saved[k] for k in ARRAYS if k in saved}
+        if set(arrays) != set(ARRAYS):
+            arrays = {"status": np.zeros(0)}
         if len(arrays["status"]) == len(paths):
             return EmbeddedDataset(**common, **arrays, reused=True)
         reporter.note(f"stored embeddings {path} do not match the dataset; computing them again")
@@ -125,18 +148,20 @@ def _embed_all(paths: list[str], detector: str, workers: int, reporter: Reporter
     rows = [row for chunk in results for row in chunk]  # type: ignore[union-attr]
     size = next((len(r[0]) for r in rows if r[0] is not None), 128)
     embeddings = np.full((len(rows), size), np.nan, dtype=np.float32)
-    boxes = np.full((len(rows), 4), np.nan, dtype=np.float64)
+    geometry = np.full((len(rows), 9), np.nan, dtype=np.float64)
     for i, row in enumerate(rows):
         if row[0] is not None:
             embeddings[i] = row[0]
-            boxes[i] = row[5]
+            geometry[i] = row[5]
     return {
         "embeddings": embeddings,
         "status": np.array([r[1] for r in rows], dtype=np.int8),
         "confidence": np.array([r[2] for r in rows], dtype=np.float64),
         "brightness": np.array([r[3] for r in rows], dtype=np.float64),
         "sharpness": np.array([r[4] for r in rows], dtype=np.float64),
-        "boxes": boxes,
+        "boxes": geometry[:, 0:4],
+        "image_sizes": geometry[:, 4:6],
+        "poses": geometry[:, 6:9],
     }
 
 
@@ -155,7 +180,8 @@ def _embed_chunk(paths: list[str]) -> list[tuple]:
 
 
 def _embed_one(path: str) -> tuple:
-    """(embedding | None, status, confidence, brightness, sharpness, box ratios) of the largest face."""
+    """(embedding | None, status, confidence, brightness, sharpness, geometry) of the largest face;
+    geometry is the box in pixels (left, top, right, bottom), the image's width and height, and the pose."""
     from facegate.errors import FacegateError
 
     nan = float("nan")
@@ -168,13 +194,13 @@ def _embed_one(path: str) -> tuple:
         return None, NO_FACE, nan, nan, nan, None
     face = faces[0]
     height, width = image.shape[:2]
-    box = (face.box.width / width, face.box.height / height, face.box.left / width, face.box.top / height)
+    box, pose = face.box, face.pose
+    geometry = (box.left, box.top, box.right, box.bottom, width, height, pose.roll, pose.yaw, pose.pitch)
     return (
         np.asarray(face.embedding, dtype=np.float32),
         OK,
         face.confidence,
         face.quality.brightness,
         face.quality.sharpness,
-        box,
+        geometry,
     )
-

@@ -28,7 +28,8 @@ MAX_CLOSE_PAIRS = 40_000_000  # ~0.5 GB of (i, j, d); more means a threshold far
 ZERO_HANDLING = (
     "a group with no errors counts at its rule-of-three bound 3/n (the rate is below it at 95% confidence): "
     "the maximum is taken over groups with observed errors only, the minimum and geometric mean over all "
-    "groups with n > 0, so with zero-count groups the ratios are lower bounds of the disparity"
+    "groups with n > 0, so with zero-count groups the ratios are lower bounds of the disparity; when a zero-count "
+    "group's bound exceeds the highest observed rate no ratio is given"
 )
 
 
@@ -95,7 +96,8 @@ def disparity(rates: dict[str, Rate]) -> dict:
     min_group = min(values, key=values.__getitem__)
     geomean = math.exp(sum(math.log(v) for v in values.values()) / len(values))
     out["max_group"], out["min_group"] = max_group, min_group
-    if values[min_group] <= observed[max_group]:
+    # A zero-count group whose bound exceeds the highest observed rate could lie anywhere below it: no ratio.
+    if all(values[g] <= observed[max_group] for g in out["zero_count_groups"]):
         out["max_over_min"] = observed[max_group] / values[min_group]
         out["max_over_geomean"] = observed[max_group] / geomean
     return out
