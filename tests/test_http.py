@@ -409,3 +409,33 @@ def test_secrets_are_sealed_at_rest(server):
     for path in home.iterdir():
         if path.is_file():
             assert secret not in path.read_bytes(), f"the secret is readable in {path.name}"
+
+
+def test_a_request_that_cannot_be_audited_is_refused(tmp_path):
+    """Fail closed: while the audit log cannot be written, requests get an error, not an unrecorded answer."""
+    import sqlite3
+
+    home = tmp_path / "data"
+    key = json.loads(facegate(home, "keys", "create", "--json"))
+    with running_server(home) as endpoint:
+        rek = boto3.client(
+            "rekognition",
+            endpoint_url=endpoint,
+            region_name=REGION,
+            aws_access_key_id=key["AccessKeyId"],
+            aws_secret_access_key=key["SecretAccessKey"],
+            config=Config(retries={"max_attempts": 1}),
+        )
+        rek.create_collection(CollectionId="audited")
+        blocker = sqlite3.connect(home / "audit.sqlite3", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the log past the server's wait
+        try:
+            with pytest.raises(ClientError) as info:
+                rek.delete_collection(CollectionId="audited")
+            assert info.value.response["Error"]["Code"] == "InternalServerError"
+            assert "could not be audited" in info.value.response["Error"]["Message"]
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        rek.list_collections()  # the log is writable again: requests are answered again
+        assert facegate(home, "audit", "verify")

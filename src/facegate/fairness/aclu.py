@@ -31,6 +31,7 @@ from facegate.fairness.datasets import DatasetError, load_dataset
 from facegate.fairness.embeddings import EmbeddedDataset, Reporter, embed_dataset
 from facegate.fairness.metrics import Rate, fpir
 from facegate.quality import filter_reasons
+from facegate.service import FaceService
 from facegate.store import StoredFace
 
 THRESHOLDS = (80.0, 99.0)
@@ -175,7 +176,7 @@ def run_aclu(
 
 
 def _build_gallery(
-    service, embedded: list[EmbeddedDataset], excluded_identities: set[str], reporter: Reporter
+    service: FaceService, embedded: list[EmbeddedDataset], excluded_identities: set[str], reporter: Reporter
 ) -> tuple[dict, dict[str, GalleryFace], dict]:
     """Create (or reuse, if identical) the gallery collection; returns its description and the faces by
     ExternalImageId."""

@@ -109,7 +109,8 @@ def audit_embedded(
     for point in points:
         point["fmr"] = Rate(int((close[2] <= point["distance"]).sum()), scan.impostor_pairs).to_json()
         point["fnmr"] = Rate(int((gd > point["distance"]).sum()), len(gd)).to_json() if len(gd) else None
-        point["false_matches_per_1m_pairs"] = 1e6 * point["fmr"]["rate"] if scan.impostor_pairs else None
+        near = int((close[2] <= min(NEAR, point["distance"])).sum())
+        point["fmr_excluding_near_identical"] = Rate(point["fmr"]["count"] - near, scan.impostor_pairs - near).to_json()
 
     reporter.note("per-group rates, intervals and bootstrap over subjects")
     dimensions = [
@@ -157,7 +158,7 @@ def audit_embedded(
                 "symmetric, so group A probes against group B gallery and B against A give the same rate",
                 "near_identical": f"impostor pairs at distance <= {NEAR} are almost surely the same photograph "
                 "listed twice (a labelling error of the dataset); they are counted as false matches, as the data "
-                "says, and their number is reported",
+                "says; fmr_excluding_near_identical shows each rate without them",
                 "fpir": "FPIR at gallery size N estimated as 1-(1-FMR)^N from the group's within-group FMR "
                 "(independent comparisons assumed)",
                 "zero_counts": metrics.ZERO_HANDLING,
@@ -238,6 +239,8 @@ def _dimension(
         for p, point in enumerate(per_point):
             fmr = Rate(int(false_matches[k, p]), int(trials[k, k]))
             entry: dict = {"fmr": {**fmr.to_json(), "bootstrap95": fmr_boot[p].tolist()}}
+            near = int((inside & (pd <= min(NEAR, distances[p]))).sum())
+            entry["fmr_excluding_near_identical"] = Rate(fmr.count - near, fmr.trials - near).to_json()
             entry["fpir"] = {
                 str(n): metrics.fpir(fmr.value, n) if fmr.value is not None else None for n in GALLERY_SIZES
             }

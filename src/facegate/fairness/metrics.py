@@ -234,7 +234,7 @@ def distance_at_fmr(impostor_hist: np.ndarray, target: float) -> float:
     """The largest bin edge at which the measured FMR (share of impostor distances below it) is ≤ ``target``."""
     fmr = np.cumsum(impostor_hist) / max(int(impostor_hist.sum()), 1)
     ok = np.nonzero(fmr <= target)[0]
-    return float((ok[-1] + 1) * BIN) if len(ok) else 0.0
+    return round(float((ok[-1] + 1) * BIN), 6) if len(ok) else 0.0
 
 
 def fmr_curve(hist: np.ndarray, distances: np.ndarray) -> np.ndarray:

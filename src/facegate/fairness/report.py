@@ -136,6 +136,17 @@ def audit_summary(report: dict) -> str:
         for k in headline:
             point = dimension["operating_points"][k]
             lines.append(f"\nFMR disparity @ {point['name']}: {ratio_text(point['fmr_disparity'])}.")
+        near = {g: info["near_identical_pairs"] for g, info in dimension["groups"].items()}
+        strictest = _point(report["operating_points"], HEADLINE_THRESHOLDS[-1])
+        if any(near.values()) and strictest is not None:
+            point = dimension["operating_points"][strictest]
+            without = ", ".join(
+                f"{g} {rate_text(point['groups'][g]['fmr_excluding_near_identical'], counts=False)}" for g in near
+            )
+            lines.append(
+                f"\nNear-identical impostor pairs (distance ≤ 0.05, most likely one photograph listed twice): "
+                f"{', '.join(f'{g} {n}' for g, n in near.items())}. FMR @ {point['name']} without them: {without}."
+            )
     lines += [
         "",
         "Rates are shares of pairs; a group with no false match shows its 95% rule-of-three bound (< 3/n). "
@@ -201,13 +212,20 @@ def audit_html(report: dict) -> str:
                     group,
                     rate_text(entry["fmr"]),
                     _interval_text(boot),
+                    rate_text(entry["fmr_excluding_near_identical"], counts=False),
                     pct(entry["fpir"].get("25000")),
                 ]
                 if "fnmr" in entry:
                     row.append(rate_text(entry["fnmr"]))
                 rows.append(row)
-            header = ["group", "FMR [95% CI] (false/pairs)", "bootstrap 95% (subjects)", "FPIR at N=25,000"]
-            if rows and len(rows[0]) > 4:
+            header = [
+                "group",
+                "FMR [95% CI] (false/pairs)",
+                "bootstrap 95% (subjects)",
+                "FMR without near-identical pairs",
+                "FPIR at N=25,000",
+            ]
+            if rows and len(rows[0]) > len(header):
                 header.append("FNMR")
             parts.append(f"<h3>{_e(points[k]['name'])} (similarity {points[k]['similarity']:.2f})</h3>")
             parts.append(_table(header, rows))
@@ -418,10 +436,16 @@ def aclu_summary(report: dict) -> str:
     ]
     for t in report["thresholds"]:
         lines += ["", f"## Threshold {t['threshold']:g}: falsely matched members by group", ""]
-        lines += ["| attribute | group | members | falsely matched [95% CI] |", "|---|---|---|---|"]
+        lines += [
+            "| attribute | group | members | falsely matched [95% CI] | false candidates per probe |",
+            "|---|---|---|---|---|",
+        ]
         for attribute, groups in t["by"].items():
             for group, entry in groups.items():
-                lines.append(f"| {attribute} | {group} | {entry['members']} | {rate_text(entry['falsely_matched'])} |")
+                lines.append(
+                    f"| {attribute} | {group} | {entry['members']} | {rate_text(entry['falsely_matched'])} | "
+                    f"{entry['false_candidates_per_probe']:.2f} |"
+                )
     lines.append("")
     return "\n".join(lines)
 
@@ -448,11 +472,18 @@ def aclu_html(report: dict, pairs: dict[str, list[dict]]) -> str:
     for t in report["thresholds"]:
         parts.append(f"<h2>Threshold {t['threshold']:g}</h2>")
         rows = [
-            [attribute, group, str(entry["members"]), rate_text(entry["falsely_matched"])]
+            [
+                attribute,
+                group,
+                str(entry["members"]),
+                rate_text(entry["falsely_matched"]),
+                f"{entry['false_candidates_per_probe']:.2f}",
+            ]
             for attribute, groups in t["by"].items()
             for group, entry in groups.items()
         ]
-        parts.append(_table(["attribute", "group", "members", "falsely matched [95% CI]"], rows))
+        header = ["attribute", "group", "members", "falsely matched [95% CI]", "false candidates per probe"]
+        parts.append(_table(header, rows))
         shown = pairs.get(t["name"], [])
         if shown:
             parts.append(f"<h3>Top {len(shown)} false matches (member photo, gallery face)</h3><div>")
