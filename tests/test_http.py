@@ -80,16 +80,21 @@ def server(tmp_path_factory):
         yield {"endpoint": endpoint, "a": org_a, "b": org_b, "home": home}
 
 
-def client(server, org="a", **config):
-    key = server[org]
+def boto_client(endpoint: str, key: dict, retries: int | None = None):
+    """An unmodified boto3 Rekognition client pointed at facegate; ``retries`` caps the SDK's attempts."""
+    config = Config(retries={"max_attempts": retries, "mode": "standard"}) if retries else None
     return boto3.client(
         "rekognition",
-        endpoint_url=server["endpoint"],
+        endpoint_url=endpoint,
         region_name=REGION,
         aws_access_key_id=key["AccessKeyId"],
         aws_secret_access_key=key["SecretAccessKey"],
-        config=Config(**config) if config else None,
+        config=config,
     )
+
+
+def client(server, org="a"):
+    return boto_client(server["endpoint"], server[org])
 
 
 def code_of(excinfo) -> str:
@@ -365,14 +370,7 @@ def test_overload_answers_throttling_quickly_and_nothing_else(tmp_path, people):
     home = tmp_path / "data"
     key = json.loads(facegate(home, "keys", "create", "--json"))
     with running_server(home, "--workers", "1", "--queue", "0") as endpoint:
-        rek = boto3.client(
-            "rekognition",
-            endpoint_url=endpoint,
-            region_name=REGION,
-            aws_access_key_id=key["AccessKeyId"],
-            aws_secret_access_key=key["SecretAccessKey"],
-            config=Config(retries={"max_attempts": 1, "mode": "standard"}),
-        )
+        rek = boto_client(endpoint, key, retries=1)
         photo = read(people["Tony_Blair"][0])
 
         def detect(_):
@@ -387,14 +385,7 @@ def test_overload_answers_throttling_quickly_and_nothing_else(tmp_path, people):
         assert set(outcomes) <= {"OK", "ThrottlingException"}
         assert "OK" in outcomes and "ThrottlingException" in outcomes
         # With the SDK's retries on, the same burst all succeeds eventually.
-        patient = boto3.client(
-            "rekognition",
-            endpoint_url=endpoint,
-            region_name=REGION,
-            aws_access_key_id=key["AccessKeyId"],
-            aws_secret_access_key=key["SecretAccessKey"],
-            config=Config(retries={"max_attempts": 10, "mode": "standard"}),
-        )
+        patient = boto_client(endpoint, key, retries=10)
         with ThreadPoolExecutor(3) as pool:
             assert all(
                 len(r["FaceDetails"]) == 1
@@ -418,14 +409,7 @@ def test_a_request_that_cannot_be_audited_is_refused(tmp_path):
     home = tmp_path / "data"
     key = json.loads(facegate(home, "keys", "create", "--json"))
     with running_server(home) as endpoint:
-        rek = boto3.client(
-            "rekognition",
-            endpoint_url=endpoint,
-            region_name=REGION,
-            aws_access_key_id=key["AccessKeyId"],
-            aws_secret_access_key=key["SecretAccessKey"],
-            config=Config(retries={"max_attempts": 1}),
-        )
+        rek = boto_client(endpoint, key, retries=1)
         rek.create_collection(CollectionId="audited")
         blocker = sqlite3.connect(home / "audit.sqlite3", isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # another writer holds the log past the server's wait

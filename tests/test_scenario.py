@@ -12,13 +12,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from .test_http import REGION, running_server
+from .test_http import REGION, boto_client, running_server
 
 MORATORIUM = "amazon-2020-police-moratorium"
 EXEMPT = "amazon-2020-moratorium-exempt"
@@ -42,14 +40,7 @@ class Facegate:
 
 
 def rekognition(endpoint: str, key: dict, case: str | None = None):
-    client = boto3.client(
-        "rekognition",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id=key["AccessKeyId"],
-        aws_secret_access_key=key["SecretAccessKey"],
-        config=Config(retries={"max_attempts": 1}),
-    )
+    client = boto_client(endpoint, key, retries=1)
     if case is not None:
 
         def add_case(request, **_):

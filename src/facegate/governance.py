@@ -305,7 +305,7 @@ class Governance:
             deleted = (
                 [f.face_id for f in expired]
                 if dry_run
-                else self.store.purge_faces(collection, [f.face_id for f in expired])
+                else self.store.delete_faces(collection, [f.face_id for f in expired])
             )
             if not dry_run:
                 for face_id in deleted:

@@ -260,25 +260,6 @@ class SqliteStore:
         ).fetchall()
         return [_face(row) for row in rows]
 
-    def purge_faces(self, collection: Collection, face_ids: list[str]) -> list[str]:
-        """Delete faces whatever their user association (retention overrides it); returns those deleted."""
-        if not face_ids:
-            return []
-        marks = ",".join("?" * len(face_ids))
-        with self._write() as db:
-            found = [
-                r[0]
-                for r in db.execute(
-                    f"SELECT face_id FROM faces WHERE collection_pk = ? AND face_id IN ({marks})",
-                    (collection.pk, *face_ids),
-                )
-            ]
-            db.execute(
-                f"DELETE FROM faces WHERE collection_pk = ? AND face_id IN ({marks})", (collection.pk, *face_ids)
-            )
-            self._bump(db, collection)
-        return found
-
     # Faces
 
     def add_faces(self, collection: Collection, faces: list[StoredFace]) -> list[StoredFace]:
@@ -359,6 +340,7 @@ class SqliteStore:
         return [_face(row) for row in rows]
 
     def delete_faces(self, collection: Collection, face_ids: list[str]) -> list[str]:
+        """Delete faces (user associations are the service's rule, not the store's); returns those deleted."""
         if not face_ids:
             return []
         marks = ",".join("?" * len(face_ids))
