@@ -34,6 +34,7 @@ from facegate.audit.commands import audit_app
 from facegate.config import DEFAULT_OWNER, data_dir
 from facegate.engine.image import sniff_format
 from facegate.errors import FacegateError
+from facegate.fairness.commands import fairness_app
 from facegate.governance import Governance
 from facegate.service import FaceService
 
@@ -584,6 +585,7 @@ app.add_typer(orgs_app, name="orgs")
 app.add_typer(usecases_app, name="usecases")
 app.add_typer(policies_app, name="policies")
 app.add_typer(audit_app, name="audit", help="The tamper-evident audit log: verify, export, show.")
+app.add_typer(fairness_app, name="fairness", help="Bias audits and the ACLU experiment.")
 
 ReasonOption = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")]
 
