@@ -5,6 +5,7 @@ from __future__ import annotations
 import cedarpy
 import pytest
 
+from facegate.fairness.calibrated import AuditCurves
 from facegate.policy.gate import Circumstances, CompiledPolicies, PolicyInvalid, Subject, Target, decide
 from facegate.policy.templates import TEMPLATES, epoch
 from facegate.store import AccessKey, Organisation, PolicyState, UseCase
@@ -155,3 +156,84 @@ def test_an_evaluation_error_is_a_deny():
     assert decide(good, subject(), SEARCH, Target("c"), at("2024-01-01")).allowed
     decision = decide(broken, subject(), SEARCH, Target("c"), at("2024-01-01"))
     assert not decision.allowed and decision.errors and "broken" in decision.reason
+
+
+def synthetic_report(worse_factor: float = 10.0, floor_fmr: float = 1e-12) -> dict:
+    """An audit report of two groups whose FMR falls tenfold every 5 similarity points (A: 1e-6 at 80); B is
+    ``worse_factor`` times worse."""
+    grid = [i * 0.5 for i in range(201)]
+    fmr_a = [max(min(1.0, 10 ** (-(s - 50) / 5)), floor_fmr) if s < 100 else 0.0 for s in grid]
+    fmr_b = [min(1.0, f * worse_factor) for f in fmr_a]
+    report = {
+        "model": {"version": "dlib-resnet-v1"},
+        "dataset": {"spec": "synthetic"},
+        "dimensions": [
+            {
+                "name": "group",
+                "groups": {
+                    "A": {"impostor_pairs": 50_000},
+                    "B": {"impostor_pairs": 50_000},
+                    "tiny": {"impostor_pairs": 10},
+                },
+                "curves": {"similarity": grid, "fmr": {"A": fmr_a, "B": fmr_b, "tiny": [1.0] * 201}},
+            }
+        ],
+    }
+    return report
+
+
+def synthetic_audit(worse_factor: float = 10.0, floor_fmr: float = 1e-12) -> AuditCurves:
+    return AuditCurves.from_report(synthetic_report(worse_factor, floor_fmr))
+
+
+def test_audit_curves_worst_group_calibrated_threshold_and_expected_candidates():
+    curves = synthetic_audit()
+    assert "group=tiny" not in curves.groups  # too few pairs to decide anything
+    worst = curves.worst_group(80.0)
+    assert worst.group == "group=B" and worst.fmr == pytest.approx(1e-5)
+    # Between grid points the FMR of the point below is used: never understated.
+    assert curves.worst_group(80.2).fmr == curves.worst_group(80.0).fmr
+    assert curves.threshold_for(1e-4) == 75.0 and curves.threshold_for(1e-7) == 90.0
+    assert curves.expected_false_candidates(1_000, 90.0) == pytest.approx(1_000 * 1e-7)
+    assert synthetic_audit(floor_fmr=1e-3).threshold_for(1e-4) is None  # nothing below 100 reaches it
+
+
+def public_safety(**params):
+    return policies(**{"aws-public-safety": {"max_expected_false_candidates": 1.0, **params}})
+
+
+def test_public_safety_uses_the_audit_threshold_and_gallery_size():
+    police = subject("law_enforcement", "US-WA", "criminal_investigation")
+    curves = synthetic_audit()
+    when = at("2024-01-01", case_reference="C-1")
+    p = public_safety(min_threshold=80, max_worst_group_fmr=1e-4)
+    small = decide(p, police, SEARCH, Target("mugshots", 50_000), when, curves)
+    assert small.allowed and small.obligations.min_threshold == 80.0  # calibrated 75 is below the static floor
+    assert small.fairness.expected == pytest.approx(50_000 * 1e-5)
+    large = decide(p, police, SEARCH, Target("mugshots", 500_000), when, curves)
+    assert not large.allowed and large.policies == ("aws-public-safety/gallery-size",)
+    assert "500,000 faces" in large.reason and "5.00 false candidates" in large.reason and "group=B" in large.reason
+    # A tighter target: the audit raises the threshold above the static floor, and then the large gallery passes.
+    p = public_safety(min_threshold=80, max_worst_group_fmr=1e-7)
+    raised = decide(p, police, SEARCH, Target("mugshots", 500_000), when, curves)
+    assert raised.allowed and raised.obligations.min_threshold == 90.0 and raised.fairness.threshold == 90.0
+    # A commercial search is not limited by the public-safety rule, but still learns what to expect.
+    commercial = decide(
+        p, subject(purpose="identity_verification"), SEARCH, Target("c", 500_000), at("2024-01-01"), curves
+    )
+    assert commercial.allowed and commercial.fairness.expected == pytest.approx(500_000 * 1e-5)
+
+
+def test_public_safety_refuses_when_no_threshold_meets_the_worst_group_target():
+    police = subject("law_enforcement", "US-WA", "criminal_investigation")
+    unfit = synthetic_audit(floor_fmr=1e-3)
+    decision = decide(
+        public_safety(max_worst_group_fmr=1e-4),
+        police,
+        "CompareFaces",
+        Target(),
+        at("2024-01-01", case_reference="C-1"),
+        unfit,
+    )
+    assert not decision.allowed and decision.policies == ("aws-public-safety/worst-group-fmr",)
+    assert "not fit for this use" in decision.reason

@@ -17,6 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from .test_http import REGION, boto_client, running_server
+from .test_policy import synthetic_report
 
 MORATORIUM = "amazon-2020-police-moratorium"
 EXEMPT = "amazon-2020-moratorium-exempt"
@@ -188,6 +189,35 @@ def test_public_safety_obligations_raise_the_threshold(world):
     assert last["threshold_requested"] is None or last["threshold_requested"] == 80
     assert last["threshold_applied"] == 99 and last["case_reference"] == "CASE-2020-0042"
     assert last["human_review_required"] is True
+
+
+def test_fairness_audit_limits_police_search_by_gallery_size(world, tmp_path):
+    fg, search = world["fg"], world["search"]
+    report = tmp_path / "audit.json"
+    report.write_text(json.dumps(synthetic_report(worse_factor=1e6)))  # worst group: FMR 1.6e-4 at 99
+    fg("fairness", "activate", str(report), "--reason", "audit of record")
+    assert "worst group" in fg("fairness", "show").stdout
+    fg("policies", "activate", "aws-public-safety", "--set", "max_worst_group_fmr=0.01", "--reason", "guidance")
+    allowed = search("police", case="CASE-7")
+    headers = allowed["ResponseMetadata"]["HTTPHeaders"]
+    assert float(headers["x-facegate-expected-false-candidates"]) == pytest.approx(5 * 10 ** (6 - 49 / 5), rel=1e-3)
+    fg(
+        "policies",
+        "activate",
+        "aws-public-safety",
+        "--set",
+        "max_expected_false_candidates=0.0005",
+        "--reason",
+        "stricter",
+    )
+    message = denied(lambda: search("police", case="CASE-7"))
+    assert "aws-public-safety/gallery-size" in message and "(5 faces)" in message and "group=B" in message
+    assert search("acme")["FaceMatches"]  # the public-safety rule is for law enforcement only
+    records = [json.loads(line) for line in fg("audit", "show", "--org", "seattle-pd", "--json").stdout.splitlines()]
+    last = [r for r in records if r.get("operation") == "SearchFacesByImage"][-1]
+    assert (
+        last["decision"] == "deny" and last["worst_group"] == "group=B" and last["expected_false_candidates"] > 0.0005
+    )
 
 
 def test_revocation_while_requests_are_in_flight(world):

@@ -352,12 +352,32 @@ def search(
         emit(response)
         return
     table = Table(title=f"{len(response['FaceMatches'])} matches at similarity ≥ {threshold}")
+    _expected_false_candidates(collection, threshold)
     for column in ("similarity", "external image id", "face id"):
         table.add_column(column)
     for match in response["FaceMatches"]:
         face = match["Face"]
         table.add_row(_percent(match["Similarity"]), face.get("ExternalImageId", ""), face["FaceId"])
     out.print(table)
+
+
+def _expected_false_candidates(collection: str, threshold: float) -> None:
+    """What the active fairness audit says this search should expect, shown where the user reads results."""
+    curves = _governance().active_audit()
+    if curves is None:
+        return
+    size = call_quietly("DescribeCollection", {"CollectionId": collection})["FaceCount"]
+    worst = curves.worst_group(threshold)
+    err.print(
+        f"expected false candidates per search: {size * worst.fmr:.2f} at similarity {threshold:g} in {size:,} faces "
+        f"(worst group {worst.group}: FMR {worst.fmr:.2e}; fairness audit {curves.audit_id})",
+        highlight=False,
+    )
+
+
+def call_quietly(operation: str, params: dict) -> dict:
+    """A read-only lookup the CLI makes for itself, not on the user's behalf: not audited."""
+    return state.service.call(state.owner, operation, params)
 
 
 @app.command("compare")

@@ -9,6 +9,7 @@ service actually runs with.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 from facegate.audit import AuditLog
 from facegate.errors import InvalidParameterException, ResourceNotFoundException
+from facegate.fairness.calibrated import AuditCurves
 from facegate.keys import IssuedKey, KeyRing, Principal
 from facegate.policy.gate import Circumstances, CompiledPolicies, Decision, PolicyInvalid, Subject, Target, decide
 from facegate.policy.templates import CATEGORIES, PURPOSES, TEMPLATES, parse_params
@@ -74,14 +76,18 @@ class GateOutcome:
 
 
 class Governance:
-    def __init__(self, store: Store, keys: KeyRing, audit: AuditLog, clock: Clock | None = None) -> None:
+    def __init__(
+        self, store: Store, keys: KeyRing, audit: AuditLog, clock: Clock | None = None, model_version: str | None = None
+    ) -> None:
         self.store = store
+        self.model_version = model_version
         self.keys = keys
         self.audit = audit
         self.clock = clock or Clock()
         self._lock = threading.Lock()
         self._generation = -1
         self._policies: CompiledPolicies | None = None
+        self._fairness: AuditCurves | None = None
         self._subjects: dict[str, tuple[int, Subject]] = {}
 
     # Organisations
@@ -258,6 +264,37 @@ class Governance:
         except PolicyInvalid as exc:
             raise InvalidParameterException(f"Not activated: {exc}") from None
 
+    # Fairness audits the gate relies on
+
+    def activate_audit(self, report_path: Path, reason: str, actor: str = OPERATOR) -> AuditCurves:
+        """Make an audit report the one the gate reads; it is copied under the data directory, by model version."""
+        text = Path(report_path).read_text()
+        curves = AuditCurves.from_report(json.loads(text))
+        if self.model_version is not None and curves.model_version != self.model_version:
+            raise InvalidParameterException(
+                f"The audit measured model {curves.model_version}; this facegate embeds with {self.model_version}."
+            )
+        home = Path(self.keys.data_dir) / "fairness" / "audits" / curves.model_version
+        home.mkdir(parents=True, exist_ok=True)
+        stored = home / f"{curves.audit_id}.json"
+        stored.write_text(text)
+        self.store.set_setting("fairness_audit", str(stored))
+        self._event(
+            "fairness_audit_activated",
+            actor,
+            audit=curves.audit_id,
+            dataset=curves.dataset,
+            model_version=curves.model_version,
+            reason=reason,
+        )
+        return curves
+
+    def active_audit(self) -> AuditCurves | None:
+        path = self.store.get_setting("fairness_audit")
+        if not path or not Path(path).exists():
+            return None
+        return AuditCurves.load(Path(path))
+
     # Retention
 
     def set_retention(
@@ -337,6 +374,7 @@ class Governance:
         with self._lock:
             if generation != self._generation or self._policies is None:
                 self._policies = CompiledPolicies.compile(self.store.policy_states())
+                self._fairness = self.active_audit()
                 self._subjects.clear()
                 self._generation = generation
             return self._policies, generation
@@ -376,6 +414,7 @@ class Governance:
             operation,
             target,
             Circumstances(now, case_reference, consent_reference, requested if member else None),
+            self._fairness,
         )
         applied = None
         params = dict(params)
@@ -433,6 +472,14 @@ class Governance:
                 human_review_required=outcome.decision.obligations.human_review,
                 reviewers_required=outcome.decision.obligations.reviewers,
             )
+            fairness = outcome.decision.fairness
+            if fairness is not None:
+                record.update(
+                    fairness_audit=fairness.audit,
+                    expected_false_candidates=round(fairness.expected, 6),
+                    worst_group=fairness.worst_group,
+                    worst_group_fmr=fairness.worst_fmr,
+                )
         record.update({k: v for k, v in facts.items() if v is not None})
         return self.audit.append(record)
 

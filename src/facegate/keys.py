@@ -48,6 +48,7 @@ class Principal:
 class KeyRing:
     def __init__(self, store: Store, data_dir: Path) -> None:
         self.store = store
+        self.data_dir = Path(data_dir)
         self._fernet = Fernet(_server_key(Path(data_dir) / KEY_FILE))
 
     def issue(self, owner: str, role: str = "client", use_case_id: str | None = None) -> IssuedKey:

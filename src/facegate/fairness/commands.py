@@ -189,3 +189,54 @@ def aclu(
         )
     out.print(table)
     out.print(f"wrote {to / 'report.json'}, {to / 'report.html'}, {to / 'summary.md'}", markup=False)
+
+
+def _governance(data: Path | None):
+    from facegate.audit import AuditLog
+    from facegate.engine.models import EMBEDDING_MODEL_VERSION
+    from facegate.governance import Governance
+    from facegate.keys import KeyRing
+    from facegate.store.sqlite import SqliteStore
+
+    home = data_dir(data)
+    store = SqliteStore(home)
+    return Governance(store, KeyRing(store, home), AuditLog(home), model_version=EMBEDDING_MODEL_VERSION)
+
+
+@fairness_app.command()
+def activate(
+    report: Annotated[Path, typer.Argument(help="report.json of `facegate fairness audit`.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")],
+    data: DataOption = None,
+) -> None:
+    """Make an audit the one the policy gate and search responses use (thresholds justified by measurement)."""
+    with _one_line_errors():
+        curves = _governance(data).activate_audit(report, reason)
+    out.print(f"active fairness audit {curves.audit_id} ({curves.dataset}, model {curves.model_version})")
+
+
+@fairness_app.command()
+def show(data: DataOption = None) -> None:
+    """The active audit's headline numbers: worst groups, calibrated thresholds, expected false candidates."""
+    with _one_line_errors():
+        curves = _governance(data).active_audit()
+    if curves is None:
+        _fail("no fairness audit is active: run `facegate fairness audit`, then `facegate fairness activate`")
+    out.print(f"active fairness audit {curves.audit_id}: {curves.dataset}, model {curves.model_version}")
+    table = Table(title="worst group at each threshold")
+    for column in ("similarity", "worst group", "its FMR", "false candidates per search in 10k / 1M faces"):
+        table.add_column(column)
+    for threshold in (80, 90, 95, 99):
+        worst = curves.worst_group(threshold)
+        table.add_row(
+            str(threshold),
+            worst.group,
+            f"{worst.fmr:.2e}",
+            f"{curves.expected_false_candidates(10_000, threshold):,.1f} / "
+            f"{curves.expected_false_candidates(1_000_000, threshold):,.0f}",
+        )
+    out.print(table)
+    for target in (1e-3, 1e-4, 1e-5):
+        threshold = curves.threshold_for(target)
+        where = f"similarity ≥ {threshold:g}" if threshold is not None else "no threshold below 100 reaches it"
+        out.print(f"worst-group FMR ≤ {target:g}: {where}")

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 
 import cedarpy
 
+from facegate.fairness.calibrated import AuditCurves
 from facegate.policy.templates import TEMPLATES, Obligation
 from facegate.store import AccessKey, Organisation, PolicyState, UseCase
 
@@ -38,6 +39,7 @@ class Obligations:
     max_results: int | None = None
     human_review: bool = False
     reviewers: int = 0
+    max_worst_group_fmr: float | None = None
 
     def merge(self, other: Obligation) -> Obligations:
         def stricter(a, b, pick):
@@ -48,6 +50,7 @@ class Obligations:
             max_results=stricter(self.max_results, other.max_results, min),
             human_review=self.human_review or other.human_review,
             reviewers=max(self.reviewers, other.reviewers),
+            max_worst_group_fmr=stricter(self.max_worst_group_fmr, other.max_worst_group_fmr, min),
         )
 
 
@@ -59,6 +62,20 @@ class Decision:
     obligations: Obligations = field(default_factory=Obligations)
     errors: tuple[str, ...] = ()
     policy_set_hash: str = ""
+    fairness: FairnessFacts | None = None
+
+
+@dataclass(frozen=True)
+class FairnessFacts:
+    """What the active fairness audit says about this search, at the threshold that will be applied."""
+
+    audit: str
+    threshold: float
+    collection_size: int
+    worst_group: str
+    worst_fmr: float
+    expected: float  # false candidates per search
+    calibrated_threshold: float | None  # where the worst group's FMR meets the obligation's target, if any
 
 
 @dataclass(frozen=True)
@@ -123,10 +140,67 @@ class Circumstances:
     threshold: float | None = None
 
 
+IDENTIFICATION = frozenset({"SearchFaces", "SearchFacesByImage", "SearchUsers", "SearchUsersByImage"})
+DEFAULT_THRESHOLD = 80.0
+
+
 def decide(
-    policies: CompiledPolicies, subject: Subject, operation: str, target: Target, when: Circumstances
+    policies: CompiledPolicies,
+    subject: Subject,
+    operation: str,
+    target: Target,
+    when: Circumstances,
+    fairness: AuditCurves | None = None,
 ) -> Decision:
-    """Allow or deny one request, with the determining policies and, when allowed, the obligations."""
+    """Allow or deny one request, with the determining policies and, when allowed, the obligations.
+
+    With a fairness audit, an allowed identification is evaluated a second time with the false candidates it
+    should expect at the threshold that will actually be applied (after obligations), so a policy can refuse
+    a search whose collection is too large for that threshold."""
+    first = _evaluate(policies, subject, operation, target, when, expected_micro=-1, unreachable=False, facts=None)
+    if not first.allowed or fairness is None:
+        return first
+    obligations = first.obligations
+    requested = when.threshold if when.threshold is not None else DEFAULT_THRESHOLD
+    threshold = max(requested, obligations.min_threshold or 0.0)
+    calibrated, unreachable = None, False
+    if obligations.max_worst_group_fmr is not None:
+        calibrated = fairness.threshold_for(obligations.max_worst_group_fmr)
+        unreachable = calibrated is None
+        if calibrated is not None:
+            threshold = max(threshold, calibrated)
+            obligations = replace(obligations, min_threshold=max(obligations.min_threshold or 0.0, calibrated))
+    identification = operation in IDENTIFICATION and target.collection is not None
+    if not identification and not unreachable:
+        return replace(first, obligations=obligations)
+    worst = fairness.worst_group(threshold)
+    expected = target.size * worst.fmr if identification else 0.0
+    facts = FairnessFacts(fairness.audit_id, threshold, target.size, worst.group, worst.fmr, expected, calibrated)
+    second = _evaluate(
+        policies,
+        subject,
+        operation,
+        target,
+        when,
+        expected_micro=round(expected * 1_000_000),
+        unreachable=unreachable,
+        facts=facts,
+    )
+    if not second.allowed:
+        return second
+    return replace(first, obligations=obligations, fairness=facts)
+
+
+def _evaluate(
+    policies: CompiledPolicies,
+    subject: Subject,
+    operation: str,
+    target: Target,
+    when: Circumstances,
+    expected_micro: int,
+    unreachable: bool,
+    facts: FairnessFacts | None,
+) -> Decision:
     entities = policies.entities + _subject_entities(subject) + _target_entities(target)
     use_case = subject.use_case
     request = {
@@ -139,8 +213,10 @@ def decide(
             "has_case_reference": bool(when.case_reference),
             "case_reference": when.case_reference or "",
             "has_consent_reference": bool(when.consent_reference),
-            "threshold": int(when.threshold if when.threshold is not None else 80),
+            "threshold": int(when.threshold if when.threshold is not None else DEFAULT_THRESHOLD),
             "collection_size": target.size,
+            "expected_false_candidates_micro": expected_micro,
+            "worst_group_target_unreachable": unreachable,
         },
     }
     # The schema supplies the action groups (identification, …) and checks the entities against their types.
@@ -158,13 +234,32 @@ def decide(
     if result.decision != cedarpy.Decision.Allow:
         if not determining:
             return Decision(False, (), "no policy permits this request", policy_set_hash=policies.digest)
-        reason = "; ".join(f"{p}: {policies.explanations.get(p, 'forbidden')}" for p in determining)
-        return Decision(False, determining, reason, policy_set_hash=policies.digest)
+        reason = "; ".join(f"{p}: {_explain(policies.explanations.get(p, 'forbidden'), facts)}" for p in determining)
+        return Decision(False, determining, reason, policy_set_hash=policies.digest, fairness=facts)
     obligations = Obligations()
     for policy in determining:
         if policy in policies.obligations:
             obligations = obligations.merge(policies.obligations[policy])
     return Decision(True, determining, "allowed", obligations, policy_set_hash=policies.digest)
+
+
+def _explain(text: str, facts: FairnessFacts | None) -> str:
+    """Fill an explanation's numbers (only rules that read the fairness audit have any)."""
+    if facts is None:
+        return text
+    try:
+        return text.format_map(
+            {
+                "collection_size": facts.collection_size,
+                "threshold": facts.threshold,
+                "expected": facts.expected,
+                "worst_group": facts.worst_group,
+                "worst_fmr": facts.worst_fmr,
+                "audit": facts.audit,
+            }
+        )
+    except (KeyError, ValueError):
+        return text
 
 
 def _subject_entities(subject: Subject) -> list[dict]:

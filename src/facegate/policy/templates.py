@@ -41,6 +41,8 @@ class Obligation:
     max_results: int | None = None
     human_review: bool = False
     reviewers: int = 0
+    # With a fairness audit active: raise the threshold until the worst group's FMR is at most this.
+    max_worst_group_fmr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,20 @@ def _public_safety_obligations(p: dict) -> dict[str, Obligation]:
             max_results=p.get("max_results") or None,
             human_review=True,
             reviewers=1,
+            max_worst_group_fmr=float(p["max_worst_group_fmr"]),
         )
     }
+
+
+def _public_safety_entities(p: dict) -> list[dict]:
+    limit = int(round(float(p["max_expected_false_candidates"]) * 1_000_000))
+    return [
+        {
+            "uid": {"type": "Facegate::PublicSafety", "id": "aws-public-safety"},
+            "attrs": {"max_expected_false_candidates_micro": limit},
+            "parents": [],
+        }
+    ]
 
 
 def _eu_entities(p: dict) -> list[dict]:
@@ -146,13 +160,29 @@ TEMPLATES: dict[str, Template] = {
         Template(
             "aws-public-safety",
             "AWS public-safety guidance: threshold ≥ 99, human review, case reference",
-            defaults={"min_threshold": 99, "max_results": 0},
+            defaults={
+                "min_threshold": 99,
+                "max_results": 0,
+                "max_worst_group_fmr": 1e-4,
+                "max_expected_false_candidates": 1.0,
+            },
             obligations=_public_safety_obligations,
+            entities=_public_safety_entities,
             explain=lambda p: {
                 "aws-public-safety/case-reference": (
                     "AWS public-safety guidance requires a case reference for law-enforcement searches: "
                     "send it in the X-Facegate-Case header"
-                )
+                ),
+                "aws-public-safety/worst-group-fmr": (
+                    f"no similarity threshold below 100 keeps the worst group's false-match rate at or below "
+                    f"{p['max_worst_group_fmr']:g} in fairness audit {{audit}} (worst group {{worst_group}}: FMR "
+                    "{worst_fmr:.2e} at similarity {threshold:g}): the model is not fit for this use"
+                ),
+                "aws-public-safety/gallery-size": (
+                    "a search of this collection ({collection_size:,} faces) at similarity {threshold:g} should "
+                    "return {expected:.2f} false candidates (worst group {worst_group}: FMR {worst_fmr:.2e} per "
+                    f"comparison, fairness audit {{audit}}); the limit is {p['max_expected_false_candidates']:g}"
+                ),
             },
         ),
         Template(
@@ -225,6 +255,8 @@ def parse_params(template: Template, pairs: list[str], current: dict | None = No
             params[key] = value.lower() in ("1", "true", "yes")
         elif isinstance(default, int) and not isinstance(default, bool):
             params[key] = int(value)
+        elif isinstance(default, float):
+            params[key] = float(value)
         else:
             params[key] = None if value.lower() in ("", "none", "null") else value
     return params

@@ -80,7 +80,7 @@ def create_app(
 
     service = build_service(Path(data_dir), detector=detector)
     keys = KeyRing(service.store, Path(data_dir))
-    governance = Governance(service.store, keys, AuditLog(Path(data_dir)))
+    governance = Governance(service.store, keys, AuditLog(Path(data_dir)), model_version=service.engine.model_version)
     workers = workers or os.cpu_count() or 1
     runner = OperationRunner(service, Path(data_dir), detector, workers, queue if queue is not None else 4 * workers)
     metrics = Metrics(runner)
@@ -255,15 +255,24 @@ def _decision_members(outcome: GateOutcome) -> dict:
     obligations = outcome.decision.obligations
     if outcome.threshold_applied is None and not obligations.human_review:
         return {}
-    return {
-        "FacegateDecision": {
-            "Policies": list(outcome.decision.policies),
-            "ThresholdRequested": outcome.threshold_requested,
-            "ThresholdApplied": outcome.threshold_applied,
-            "HumanReviewRequired": obligations.human_review,
-            "ReviewersRequired": obligations.reviewers,
-        }
+    decision = {
+        "Policies": list(outcome.decision.policies),
+        "ThresholdRequested": outcome.threshold_requested,
+        "ThresholdApplied": outcome.threshold_applied,
+        "HumanReviewRequired": obligations.human_review,
+        "ReviewersRequired": obligations.reviewers,
     }
+    fairness = outcome.decision.fairness
+    if fairness is not None:
+        decision["ExpectedFalseCandidates"] = {
+            "PerSearch": fairness.expected,
+            "CollectionSize": fairness.collection_size,
+            "AtThreshold": fairness.threshold,
+            "WorstGroup": fairness.worst_group,
+            "WorstGroupFMR": fairness.worst_fmr,
+            "FairnessAudit": fairness.audit,
+        }
+    return {"FacegateDecision": decision}
 
 
 def _decision_headers(response: Response, outcome: GateOutcome) -> None:
@@ -272,6 +281,8 @@ def _decision_headers(response: Response, outcome: GateOutcome) -> None:
         response.headers["x-facegate-threshold-applied"] = f"{outcome.threshold_applied:g}"
     if outcome.decision.obligations.human_review:
         response.headers["x-facegate-human-review"] = str(outcome.decision.obligations.reviewers)
+    if outcome.decision.fairness is not None:
+        response.headers["x-facegate-expected-false-candidates"] = f"{outcome.decision.fairness.expected:.4g}"
 
 
 def _error_response(error: FacegateError, status: int | None = None) -> JSONResponse:

@@ -512,6 +512,21 @@ class SqliteStore:
     def _bump_governance(db: sqlite3.Connection) -> None:
         db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'governance_generation'")
 
+    def get_setting(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", ("setting:" + key,)).fetchone()
+        return row[0] if row else None
+
+    def set_setting(self, key: str, value: str | None) -> None:
+        with self._write() as db:
+            if value is None:
+                db.execute("DELETE FROM meta WHERE key = ?", ("setting:" + key,))
+            else:
+                db.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    ("setting:" + key, value),
+                )
+            self._bump_governance(db)
+
     def governance_generation(self) -> int:
         return int(self._db.execute("SELECT value FROM meta WHERE key = 'governance_generation'").fetchone()[0])
 
