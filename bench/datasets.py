@@ -70,7 +70,7 @@ def _embed_one(path: str, fallback_whole: bool) -> tuple[np.ndarray | None, bool
     from facegate.engine import Box, FaceEngine
 
     if _engine is None:
-        _engine = FaceEngine()
+        _engine = FaceEngine(threads=1)  # one process per core
     image = _engine.decode(Path(path).read_bytes())
     faces = _engine.analyse(image).faces
     if faces:
@@ -90,7 +90,8 @@ def embed_paths(
     paths: list[Path], *, fallback_whole: bool, label: str, workers: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings n×128 with NaN rows where no face was used, detected mask n). Cached by content."""
-    key = hashlib.sha256(("\n".join(map(str, paths)) + f"|{fallback_whole}").encode()).hexdigest()[:16]
+    # The runtime is part of the key so a cached dlib run never stands in for an ONNX one (or the reverse).
+    key = hashlib.sha256(("\n".join(map(str, paths)) + f"|{fallback_whole}|onnx").encode()).hexdigest()[:16]
     cache = CACHE / f"embeddings-{label}-{key}.npz"
     if cache.exists():
         saved = np.load(cache)

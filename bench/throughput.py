@@ -43,7 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets  # noqa: E402
 
-PIPELINES = ("facegate", "face_recognition")
+PIPELINES = ("facegate", "facegate (dlib runtime)", "face_recognition")
 
 # --------------------------------------------------------------------------------------------- data
 
@@ -79,10 +79,10 @@ def image_sets(n_lfw: int, n_congress: int) -> dict[str, list[bytes]]:
 _process: Callable[[bytes], int] | None = None
 
 
-def _facegate() -> Callable[[bytes], int]:
+def _facegate(runtime: str) -> Callable[[bytes], int]:
     from facegate.engine import FaceEngine
 
-    engine = FaceEngine()
+    engine = FaceEngine(runtime=runtime, threads=1)  # one worker process per core
 
     def run(data: bytes) -> int:
         return len(engine.analyse(engine.decode(data)).faces)
@@ -106,7 +106,10 @@ def _init(pipeline: str, warmup: bytes, core: int | None) -> None:
     global _process
     if core is not None:
         os.sched_setaffinity(0, {core})
-    _process = _facegate() if pipeline == "facegate" else _face_recognition()
+    if pipeline == "face_recognition":
+        _process = _face_recognition()
+    else:
+        _process = _facegate("dlib" if "dlib" in pipeline else "onnx")
     _process(warmup)
 
 

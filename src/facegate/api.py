@@ -199,14 +199,18 @@ class FaceGate:
 
 
 def open(  # noqa: A001 - mirrors the builtin on purpose: facegate.open(path)
-    path: str | os.PathLike | None = None, *, owner: str = DEFAULT_OWNER, detector: str = "hog"
+    path: str | os.PathLike | None = None, *, owner: str = DEFAULT_OWNER, detector: str = "hog", runtime: str = "onnx"
 ) -> FaceGate:
     """Open (creating if needed) a data directory; default $FACEGATE_HOME or ./facegate-data."""
-    return FaceGate(build_service(data_dir(path), detector=detector), owner=owner)
+    return FaceGate(build_service(data_dir(path), detector=detector, runtime=runtime), owner=owner)
 
 
-def build_service(path: Path, *, detector: str = "hog") -> FaceService:
-    return FaceService(SqliteStore(path), FaceEngine(detector=detector))
+def build_service(
+    path: Path, *, detector: str = "hog", runtime: str = "onnx", threads: int | None = None
+) -> FaceService:
+    """The service over a data directory; the converted embedding network is cached in it (``models/``)."""
+    engine = FaceEngine(detector=detector, runtime=runtime, threads=threads, model_cache=Path(path) / "models")
+    return FaceService(SqliteStore(path), engine)
 
 
 def _read(image: ImageInput) -> bytes:

@@ -53,6 +53,7 @@ err = Console(stderr=True)
 class _State:
     data: Path | None = None
     detector: str = "hog"
+    runtime: str = "onnx"
     owner: str = DEFAULT_OWNER
     _service: FaceService | None = None
 
@@ -71,7 +72,7 @@ class _State:
         if self._service is None:
             from facegate.api import build_service
 
-            self._service = build_service(data_dir(self.data), detector=self.detector)
+            self._service = build_service(data_dir(self.data), detector=self.detector, runtime=self.runtime)
         return self._service
 
 
@@ -88,9 +89,11 @@ CollectionOption = Annotated[str, typer.Option("--collection", "-c", help="Colle
 def main_options(
     data: DataOption = None,
     detector: Annotated[str, typer.Option(help="Face detector: hog (fast) or cnn (dlib MMOD).")] = "hog",
+    runtime: Annotated[str, typer.Option(help="Embedding runtime: onnx (fast) or dlib (the reference).")] = "onnx",
 ) -> None:
     state.data = data
     state.detector = detector
+    state.runtime = runtime
     if data is not None:
         os.environ["FACEGATE_HOME"] = str(data)  # sub-apps (audit) read their data directory from it
 
@@ -897,7 +900,7 @@ def serve(
             host,
             port,
         )
-    application = create_app(home, detector=state.detector, workers=workers, queue=queue)
+    application = create_app(home, detector=state.detector, workers=workers, queue=queue, runtime=state.runtime)
     endpoint = f"http://{host}:{port}"
     print(
         f"facegate serving {home.resolve()} on {endpoint}  (health: /healthz, metrics: /metrics)\n"

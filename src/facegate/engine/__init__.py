@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import dlib
 import numpy as np
@@ -15,7 +16,8 @@ from facegate.engine.image import DEFAULT_MAX_BYTES, decode_image
 from facegate.engine.models import landmarks5_weights, landmarks68_weights
 from facegate.engine.similarity import SimilarityScale, similarity_scale
 
-MAX_FACES_PER_IMAGE = 100  # Rekognition detects and stores at most the 100 largest faces
+MAX_FACES_PER_IMAGE = 100
+RUNTIMES = ("onnx", "dlib")  # Rekognition detects and stores at most the 100 largest faces
 
 __all__ = ["AnalysedImage", "Box", "Face", "FaceEngine", "Pose", "Quality", "SimilarityScale"]
 
@@ -23,8 +25,11 @@ __all__ = ["AnalysedImage", "Box", "Face", "FaceEngine", "Pose", "Quality", "Sim
 class FaceEngine:
     """Finds faces and their embeddings. Models load lazily, once, on first use.
 
-    ``detector`` is "hog" (default, fast) or "cnn" (dlib's MMOD, more robust, slow on a CPU);
-    ``embedding_model`` defaults to dlib's ResNet.
+    ``detector`` is "hog" (default, fast) or "cnn" (dlib's MMOD, more robust, slow on a CPU). The embedding
+    network is dlib's ResNet, run by ONNX Runtime (``runtime="onnx"``, default: same embeddings as dlib within
+    1e-6, ~20× faster) or by dlib itself (``runtime="dlib"``, the reference); ``threads`` caps ONNX Runtime's
+    threads (give 1 per process when several processes share the cores); ``model_cache`` is where the converted
+    network is kept. ``embedding_model`` replaces the network altogether (e.g. an ONNX model a user supplies).
     """
 
     def __init__(
@@ -32,9 +37,17 @@ class FaceEngine:
         detector: str = "hog",
         embedding_model: EmbeddingModel | None = None,
         max_image_bytes: int = DEFAULT_MAX_BYTES,
+        runtime: str = "onnx",
+        threads: int | None = None,
+        model_cache: Path | None = None,
     ) -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"Unknown embedding runtime {runtime!r}: choose {' or '.join(RUNTIMES)}.")
         self.detector_name = detector
         self.max_image_bytes = max_image_bytes
+        self.runtime = runtime
+        self.threads = threads
+        self.model_cache = model_cache
         self._embedding_model = embedding_model
         self._detector: Detector | None = None
         self._shape5 = None
@@ -47,8 +60,15 @@ class FaceEngine:
                 self._shape5 = dlib.shape_predictor(str(landmarks5_weights()))
                 self._shape68 = dlib.shape_predictor(str(landmarks68_weights()))
                 if self._embedding_model is None:
-                    self._embedding_model = DlibResnet()
+                    self._embedding_model = self._network()
                 self._detector = make_detector(self.detector_name)
+
+    def _network(self) -> EmbeddingModel:
+        if self.runtime == "dlib":
+            return DlibResnet()
+        from facegate.engine.onnx_resnet import OnnxResnet
+
+        return OnnxResnet(cache_dir=self.model_cache, threads=self.threads)
 
     @property
     def embedding_model(self) -> EmbeddingModel:

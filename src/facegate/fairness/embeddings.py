@@ -171,7 +171,7 @@ def _start_worker(detector: str) -> None:
     global _engine
     from facegate.engine import FaceEngine
 
-    _engine = FaceEngine(detector)
+    _engine = FaceEngine(detector, threads=1)  # one process per core
 
 
 def _embed_chunk(paths: list[str]) -> list[tuple]:

@@ -74,15 +74,22 @@ class Metrics:
 
 
 def create_app(
-    data_dir: Path, *, detector: str = "hog", workers: int | None = None, queue: int | None = None
+    data_dir: Path,
+    *,
+    detector: str = "hog",
+    workers: int | None = None,
+    queue: int | None = None,
+    runtime: str = "onnx",
 ) -> Starlette:
     from facegate.api import build_service
 
-    service = build_service(Path(data_dir), detector=detector)
+    service = build_service(Path(data_dir), detector=detector, runtime=runtime)
     keys = KeyRing(service.store, Path(data_dir))
     governance = Governance(service.store, keys, AuditLog(Path(data_dir)), model_version=service.engine.model_version)
     workers = workers or os.cpu_count() or 1
-    runner = OperationRunner(service, Path(data_dir), detector, workers, queue if queue is not None else 4 * workers)
+    runner = OperationRunner(
+        service, Path(data_dir), detector, workers, queue if queue is not None else 4 * workers, runtime=runtime
+    )
     metrics = Metrics(runner)
 
     async def record(outcome, principal, operation, **facts) -> None:

@@ -28,11 +28,11 @@ FACE_WORK = frozenset({"IndexFaces", "SearchFacesByImage", "CompareFaces", "Dete
 _worker_service: FaceService | None = None
 
 
-def _start_worker(data_dir: str, detector: str) -> None:
+def _start_worker(data_dir: str, detector: str, runtime: str, threads: int) -> None:
     global _worker_service
     from facegate.api import build_service
 
-    _worker_service = build_service(Path(data_dir), detector=detector)
+    _worker_service = build_service(Path(data_dir), detector=detector, runtime=runtime, threads=threads)
     _worker_service.engine.embedding_model  # load the models now, not on the first request  # noqa: B018
 
 
@@ -53,7 +53,9 @@ def _ready() -> int:
 class OperationRunner:
     """Runs ``service.call`` for the wire layer, face work in processes, bounded as a whole."""
 
-    def __init__(self, service: FaceService, data_dir: Path, detector: str, workers: int, queue: int) -> None:
+    def __init__(
+        self, service: FaceService, data_dir: Path, detector: str, workers: int, queue: int, runtime: str = "onnx"
+    ) -> None:
         self.service = service
         self.workers = workers
         self.limit = workers + queue
@@ -62,7 +64,8 @@ class OperationRunner:
             workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(str(data_dir), detector),
+            # The workers share the cores: each gets its share of ONNX Runtime threads, not all of them.
+            initargs=(str(data_dir), detector, runtime, max(1, (os.cpu_count() or 1) // workers)),
         )
 
     def warm_up(self) -> None:
