@@ -28,8 +28,10 @@ test: setup
 bench: setup
 	$(BIN)/pip install --quiet --no-deps face_recognition
 	$(BIN)/python bench/lfw.py --peer
+	$(BIN)/python bench/embed.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/load.py
+	$(BIN)/python bench/gate.py
 
 calibrate: setup
 	$(BIN)/python bench/calibrate.py
