@@ -16,7 +16,7 @@ from PIL import Image
 
 def count(summary: str, outcome: str) -> int:
     """The count in the index summary table's row for ``outcome``."""
-    match = re.search(re.escape(outcome) + r"\s*│\s*(\d+)", summary)
+    match = re.search(r"│ " + re.escape(outcome) + r"\s*│\s*(\d+)", summary)
     assert match, f"no row {outcome!r} in:\n{summary}"
     return int(match.group(1))
 
@@ -121,3 +121,52 @@ def test_errors_are_one_line_with_their_code(tmp_path, people, args, code):
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and code in lines[0]
+
+
+def test_parallel_index_resumes_after_being_killed(tmp_path, lfw):
+    """Two workers index 400 photos; killed part-way, a re-run finishes the job without storing anything twice."""
+    import signal
+    import sqlite3
+    import time
+
+    photos = tmp_path / "many"
+    photos.mkdir()
+    for path in sorted(lfw.glob("*/*.jpg"))[:400]:
+        shutil.copy(path, photos / path.name)
+    home = tmp_path / "home"
+    run(home, "collections", "create", "big")
+    env = {**os.environ, "FACEGATE_HOME": str(home)}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "facegate", "index", str(photos), "-c", "big", "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until some, not all, faces are in
+        try:
+            with sqlite3.connect(home / "facegate.sqlite3", timeout=5) as db:
+                if db.execute("SELECT COUNT(*) FROM faces").fetchone()[0] >= 20:
+                    break
+        except sqlite3.OperationalError:
+            pass  # not created yet
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    partial = json.loads(run(home, "collections", "describe", "big", "--json").stdout)["FaceCount"]
+    assert 0 < partial < 390
+
+    resumed = run(home, "index", photos, "-c", "big", "--workers", "2").stdout
+    already = count(resumed, "skipped: already indexed")
+    assert (
+        already >= partial and already + count(resumed, "indexed") + _optional(resumed, "skipped: no face found") == 400
+    )
+    final = json.loads(run(home, "faces", "list", "-c", "big", "--json").stdout)["Faces"]
+    assert len({f["ExternalImageId"] for f in final}) == len(final)  # no image stored twice
+    again = run(home, "index", photos, "-c", "big", "--workers", "2").stdout
+    assert count(again, "skipped: already indexed") == len(final)
+
+
+def _optional(summary: str, outcome: str) -> int:
+    return count(summary, outcome) if outcome in summary else 0

@@ -251,14 +251,17 @@ def index(
     collection: CollectionOption,
     max_faces: Annotated[int | None, typer.Option(help="Index at most this many faces per image.")] = None,
     quality_filter: Annotated[str, typer.Option(help="NONE, AUTO, LOW, MEDIUM or HIGH.")] = "AUTO",
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Index the faces of images into a collection; re-running skips images already indexed."""
+    """Index the faces of images into a collection, across the cores; re-running skips images already indexed."""
+    from facegate.pipeline import index_files
+
     files = list(_image_files(paths))
     counts: Counter[str] = Counter()
     failures: list[str] = []
     responses = []
-    call("DescribeCollection", {"CollectionId": collection})  # fail before the loop, not once per file
+    call_quietly("DescribeCollection", {"CollectionId": collection})  # fail before the loop, not once per file
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -270,51 +273,71 @@ def index(
     )
     with Progress(*columns, console=err, disable=as_json or not err.is_terminal, transient=False) as progress:
         task = progress.add_task("indexing", total=len(files))
-        for path in files:
-            try:
-                with path.open("rb") as fh:
-                    head = fh.read(16)
+
+        def requests() -> Iterator[tuple[Path, dict]]:
+            for path in files:
+                try:
+                    with path.open("rb") as fh:
+                        head = fh.read(16)
+                except OSError as exc:
+                    counts["failed: unreadable file"] += 1
+                    failures.append(f"{path}: {exc.strerror or exc}")
+                    progress.advance(task)
+                    continue
                 if sniff_format(head) is None:
                     counts["skipped: not a JPEG, PNG or WebP image"] += 1
+                    progress.advance(task)
                     continue
                 params = {
                     "CollectionId": collection,
-                    "Image": image(path),
                     "ExternalImageId": external_image_id(path),
                     "QualityFilter": quality_filter,
                 }
                 if max_faces is not None:
                     params["MaxFaces"] = max_faces
-                try:
-                    response, repeated = state.service.index(state.owner, params)
-                except FacegateError as exc:
-                    _audit_local("IndexFaces", params, decision="error", error_code=exc.code, reason=exc.message[:500])
-                    raise
+                yield path, params
+
+        outcomes = index_files(
+            requests(),
+            data_dir=data_dir(state.data),
+            owner=state.owner,
+            detector=state.detector,
+            runtime=state.runtime,
+            workers=workers or os.cpu_count() or 1,
+        )
+        for outcome in outcomes:
+            progress.advance(task)
+            digest = [outcome.image_sha256] if outcome.image_sha256 else None
+            if outcome.error_code is not None:
                 _audit_local(
-                    "IndexFaces", params, decision="allow", **Governance.summarise_result("IndexFaces", response)
+                    "IndexFaces",
+                    outcome.params,
+                    decision="error",
+                    error_code=outcome.error_code,
+                    reason=(outcome.error or "")[:500],
+                    image_sha256=digest,
                 )
-                responses.append(response)
-                if repeated:
-                    counts["skipped: already indexed"] += 1
-                elif response["FaceRecords"]:
-                    counts["indexed"] += 1
-                    counts["faces"] += len(response["FaceRecords"])
-                else:
-                    counts[
-                        "skipped: no face passed the quality filter"
-                        if response["UnindexedFaces"]
-                        else "skipped: no face found"
-                    ] += 1
-            except FacegateError as exc:
-                if exc.code == "ResourceNotFoundException":
-                    raise
-                counts[f"failed: {exc.code}"] += 1
-                failures.append(f"{path}: {exc.code}: {exc.message}")
-            except OSError as exc:
-                counts["failed: unreadable file"] += 1
-                failures.append(f"{path}: {exc.strerror or exc}")
-            finally:
-                progress.advance(task)
+                label = "unreadable file" if outcome.error_code == "UnreadableFile" else outcome.error_code
+                counts[f"failed: {label}"] += 1
+                failures.append(f"{outcome.path}: {outcome.error_code}: {outcome.error}")
+                continue
+            response = outcome.response
+            _audit_local(
+                "IndexFaces",
+                outcome.params,
+                decision="allow",
+                image_sha256=digest,
+                **Governance.summarise_result("IndexFaces", response),
+            )
+            responses.append(response)
+            if outcome.repeated:
+                counts["skipped: already indexed"] += 1
+            elif response["FaceRecords"]:
+                counts["indexed"] += 1
+                counts["faces"] += len(response["FaceRecords"])
+            else:
+                no_pass = "skipped: no face passed the quality filter"
+                counts[no_pass if response["UnindexedFaces"] else "skipped: no face found"] += 1
     if as_json:
         emit(responses[0] if len(responses) == 1 else {"Responses": responses})
         return
