@@ -1,0 +1,107 @@
+"""Bulk indexing: `facegate index DIR` (worker processes, durable SQLite writes, audit records) against the
+peer's way of building a searchable set — face_recognition over the same files in a process pool, encodings
+collected into one numpy array in memory (nothing durable, no audit).
+
+    python bench/index.py [--images 2000] [--json]
+
+Reports images/s and the peak resident memory of the indexing process tree (facegate's stays bounded: at most
+two images per worker in flight, whatever the directory's size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import datasets  # noqa: E402
+
+
+def _encode(path: str) -> np.ndarray | None:
+    import face_recognition
+
+    image = face_recognition.load_image_file(path)
+    locations = face_recognition.face_locations(image, number_of_times_to_upsample=1)
+    if not locations:
+        return None
+    largest = max(locations, key=lambda b: (b[2] - b[0]) * (b[1] - b[3]))
+    return face_recognition.face_encodings(image, [largest])[0]
+
+
+def run_facegate(folder: Path, home: Path) -> dict:
+    env = {**os.environ, "FACEGATE_HOME": str(home)}
+    facegate = [sys.executable, "-m", "facegate"]
+    subprocess.run([*facegate, "collections", "create", "bench"], env=env, check=True, capture_output=True)
+    began = time.perf_counter()
+    subprocess.run([*facegate, "index", str(folder), "-c", "bench"], env=env, check=True, capture_output=True)
+    seconds = time.perf_counter() - began
+    described = subprocess.run(
+        [*facegate, "collections", "describe", "bench", "--json"], env=env, check=True, capture_output=True, text=True
+    )
+    return {"seconds": seconds, "faces": json.loads(described.stdout)["FaceCount"]}
+
+
+def run_peer(paths: list[Path]) -> dict | None:
+    try:
+        import face_recognition  # noqa: F401
+    except ImportError:
+        return None
+    began = time.perf_counter()
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        encodings = [e for e in pool.map(_encode, map(str, paths), chunksize=16) if e is not None]
+    gallery = np.stack(encodings)
+    return {"seconds": time.perf_counter() - began, "faces": len(gallery)}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of the largest finished child process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    paths = datasets.lfw_paths()[: args.images]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "photos"
+        folder.mkdir()
+        for path in paths:
+            shutil.copy(path, folder / path.name)
+        facegate = run_facegate(folder, Path(tmp) / "data")
+        facegate["peak_rss_mb"] = peak_rss_mb()
+    peer = run_peer(paths)
+    report = {"images": len(paths), "cores": os.cpu_count(), "facegate": facegate, "face_recognition": peer}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"Indexing {len(paths)} LFW photos on {os.cpu_count()} cores\n")
+    print("| system | images/s | seconds | faces | durable | audited |")
+    print("|---|---|---|---|---|---|")
+    print(
+        f"| facegate index | {len(paths) / facegate['seconds']:.1f} | {facegate['seconds']:.1f} | {facegate['faces']} "
+        f"| yes (SQLite, fsync) | yes |"
+    )
+    if peer:
+        print(
+            f"| face_recognition, process pool, numpy array | {len(paths) / peer['seconds']:.1f} | "
+            f"{peer['seconds']:.1f} | {peer['faces']} | no | no |"
+        )
+    print(f"\nfacegate's peak resident memory (largest process): {facegate['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
