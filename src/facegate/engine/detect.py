@@ -92,5 +92,9 @@ def make_detector(name: str) -> Detector:
     if name == "hog":
         return HogDetector()
     if name == "cnn":
+        from facegate.engine.mmod_onnx import OnnxMmodDetector  # mmod_onnx imports this module
+
+        return OnnxMmodDetector()
+    if name == "cnn-dlib":
         return CnnDetector()
-    raise ValueError(f"Unknown face detector {name!r}: choose 'hog' or 'cnn'.")
+    raise ValueError(f"Unknown face detector {name!r}: choose 'hog', 'cnn' (MMOD on ONNX Runtime) or 'cnn-dlib'.")

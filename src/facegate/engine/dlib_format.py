@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-INPUT_TAGS = ("input_rgb_image_sized", "input_rgb_image")
+INPUT_TAGS = ("input_rgb_image_sized", "input_rgb_image", "input_rgb_image_pyramid", "input_rgb_image_pyramid2")
+# input_image_pyramid's defaults, used by files written before the paddings were serialised.
+DEFAULT_PYRAMID_PADDING, DEFAULT_PYRAMID_OUTER_PADDING = 10, 11
 _FLOAT_INF, _FLOAT_NINF, _FLOAT_NAN = 32000, 32001, 32002  # dlib's float_details exponent markers
 
 
@@ -83,6 +85,31 @@ Layer = Conv | Affine | Relu | Pool | AddPrev | FullyConnected
 
 
 @dataclass(frozen=True)
+class DetectorWindow:
+    """One of ``loss_mmod_``'s sliding windows: its size in pixels of the pyramid level it fires on."""
+
+    width: int
+    height: int
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class MmodOptions:
+    """``mmod_options``: what the MMOD loss needs at inference (windows, non-max suppression), plus the
+    training-only fields so the record is complete. Overlap tests are (IoU threshold, percent-covered threshold)."""
+
+    detector_windows: tuple[DetectorWindow, ...]
+    loss_per_false_alarm: float
+    loss_per_missed_target: float
+    truth_match_iou_threshold: float
+    overlaps_nms: tuple[float, float]
+    overlaps_ignore: tuple[float, float]
+    assume_image_pyramid: bool = True
+    use_bounding_box_regression: bool = False
+    bbr_lambda: float = 100.0
+
+
+@dataclass(frozen=True)
 class DlibNetwork:
     """A network as stored: the loss, the input layer's normalisation and the layers from input to output."""
 
@@ -91,6 +118,8 @@ class DlibNetwork:
     input_size: tuple[int, int] | None  # (rows, cols) of an ``input_rgb_image_sized`` layer
     layers: tuple[Layer, ...]
     wrappers: int  # layer wrappers in the file, tags and skips included
+    mmod: MmodOptions | None = None  # the options of a ``loss_mmod_`` (detector) network
+    pyramid_padding: tuple[int, int] | None = None  # (padding, outer padding) of an image-pyramid input layer
 
 
 class _Reader:
@@ -183,7 +212,7 @@ def parse_network(data: bytes, source: str = "<bytes>") -> DlibNetwork:
     if reader.integer("the loss layer's version") != 1:
         raise reader.fail("not a dlib network: the loss layer's version is not 1")
     loss = reader.string("the loss layer's name")
-    _skip_loss(reader, loss)
+    mmod = _skip_loss(reader, loss)
 
     # One version per wrapper, outermost first: 2 for a layer with parameters (add_layer), 1 for a tag or
     # skip (no record of its own), and 2 or 3 for the innermost add_layer, which owns the input layer.
@@ -198,6 +227,11 @@ def parse_network(data: bytes, source: str = "<bytes>") -> DlibNetwork:
     reader.string("the input layer's name")
     red, green, blue = (float(np.float32(reader.floating("an input mean"))) for _ in range(3))
     size = (reader.integer("input rows"), reader.integer("input cols")) if tag == "input_rgb_image_sized" else None
+    pyramid_padding = None
+    if tag == "input_rgb_image_pyramid2":
+        pyramid_padding = (reader.integer("pyramid padding"), reader.integer("pyramid outer padding"))
+    elif tag == "input_rgb_image_pyramid":
+        pyramid_padding = (DEFAULT_PYRAMID_PADDING, DEFAULT_PYRAMID_OUTER_PADDING)
 
     records = 1 + versions[:-1].count(2)
     layers = []
@@ -212,16 +246,66 @@ def parse_network(data: bytes, source: str = "<bytes>") -> DlibNetwork:
     if reader.pos != len(reader.data):
         raise reader.fail(f"{len(reader.data) - reader.pos} unexpected bytes after the last layer")
     return DlibNetwork(
-        loss=loss, input_means=(red, green, blue), input_size=size, layers=tuple(layers), wrappers=len(versions)
+        loss=loss,
+        input_means=(red, green, blue),
+        input_size=size,
+        layers=tuple(layers),
+        wrappers=len(versions),
+        mmod=mmod,
+        pyramid_padding=pyramid_padding,
     )
 
 
-def _skip_loss(reader: _Reader, loss: str) -> None:
+def _skip_loss(reader: _Reader, loss: str) -> MmodOptions | None:
+    """Reads the loss record; returns its options for ``loss_mmod_`` (the detector needs them), else None."""
     if loss == "loss_metric_2":
         reader.floating("the loss margin")
         reader.floating("the loss distance threshold")
+    elif loss == "loss_mmod_":
+        return _mmod_options(reader)
     elif loss != "loss_metric_":
-        raise reader.fail(f"unsupported loss layer {loss!r}; expected loss_metric_ or loss_metric_2")
+        raise reader.fail(f"unsupported loss layer {loss!r}; expected loss_metric_, loss_metric_2 or loss_mmod_")
+    return None
+
+
+def _mmod_options(reader: _Reader) -> MmodOptions:
+    """``mmod_options`` versions 1–4 (loss.h): version 1 has a single unlabelled window."""
+    version = reader.integer("the mmod options' version")
+    if not 1 <= version <= 4:
+        raise reader.fail(f"mmod options version {version}; expected 1 to 4")
+    if version == 1:
+        windows = [DetectorWindow(reader.integer("window width"), reader.integer("window height"))]
+    else:
+        windows = []
+        for _ in range(reader.integer("the number of detector windows")):
+            window_version = reader.integer("a detector window's version")
+            if window_version not in (1, 2):
+                raise reader.fail(f"detector window version {window_version}; expected 1 or 2")
+            width, height = reader.integer("window width"), reader.integer("window height")
+            label = reader.string("window label") if window_version == 2 else ""
+            windows.append(DetectorWindow(width, height, label))
+    false_alarm = reader.floating("loss per false alarm")
+    missed = reader.floating("loss per missed target")
+    truth_iou = reader.floating("truth match IoU threshold")
+    nms = (reader.floating("NMS IoU threshold"), reader.floating("NMS percent covered threshold"))
+    ignore = (reader.floating("ignore IoU threshold"), reader.floating("ignore percent covered threshold"))
+    pyramid = True
+    if version >= 3:
+        pyramid = reader.take(1, "assume_image_pyramid")[0] != 0  # a uint8, written as one raw byte
+    bbr, bbr_lambda = False, 100.0
+    if version >= 4:
+        bbr, bbr_lambda = reader.boolean("use_bounding_box_regression"), reader.floating("bbr_lambda")
+    return MmodOptions(
+        detector_windows=tuple(windows),
+        loss_per_false_alarm=false_alarm,
+        loss_per_missed_target=missed,
+        truth_match_iou_threshold=truth_iou,
+        overlaps_nms=nms,
+        overlaps_ignore=ignore,
+        assume_image_pyramid=pyramid,
+        use_bounding_box_regression=bbr,
+        bbr_lambda=bbr_lambda,
+    )
 
 
 def _layer(reader: _Reader) -> Layer:
@@ -231,6 +315,8 @@ def _layer(reader: _Reader) -> Layer:
         return _conv(reader, tag)
     if tag in ("affine_", "affine_2"):
         return _affine(reader, tag)
+    if tag in ("bn_con2", "bn_fc2"):
+        return _batch_norm(reader, tag)
     if tag in ("relu_", "relu_2"):
         return Relu(disabled=reader.boolean("relu_2's disabled flag") if tag == "relu_2" else False)
     if tag in ("max_pool_2", "avg_pool_2"):
@@ -289,6 +375,32 @@ def _affine(reader: _Reader, tag: str) -> Affine:
     if mode == 0:
         gamma, beta = gamma.reshape(-1), beta.reshape(-1)
     return Affine(gamma=gamma, beta=beta, per_channel=mode == 0)
+
+
+def _batch_norm(reader: _Reader, tag: str) -> Affine:
+    """``bn_con2`` / ``bn_fc2``, frozen into the affine layer dlib's inference types load it as (``affine_``'s
+    deserialiser converts it): gamma / sqrt(running variance + eps) and beta − that · running mean, in float32."""
+    params = reader.tensor("batch norm parameters")
+    gamma_shape = reader.alias("batch norm gamma alias")
+    beta_shape = reader.alias("batch norm beta alias")
+    for what in ("means", "inverse stds"):
+        reader.tensor(f"batch norm {what}")
+    running_means = reader.tensor("batch norm running means").reshape(-1)
+    running_variances = reader.tensor("batch norm running variances").reshape(-1)
+    reader.integer("batch norm update count")
+    reader.integer("batch norm running stats window")
+    for _ in range(4):
+        reader.floating("a batch norm learning-rate multiplier")
+    eps = np.float32(reader.floating("batch norm eps"))
+    gamma = _slice(params, 0, gamma_shape, reader, "batch norm gamma").reshape(-1)
+    beta = _slice(params, gamma.size, beta_shape, reader, "batch norm beta").reshape(-1)
+    if not gamma.size == beta.size == running_means.size == running_variances.size:
+        raise reader.fail("batch norm gamma, beta and running statistics differ in size")
+    scale = (gamma / np.sqrt(running_variances + eps)).astype(np.float32)
+    shift = (beta - scale * running_means).astype(np.float32)
+    if tag == "bn_con2":
+        return Affine(gamma=scale, beta=shift, per_channel=True)
+    return Affine(gamma=scale.reshape(gamma_shape), beta=shift.reshape(beta_shape), per_channel=False)
 
 
 def _fully_connected(reader: _Reader, tag: str) -> FullyConnected:
