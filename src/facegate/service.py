@@ -288,23 +288,48 @@ class FaceService:
     def _search(
         self, collection: Collection, probe: np.ndarray, threshold: float, limit: int, exclude: str | None = None
     ) -> list[dict]:
+        # Enough candidates for ``limit`` hits after the probe itself and faces deleted since the index caught up.
+        candidates = self.store.nearest_faces(collection, probe, 2 * limit + 16)
+        if candidates is not None:
+            return self._reranked(candidates, probe, threshold, limit, exclude)
         gallery = self.store.gallery(collection)
         if not gallery.face_ids:
             return []
-        similarities = self._similarities(gallery.embeddings, probe)
-        order = np.argsort(-similarities, kind="stable")
-        hits = []
-        for i in order:
-            if similarities[i] < threshold or len(hits) >= limit:
-                break
-            if gallery.face_ids[i] != exclude:
-                hits.append(i)
-        faces = {f.face_id: f for f in self.store.get_faces(collection, [gallery.face_ids[i] for i in hits])}
+        # Exact: one matrix product, then only the rows within the threshold's distance are ranked.
+        probe = np.asarray(probe, dtype=np.float32)
+        squared = gallery.squared_norms - 2.0 * (gallery.embeddings @ probe) + float(probe @ probe)
+        if threshold > 0:
+            within = self.engine.similarity.max_distance(threshold) ** 2 + 1e-6
+            rows = np.nonzero(squared <= within)[0]
+        else:
+            rows = np.arange(len(squared))
+        wanted = limit + 1  # one more, in case the probe itself is among them
+        if len(rows) > wanted:
+            rows = rows[np.argpartition(squared[rows], wanted - 1)[:wanted]]
+        rows = rows[np.argsort(squared[rows], kind="stable")]
+        similarities = self.engine.similarity.similarity(np.sqrt(np.maximum(squared[rows], 0.0)))
+        hits = [
+            (row, float(sim))
+            for row, sim in zip(rows.tolist(), np.atleast_1d(similarities).tolist(), strict=True)
+            if sim >= threshold and gallery.face_ids[row] != exclude
+        ][:limit]
+        faces = {f.face_id: f for f in self.store.get_faces(collection, [gallery.face_ids[row] for row, _ in hits])}
         return [
-            {"Similarity": float(similarities[i]), "Face": _face_json(faces[gallery.face_ids[i]])}
-            for i in hits
-            if gallery.face_ids[i] in faces  # deleted since the gallery was read
+            {"Similarity": sim, "Face": _face_json(faces[gallery.face_ids[row]])}
+            for row, sim in hits
+            if gallery.face_ids[row] in faces  # deleted since the gallery was read
         ]
+
+    def _reranked(
+        self, candidates: list[StoredFace], probe: np.ndarray, threshold: float, limit: int, exclude: str | None
+    ) -> list[dict]:
+        """Approximate candidates ranked by their exact similarity, recomputed from the stored embeddings."""
+        faces = [f for f in candidates if f.face_id != exclude]
+        if not faces:
+            return []
+        similarities = self._similarities(np.stack([f.embedding for f in faces]), probe)
+        ranked = sorted(zip(similarities.tolist(), faces, strict=True), key=lambda pair: -pair[0])
+        return [{"Similarity": s, "Face": _face_json(f)} for s, f in ranked if s >= threshold][:limit]
 
     def _similarities(self, embeddings: np.ndarray, probe: np.ndarray) -> np.ndarray:
         """Similarity of every gallery row to the probe: one matrix product, exact."""

@@ -4,7 +4,7 @@ every SQL dialect detail stays behind it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -50,6 +50,11 @@ class Gallery:
     face_ids: list[str]
     user_ids: list[str | None]
     embeddings: np.ndarray
+    squared_norms: np.ndarray = field(default=None)  # ‖row‖², computed once per load for the distance product
+
+    def __post_init__(self) -> None:
+        if self.squared_norms is None:
+            object.__setattr__(self, "squared_norms", np.einsum("ij,ij->i", self.embeddings, self.embeddings))
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,8 @@ class Store(Protocol):
     ) -> list[StoredFace]: ...
     def delete_faces(self, collection: Collection, face_ids: list[str]) -> list[str]: ...
     def gallery(self, collection: Collection) -> Gallery: ...
+    # Approximate candidates (current faces, with embeddings) for exact re-ranking; None: search ``gallery``.
+    def nearest_faces(self, collection: Collection, probe: np.ndarray, k: int) -> list[StoredFace] | None: ...
     def set_retention(self, collection: Collection, rule: dict | None) -> None: ...
     def retention_rule(self, collection: Collection) -> dict | None: ...
     def retention_rules(self) -> list[tuple[Collection, dict]]: ...

@@ -16,6 +16,7 @@ import numpy as np
 
 from facegate.errors import ResourceAlreadyExistsException
 from facegate.store import AccessKey, Collection, Gallery, Organisation, PolicyState, StoredFace, StoredUser, UseCase
+from facegate.store.vector_index import ANN_MIN_FACES, IndexedCollection, VectorIndexes
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
@@ -131,7 +132,7 @@ _FACE_COLUMNS = (
 class SqliteStore:
     """``Store`` on SQLite. Safe to share between threads: each thread gets its own connection."""
 
-    def __init__(self, data_dir: Path | str) -> None:
+    def __init__(self, data_dir: Path | str, *, ann_min_faces: int = ANN_MIN_FACES) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / "facegate.sqlite3"
@@ -140,6 +141,7 @@ class SqliteStore:
         self._galleries_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
         self._migrate()
+        self.vector_indexes = VectorIndexes(self.data_dir / "indexes", ann_min_faces)
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -225,6 +227,7 @@ class SqliteStore:
             db.execute("DELETE FROM collections WHERE pk = ?", (collection.pk,))
         with self._galleries_lock:
             self._galleries.pop(collection.pk, None)
+        self.vector_indexes.drop(collection.pk)
 
     def set_retention(self, collection: Collection, rule: dict | None) -> None:
         with self._write() as db:
@@ -292,7 +295,10 @@ class SqliteStore:
                     for f in faces
                 ],
             )
-            self._bump(db, collection)
+            generation = self._bump(db, collection)
+        self.vector_indexes.added(
+            _indexed(collection), generation, [f.face_id for f in faces], np.stack([f.embedding for f in faces])
+        )
         return faces
 
     def faces_of_image(
@@ -356,8 +362,47 @@ class SqliteStore:
                 f"DELETE FROM faces WHERE collection_pk = ? AND face_id IN ({marks})", (collection.pk, *face_ids)
             )
             if found:
-                self._bump(db, collection)
+                generation = self._bump(db, collection)
+        if found:
+            self.vector_indexes.removed(_indexed(collection), generation, found)
         return found
+
+    # Approximate search (the index itself lives in vector_index.py; this is its view of the database)
+
+    def nearest_faces(self, collection: Collection, probe: np.ndarray, k: int) -> list[StoredFace] | None:
+        """Up to ``k`` approximate nearest faces, current and with embeddings, for exact re-ranking; None when
+        the collection is small enough for exact search over ``gallery``."""
+        if not self.vector_indexes.applies(collection.face_count):
+            return None
+        face_ids = self.vector_indexes.candidates(self, _indexed(collection), probe, k)
+        # Re-read: a face deleted by any process since the index last caught up drops out here.
+        return self.get_faces(collection, face_ids, with_embeddings=True)
+
+    def rebuild_vector_index(self, collection: Collection) -> int:
+        """Rebuild a collection's ANN index from the database; returns the number of faces indexed."""
+        return len(self.vector_indexes.rebuild(self, _indexed(collection)))
+
+    def index_generation(self, collection: IndexedCollection) -> int:
+        return self._generation(collection)
+
+    def index_face_ids(self, collection: IndexedCollection) -> tuple[int, list[str]]:
+        db = self._db
+        db.execute("BEGIN")  # one snapshot: the generation labels exactly these ids
+        try:
+            generation = self._generation(collection)
+            rows = db.execute("SELECT face_id FROM faces WHERE collection_pk = ?", (collection.pk,)).fetchall()
+        finally:
+            db.execute("COMMIT")
+        return generation, [r[0] for r in rows]
+
+    def index_embeddings(self, collection: IndexedCollection, face_ids: list[str]) -> tuple[list[str], np.ndarray]:
+        rows = self._db.execute(
+            f"SELECT face_id, embedding FROM faces WHERE collection_pk = ? "
+            f"AND face_id IN ({','.join('?' * len(face_ids))})",
+            (collection.pk, *face_ids),
+        ).fetchall()
+        dims = len(rows[0][1]) // 4 if rows else 0
+        return [r[0] for r in rows], np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dims)
 
     def gallery(self, collection: Collection) -> Gallery:
         generation = self._generation(collection)
@@ -383,13 +428,16 @@ class SqliteStore:
             self._galleries[collection.pk] = (generation, gallery)
         return gallery
 
-    def _generation(self, collection: Collection) -> int:
+    def _generation(self, collection: Collection | IndexedCollection) -> int:
         row = self._db.execute("SELECT generation FROM collections WHERE pk = ?", (collection.pk,)).fetchone()
         return row[0] if row else -1
 
     @staticmethod
-    def _bump(db: sqlite3.Connection, collection: Collection) -> None:
-        db.execute("UPDATE collections SET generation = generation + 1 WHERE pk = ?", (collection.pk,))
+    def _bump(db: sqlite3.Connection, collection: Collection) -> int:
+        rows = db.execute(
+            "UPDATE collections SET generation = generation + 1 WHERE pk = ? RETURNING generation", (collection.pk,)
+        ).fetchall()
+        return rows[0][0] if rows else -1
 
     # Users
 
@@ -643,6 +691,7 @@ class SqliteStore:
             self._bump_governance(db)
 
     def close(self) -> None:
+        self.vector_indexes.save_changed()
         for conn in self._connections:
             conn.close()
         self._connections.clear()
@@ -674,6 +723,10 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _indexed(collection: Collection) -> IndexedCollection:
+    return IndexedCollection(collection.pk, collection.created_at, collection.model_version)
 
 
 def _organisation(row: tuple) -> Organisation:

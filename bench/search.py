@@ -1,0 +1,135 @@
+"""SearchFaces at scale: facegate's ANN path (usearch HNSW candidates, re-ranked exactly) vs a numpy brute-force scan.
+
+    python bench/search.py --size 100000 [--json]
+
+Gallery: real facegate embeddings of LFW + UTKFace (~13.6k, via bench/datasets.py), topped up to ``--size`` with
+SYNTHETIC vectors drawn from a Gaussian fitted to the real embeddings' mean and covariance. Queries are real
+faces held out of the gallery. Recall is against the exact scan on the same vectors; the store's SQL re-read of
+candidates is not included (it is the same for both paths' hits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import datasets  # noqa: E402
+
+from facegate.store.vector_index import FaceIndex  # noqa: E402
+
+
+def real_embeddings() -> np.ndarray:
+    lfw, _ = datasets.embed_paths(datasets.lfw_paths(), fallback_whole=True, label="lfw")
+    utk, _ = datasets.embed_paths([r["file"] for r in datasets.utkface_rows()], fallback_whole=False, label="utkface")
+    real = np.concatenate([lfw, utk])
+    return real[~np.isnan(real).any(axis=1)].astype(np.float32)
+
+
+def gallery_and_queries(size: int, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(gallery, queries, number of synthetic gallery rows)."""
+    rng = np.random.default_rng(seed)
+    real = real_embeddings()
+    rng.shuffle(real)
+    probes, pool = real[:queries], real[queries:]
+    if size <= len(pool):
+        return pool[:size].copy(), probes, 0
+    synthetic = size - len(pool)
+    mean, cov = pool.mean(axis=0), np.cov(pool, rowvar=False)
+    gallery = np.empty((size, pool.shape[1]), dtype=np.float32)
+    gallery[: len(pool)] = pool
+    for start in range(len(pool), size, 1_000_000):
+        stop = min(start + 1_000_000, size)
+        gallery[start:stop] = rng.multivariate_normal(mean, cov, size=stop - start, method="cholesky")
+    return gallery, probes, synthetic
+
+
+def exact_top(gallery: np.ndarray, norms: np.ndarray, probe: np.ndarray, k: int) -> np.ndarray:
+    """The peer: one matrix product over every row, as FaceService does below the ANN threshold."""
+    squared = norms - 2.0 * (gallery @ probe) + float(probe @ probe)
+    top = np.argpartition(squared, k)[:k]
+    return top[np.argsort(squared[top])]
+
+
+def ann_top(index: FaceIndex, gallery: np.ndarray, probe: np.ndarray, k: int, max_faces: int) -> np.ndarray:
+    """facegate's path: 2·MaxFaces+16 candidates from the graph, re-ranked by their exact distances."""
+    rows = np.array([int(i) for i in index.search(probe, 2 * max_faces + 16)])
+    distances = np.linalg.norm(gallery[rows] - probe, axis=1)
+    return rows[np.argsort(distances)][:k]
+
+
+def run(size: int, queries: int, max_faces: int, seed: int) -> dict:
+    gallery, probes, synthetic = gallery_and_queries(size, queries, seed)
+    norms = np.einsum("ij,ij->i", gallery, gallery)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    index = FaceIndex(gallery.shape[1])
+    index.add([str(i) for i in range(size)], gallery)
+    build_s = time.perf_counter() - started
+    ann_ms, exact_ms, hits1, hits10 = [], [], 0, 0
+    for probe in probes:
+        t0 = time.perf_counter()
+        approx = ann_top(index, gallery, probe, 10, max_faces)
+        t1 = time.perf_counter()
+        exact = exact_top(gallery, norms, probe, 10)
+        t2 = time.perf_counter()
+        ann_ms.append((t1 - t0) * 1e3)
+        exact_ms.append((t2 - t1) * 1e3)
+        hits1 += int(len(approx) > 0 and approx[0] == exact[0])
+        hits10 += len(set(approx.tolist()) & set(exact.tolist()))
+    return {
+        "size": size,
+        "real_faces": size - synthetic,
+        "synthetic_faces": synthetic,
+        "synthetic": "Gaussian fitted to the real embeddings' mean and covariance" if synthetic else None,
+        "queries": len(probes),
+        "max_faces": max_faces,
+        "p50_ms": round(float(np.percentile(ann_ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ann_ms, 99)), 3),
+        "recall_at_1": round(hits1 / len(probes), 4),
+        "recall_at_10": round(hits10 / (10 * len(probes)), 4),
+        "build_s": round(build_s, 1),
+        "memory_mb": round(index.memory_bytes() / 2**20, 1),
+        "rss_growth_mb": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024, 1),
+        "exact_p50_ms": round(float(np.percentile(exact_ms, 50)), 3),
+        "exact_p99_ms": round(float(np.percentile(exact_ms, 99)), 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--max-faces", type=int, default=100, help="MaxFaces, as SearchFaces' default")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    results = [run(size, args.queries, args.max_faces, args.seed) for size in args.size]
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+        return
+    print(
+        "| faces (real + synthetic) | ANN p50 ms | ANN p99 ms | recall@1 | recall@10 | build s | index MB "
+        "| exact p50 ms | exact p99 ms |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['size']:,} ({r['real_faces']:,} + {r['synthetic_faces']:,}) | {r['p50_ms']} | {r['p99_ms']} "
+            f"| {r['recall_at_1']:.4f} | {r['recall_at_10']:.4f} | {r['build_s']} | {r['memory_mb']} "
+            f"| {r['exact_p50_ms']} | {r['exact_p99_ms']} |"
+        )
+    if any(r["synthetic_faces"] for r in results):
+        print(
+            "\nSynthetic rows: a Gaussian fitted to the real embeddings' mean and covariance; queries are real faces."
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The ANN index behind SearchFaces: same answers as exact search, deletions honoured at once, derived from SQLite.
+
+Real LFW faces are the probes and their true matches; synthetic vectors (fitted to nothing in particular, far
+from real faces) only push the collection over a lowered ANN threshold so that the index is used.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facegate.engine import FaceEngine
+from facegate.service import FaceService
+from facegate.store import StoredFace
+from facegate.store.sqlite import SqliteStore
+from tests.conftest import OWNER
+
+MIN_FACES = 300
+SYNTHETIC = 600
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def ann_store(data_dir: Path):
+    store = SqliteStore(data_dir, ann_min_faces=MIN_FACES)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def gallery(ann_store: SqliteStore, engine: FaceEngine, people: dict[str, list[Path]]) -> dict[str, list[str]]:
+    """A collection over the ANN threshold: 16 real faces of 4 people plus synthetic filler; name -> face ids."""
+    service = FaceService(ann_store, engine)
+    service.call(OWNER, "CreateCollection", {"CollectionId": "c"})
+    ids: dict[str, list[str]] = {}
+    for name, paths in people.items():
+        for path in paths:
+            response = service.call(OWNER, "IndexFaces", {"CollectionId": "c", "Image": {"Bytes": path.read_bytes()}})
+            ids.setdefault(name, []).append(response["FaceRecords"][0]["Face"]["FaceId"])
+    add_synthetic(ann_store, SYNTHETIC, seed=0)
+    return ids
+
+
+def add_synthetic(store: SqliteStore, count: int, seed: int) -> list[str]:
+    collection = store.get_collection(OWNER, "c")
+    rng = np.random.default_rng(seed)
+    faces = [
+        StoredFace(
+            face_id=f"synthetic-{seed}-{i}",
+            image_id=f"synthetic-{seed}",
+            external_image_id=None,
+            box=(0.5, 0.5, 0.25, 0.25),
+            confidence=99.0,
+            image_hash=f"synthetic-{seed}",
+            model_version=collection.model_version,
+            indexed_at=time.time(),
+            embedding=rng.normal(0.0, 0.1, 128).astype(np.float32),
+        )
+        for i in range(count)
+    ]
+    store.add_faces(collection, faces)
+    return [f.face_id for f in faces]
+
+
+def search(store: SqliteStore, engine: FaceEngine, face_id: str) -> list[tuple[str, float]]:
+    response = FaceService(store, engine).call(OWNER, "SearchFaces", {"CollectionId": "c", "FaceId": face_id})
+    return [(m["Face"]["FaceId"], round(m["Similarity"], 4)) for m in response["FaceMatches"]]
+
+
+def pointer(data_dir: Path) -> Path:
+    return data_dir / "indexes" / "1.json"
+
+
+def test_matches_above_threshold_equal_exact_search(ann_store, engine, gallery, data_dir):
+    exact_store = SqliteStore(data_dir, ann_min_faces=10**9)
+    try:
+        for name, face_ids in gallery.items():
+            for face_id in face_ids:
+                approximate = search(ann_store, engine, face_id)
+                assert approximate == search(exact_store, engine, face_id)
+                assert {f for f, _ in approximate} == set(face_ids) - {face_id}, name
+    finally:
+        exact_store.close()
+    assert pointer(data_dir).exists()  # the index, not the gallery, answered
+
+
+def test_deleted_face_disappears_at_once(ann_store, engine, gallery, data_dir):
+    bush = gallery["George_W_Bush"]
+    search(ann_store, engine, bush[0])  # load the index
+    FaceService(ann_store, engine).call(OWNER, "DeleteFaces", {"CollectionId": "c", "FaceIds": [bush[1]]})
+    assert {f for f, _ in search(ann_store, engine, bush[0])} == {bush[2], bush[3]}
+    # Another process deletes: this process' index still holds the face, the store's re-read drops it.
+    other = SqliteStore(data_dir, ann_min_faces=MIN_FACES)
+    try:
+        other.delete_faces(other.get_collection(OWNER, "c"), [bush[2]])
+    finally:
+        other.close()
+    assert {f for f, _ in search(ann_store, engine, bush[0])} == {bush[3]}
+
+
+def test_faces_added_by_another_process_are_found(ann_store, engine, gallery, data_dir, people):
+    powell = gallery["Colin_Powell"]
+    search(ann_store, engine, powell[0])
+    other = SqliteStore(data_dir, ann_min_faces=MIN_FACES)
+    try:
+        response = FaceService(other, engine).call(
+            OWNER,
+            "IndexFaces",
+            {
+                "CollectionId": "c",
+                "Image": {"Bytes": sorted(people["Colin_Powell"])[0].read_bytes()},
+                "ExternalImageId": "again",
+            },
+        )
+        added = response["FaceRecords"][0]["Face"]["FaceId"]
+        add_synthetic(other, 50, seed=1)
+    finally:
+        other.close()
+    assert added in {f for f, _ in search(ann_store, engine, powell[1])}
+    assert len(ann_store.vector_indexes._indexes[1]) == 16 + SYNTHETIC + 1 + 50
+
+
+def test_missing_index_is_rebuilt(ann_store, engine, gallery, data_dir):
+    blair = gallery["Tony_Blair"]
+    expected = search(ann_store, engine, blair[0])
+    ann_store.close()
+    for path in (data_dir / "indexes").iterdir():
+        path.unlink()
+    reopened = SqliteStore(data_dir, ann_min_faces=MIN_FACES)
+    try:
+        assert search(reopened, engine, blair[0]) == expected
+        assert pointer(data_dir).exists()
+    finally:
+        reopened.close()
+
+
+def test_index_persists_across_reopening(ann_store, engine, gallery, data_dir):
+    serena = gallery["Serena_Williams"]
+    expected = search(ann_store, engine, serena[0])
+    ann_store.close()
+    saved = pointer(data_dir).read_text()
+    reopened = SqliteStore(data_dir, ann_min_faces=MIN_FACES)
+    try:
+        assert search(reopened, engine, serena[0]) == expected
+        assert pointer(data_dir).read_text() == saved  # loaded, not rebuilt
+        assert len(reopened.vector_indexes._indexes[1]) == 16 + SYNTHETIC
+    finally:
+        reopened.close()
+
+
+def test_deleting_the_collection_removes_its_index(ann_store, engine, gallery, data_dir):
+    search(ann_store, engine, gallery["Tony_Blair"][0])
+    FaceService(ann_store, engine).call(OWNER, "DeleteCollection", {"CollectionId": "c"})
+    assert not list((data_dir / "indexes").iterdir())
