@@ -96,6 +96,7 @@ def run(size: int, queries: int, max_faces: int, seed: int) -> dict:
         "recall_at_10": round(hits10 / (10 * len(probes)), 4),
         "build_s": round(build_s, 1),
         "memory_mb": round(index.memory_bytes() / 2**20, 1),
+        "bytes_per_face": round(index.memory_bytes() / size, 1),
         "rss_growth_mb": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024, 1),
         "exact_p50_ms": round(float(np.percentile(exact_ms, 50)), 3),
         "exact_p99_ms": round(float(np.percentile(exact_ms, 99)), 3),
