@@ -6,11 +6,8 @@ exit 1; ``verify`` exits 0 only when the log is intact.
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,7 +20,7 @@ from rich.text import Text
 from facegate.audit.canonical import canonical_json
 from facegate.audit.log import DB_NAME, PUBLIC_KEY_NAME, AuditLog
 from facegate.audit.verify import VerificationReport, verify_export
-from facegate.errors import FacegateError
+from facegate.cli_errors import UsageError, one_line_errors
 
 audit_app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="The tamper-evident audit log: verify, export, show."
@@ -41,38 +38,10 @@ _DECISIONS = ("allow", "deny", "error")
 _MAX_PROBLEMS_SHOWN = 50
 
 
-class _UsageError(Exception):
-    """A command-line input that is wrong; the message says what would be accepted."""
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Turn the errors a user can cause into one line on stderr and exit 1, never a traceback."""
-    try:
-        yield
-    except FacegateError as exc:
-        _fail(f"{exc.code}: {exc.message}")
-    except _UsageError as exc:
-        _fail(str(exc))
-    except FileNotFoundError as exc:
-        _fail(f"file not found: {exc.filename}")
-    except PermissionError as exc:
-        _fail(f"permission denied: {exc.filename}")
-    except UnicodeDecodeError as exc:
-        _fail(f"the file is not UTF-8 text ({exc.reason} at byte {exc.start})")
-    except (OSError, sqlite3.Error, ValueError) as exc:
-        _fail(str(exc))
-
-
-def _fail(message: str) -> None:
-    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
-
-
 def _open(data: Path) -> AuditLog:
     """The data directory's log; refuses to create one where none exists, as reading commands should."""
     if not (data / DB_NAME).exists():
-        raise _UsageError(f"no audit log in {data} ({DB_NAME} not found): pass --data or set FACEGATE_HOME")
+        raise UsageError(f"no audit log in {data} ({DB_NAME} not found): pass --data or set FACEGATE_HOME")
     return AuditLog(data)
 
 
@@ -83,7 +52,7 @@ def _epoch(option: str, text: str | None) -> float | None:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise _UsageError(
+        raise UsageError(
             f"{option} {text!r} is not an ISO 8601 time; use e.g. 2024-05-01 or 2024-05-01T13:00Z"
         ) from None
     if moment.tzinfo is None:
@@ -100,7 +69,7 @@ def verify(
     ] = None,
 ) -> None:
     """Check that no entry was altered, removed, inserted or reordered, and that the checkpoints are signed."""
-    with _one_line_errors():
+    with one_line_errors():
         key_path = public_key or data / PUBLIC_KEY_NAME
         if log is not None:
             pem = key_path.read_bytes()
@@ -153,7 +122,7 @@ def export(
     to: Annotated[Path | None, typer.Option("--out", help="Write here instead of standard output.")] = None,
 ) -> None:
     """Sign a fresh checkpoint and write the whole log as JSON Lines, for `audit verify --log` elsewhere."""
-    with _one_line_errors():
+    with one_line_errors():
         audit = _open(data)
         if to is None:
             audit.export(sys.stdout)
@@ -178,9 +147,9 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="JSON Lines of the entries instead of a table.")] = False,
 ) -> None:
     """List audit entries, oldest first, filtered by the record's top-level fields and time."""
-    with _one_line_errors():
+    with one_line_errors():
         if decision is not None and decision not in _DECISIONS:
-            raise _UsageError(f"--decision {decision!r} is not one of: {', '.join(_DECISIONS)}")
+            raise UsageError(f"--decision {decision!r} is not one of: {', '.join(_DECISIONS)}")
         entries = _open(data).entries(
             organisation=org,
             purpose=purpose,

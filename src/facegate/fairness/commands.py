@@ -6,9 +6,6 @@ experiment's gallery collection is kept. Errors print one line and exit 1.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -25,8 +22,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from facegate.cli_errors import fail, one_line_errors
 from facegate.config import data_dir
-from facegate.errors import FacegateError
 from facegate.fairness.datasets import SPEC_HELP
 from facegate.fairness.embeddings import Reporter
 
@@ -79,26 +76,6 @@ class _RichReporter(Reporter):
         self.progress.stop()
 
 
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Errors a user can cause become one line on stderr and exit status 1, never a traceback."""
-    try:
-        yield
-    except FacegateError as exc:
-        _fail(f"{exc.code}: {exc.message}")
-    except FileNotFoundError as exc:
-        _fail(f"file not found: {exc.filename}")
-    except PermissionError as exc:
-        _fail(f"permission denied: {exc.filename}")
-    except (OSError, sqlite3.Error, ValueError, KeyError) as exc:
-        _fail(str(exc))
-
-
-def _fail(message: str) -> None:
-    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
-
-
 @fairness_app.command()
 def audit(
     dataset: Annotated[str, typer.Option("--dataset", help=f"The labelled dataset: {SPEC_HELP}.")],
@@ -113,7 +90,7 @@ def audit(
     from facegate.fairness.audit import SIMILARITY_THRESHOLDS, run_audit
     from facegate.fairness.report import rate_text, ratio_text
 
-    with _one_line_errors(), _RichReporter() as reporter:
+    with one_line_errors(), _RichReporter() as reporter:
         report = run_audit(
             dataset,
             to,
@@ -161,7 +138,7 @@ def aclu(
     from facegate.fairness.aclu import THRESHOLDS, audit_report_of, run_aclu
     from facegate.fairness.report import pct, rate_text
 
-    with _one_line_errors(), _RichReporter() as reporter:
+    with one_line_errors(), _RichReporter() as reporter:
         report = run_aclu(
             probes,
             members,
@@ -210,7 +187,7 @@ def activate(
     data: DataOption = None,
 ) -> None:
     """Make an audit the one the policy gate and search responses use (thresholds justified by measurement)."""
-    with _one_line_errors():
+    with one_line_errors():
         curves = _governance(data).activate_audit(report, reason)
     out.print(f"active fairness audit {curves.audit_id} ({curves.dataset}, model {curves.model_version})")
 
@@ -218,10 +195,10 @@ def activate(
 @fairness_app.command()
 def show(data: DataOption = None) -> None:
     """The active audit's headline numbers: worst groups, calibrated thresholds, expected false candidates."""
-    with _one_line_errors():
+    with one_line_errors():
         curves = _governance(data).active_audit()
     if curves is None:
-        _fail("no fairness audit is active: run `facegate fairness audit`, then `facegate fairness activate`")
+        fail("no fairness audit is active: run `facegate fairness audit`, then `facegate fairness activate`")
     out.print(f"active fairness audit {curves.audit_id}: {curves.dataset}, model {curves.model_version}")
     table = Table(title="worst group at each threshold")
     for column in ("similarity", "worst group", "its FMR", "false candidates per search in 10k / 1M faces"):
