@@ -312,6 +312,8 @@ def test_users_lifecycle(service, gallery):
     assert all(f["UserId"] == "tony" for f in listed["Faces"])
     users = service.call(OWNER, "ListUsers", {"CollectionId": "gallery"})["Users"]
     assert [u["UserId"] for u in users] == ["other", "tony"]
+    described = service.call(OWNER, "DescribeCollection", {"CollectionId": "gallery"})
+    assert described["UserCount"] == 2 and described["FaceCount"] == 12
 
     by_face = service.call(OWNER, "SearchUsers", {"CollectionId": "gallery", "FaceId": gallery["Tony_Blair"][0]})
     assert by_face["UserMatches"][0]["User"]["UserId"] == "tony"
@@ -320,6 +322,8 @@ def test_users_lifecycle(service, gallery):
     assert out["DisassociatedFaces"] == [{"FaceId": blair[0]}]
     service.call(OWNER, "DeleteUser", {"CollectionId": "gallery", "UserId": "tony"})
     assert service.call(OWNER, "DeleteFaces", {"CollectionId": "gallery", "FaceIds": blair[1:]})["DeletedFaces"]
+    described = service.call(OWNER, "DescribeCollection", {"CollectionId": "gallery"})
+    assert described["UserCount"] == 1 and described["FaceCount"] == 12 - len(blair[1:])
 
 
 def test_search_users_by_image(service, people, gallery):

@@ -121,6 +121,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE collections ADD COLUMN retention TEXT;
     CREATE INDEX faces_by_age ON faces (collection_pk, indexed_at);
     """,
+    # Counts kept in the row, updated in the same transaction as the faces: reading a collection stays O(1)
+    # however many faces it holds (it is read on every request).
+    """
+    ALTER TABLE collections ADD COLUMN face_count INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE collections ADD COLUMN user_count INTEGER NOT NULL DEFAULT 0;
+    UPDATE collections SET
+        face_count = (SELECT COUNT(*) FROM faces f WHERE f.collection_pk = collections.pk),
+        user_count = (SELECT COUNT(*) FROM users u WHERE u.collection_pk = collections.pk);
+    """,
 ]
 
 _FACE_COLUMNS = (
@@ -202,9 +211,8 @@ class SqliteStore:
         return Collection(pk, owner, collection_id, model_version, created)
 
     _COLLECTION_SELECT = (
-        "SELECT c.pk, c.owner, c.collection_id, c.model_version, c.created_at, "
-        "(SELECT COUNT(*) FROM faces f WHERE f.collection_pk = c.pk), "
-        "(SELECT COUNT(*) FROM users u WHERE u.collection_pk = c.pk) FROM collections c "
+        "SELECT c.pk, c.owner, c.collection_id, c.model_version, c.created_at, c.face_count, c.user_count "
+        "FROM collections c "
     )
 
     def get_collection(self, owner: str, collection_id: str) -> Collection | None:
@@ -295,7 +303,7 @@ class SqliteStore:
                     for f in faces
                 ],
             )
-            generation = self._bump(db, collection)
+            generation = self._bump(db, collection, len(faces))
         self.vector_indexes.added(
             _indexed(collection), generation, [f.face_id for f in faces], np.stack([f.embedding for f in faces])
         )
@@ -362,7 +370,7 @@ class SqliteStore:
                 f"DELETE FROM faces WHERE collection_pk = ? AND face_id IN ({marks})", (collection.pk, *face_ids)
             )
             if found:
-                generation = self._bump(db, collection)
+                generation = self._bump(db, collection, -len(found))
         if found:
             self.vector_indexes.removed(_indexed(collection), generation, found)
         return found
@@ -433,9 +441,11 @@ class SqliteStore:
         return row[0] if row else -1
 
     @staticmethod
-    def _bump(db: sqlite3.Connection, collection: Collection) -> int:
+    def _bump(db: sqlite3.Connection, collection: Collection, faces_added: int = 0) -> int:
         rows = db.execute(
-            "UPDATE collections SET generation = generation + 1 WHERE pk = ? RETURNING generation", (collection.pk,)
+            "UPDATE collections SET generation = generation + 1, face_count = face_count + ? WHERE pk = ? "
+            "RETURNING generation",
+            (faces_added, collection.pk),
         ).fetchall()
         return rows[0][0] if rows else -1
 
@@ -447,6 +457,7 @@ class SqliteStore:
                 "INSERT INTO users (collection_pk, user_id, status, created_at) VALUES (?, ?, 'ACTIVE', ?)",
                 (collection.pk, user_id, time.time()),
             )
+            db.execute("UPDATE collections SET user_count = user_count + 1 WHERE pk = ?", (collection.pk,))
 
     def get_user(self, collection: Collection, user_id: str) -> StoredUser | None:
         row = self._db.execute(
@@ -462,7 +473,10 @@ class SqliteStore:
             db.execute(
                 "UPDATE faces SET user_id = NULL WHERE collection_pk = ? AND user_id = ?", (collection.pk, user_id)
             )
-            db.execute("DELETE FROM users WHERE collection_pk = ? AND user_id = ?", (collection.pk, user_id))
+            deleted = db.execute(
+                "DELETE FROM users WHERE collection_pk = ? AND user_id = ?", (collection.pk, user_id)
+            ).rowcount
+            db.execute("UPDATE collections SET user_count = user_count - ? WHERE pk = ?", (deleted, collection.pk))
             self._bump(db, collection)
 
     def list_users(self, collection: Collection, after: str | None, limit: int) -> list[StoredUser]:
