@@ -20,7 +20,7 @@ from .conftest import OWNER
 
 def test_acknowledged_faces_survive_kill_9(tmp_path, lfw):
     """A child indexes real photos and prints each FaceId once IndexFaces returned; we kill -9 it mid-run."""
-    photos = sorted(lfw.glob("*/*.jpg"))[:40]
+    photos = sorted(lfw.glob("*/*.jpg"))[:300]
     script = textwrap.dedent(
         f"""
         import json, sys
