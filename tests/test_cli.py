@@ -82,6 +82,8 @@ def test_cli_end_to_end(tmp_path, photos, people, group_photo):
     run(home, "users", "create", "-c", "family", "tony")
     assert "associated 1" in run(home, "users", "associate", "-c", "family", "tony", blair).stdout
     assert "tony" in run(home, "users", "search", "-c", "family", "--image", people["Tony_Blair"][2]).stdout
+    assert "disassociated 1" in run(home, "users", "disassociate", "-c", "family", "tony", blair).stdout
+    assert "associated 1" in run(home, "users", "associate", "-c", "family", "tony", blair).stdout
     deleted = json.loads(run(home, "faces", "delete", "-c", "family", blair, "--json").stdout)
     assert deleted["UnsuccessfulFaceDeletions"][0]["Reasons"] == ["ASSOCIATED_TO_AN_EXISTING_USER"]
     run(home, "users", "delete", "-c", "family", "tony")

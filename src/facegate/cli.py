@@ -570,13 +570,7 @@ def users_associate(
     collection: CollectionOption, user_id: str, face_ids: list[str], as_json: JsonOption = False
 ) -> None:
     """Associate faces with a user."""
-    response = call("AssociateFaces", {"CollectionId": collection, "UserId": user_id, "FaceIds": face_ids})
-    if as_json:
-        emit(response)
-        return
-    out.print(f"associated {len(response['AssociatedFaces'])} faces with {user_id}")
-    for failure in response["UnsuccessfulFaceAssociations"]:
-        out.print(f"not associated {failure['FaceId']}: {', '.join(failure['Reasons'])}")
+    _change_user_faces("AssociateFaces", "associated", "with", collection, user_id, face_ids, as_json)
 
 
 @users_app.command("disassociate")
@@ -584,13 +578,20 @@ def users_disassociate(
     collection: CollectionOption, user_id: str, face_ids: list[str], as_json: JsonOption = False
 ) -> None:
     """Remove faces from a user."""
-    response = call("DisassociateFaces", {"CollectionId": collection, "UserId": user_id, "FaceIds": face_ids})
+    _change_user_faces("DisassociateFaces", "disassociated", "from", collection, user_id, face_ids, as_json)
+
+
+def _change_user_faces(
+    operation: str, verb: str, preposition: str, collection: str, user_id: str, face_ids: list[str], as_json: bool
+) -> None:
+    response = call(operation, {"CollectionId": collection, "UserId": user_id, "FaceIds": face_ids})
     if as_json:
         emit(response)
         return
-    out.print(f"disassociated {len(response['DisassociatedFaces'])} faces from {user_id}")
-    for failure in response["UnsuccessfulFaceDisassociations"]:
-        out.print(f"not disassociated {failure['FaceId']}: {', '.join(failure['Reasons'])}")
+    noun = "Associat" if operation == "AssociateFaces" else "Disassociat"  # AssociatedFaces, …Associations
+    out.print(f"{verb} {len(response[noun + 'edFaces'])} faces {preposition} {user_id}")
+    for failure in response[f"UnsuccessfulFace{noun}ions"]:
+        out.print(f"not {verb} {failure['FaceId']}: {', '.join(failure['Reasons'])}")
 
 
 @users_app.command("search")
