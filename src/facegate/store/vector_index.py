@@ -36,7 +36,7 @@ ANN_MIN_FACES = 200_000
 FORMAT = 1  # bump when the on-disk layout changes: older files are then rebuilt
 CONNECTIVITY = 16
 EXPANSION_ADD = 128
-MIN_EXPANSION_SEARCH = 64
+MIN_EXPANSION_SEARCH = 512  # measured: at 1M, ef 216 → recall@10 0.88, 512 → 0.956 (p50 3.7 ms)
 SAVE_INTERVAL_S = 60.0  # incremental changes are saved at most this often; a stale file is reconciled on load
 _BATCH = 10_000
 
