@@ -159,3 +159,12 @@ def test_deleting_the_collection_removes_its_index(ann_store, engine, gallery, d
     search(ann_store, engine, gallery["Tony_Blair"][0])
     FaceService(ann_store, engine).call(OWNER, "DeleteCollection", {"CollectionId": "c"})
     assert not list((data_dir / "indexes").iterdir())
+
+
+def test_rebuild_on_request_covers_every_face_and_skips_small_collections(ann_store, engine, gallery, people):
+    service = FaceService(ann_store, engine)
+    assert service.rebuild_index(OWNER, "c") == 16 + SYNTHETIC
+    probe = {"CollectionId": "c", "Image": {"Bytes": people["Tony_Blair"][3].read_bytes()}, "MaxFaces": 3}
+    assert service.call(OWNER, "SearchFacesByImage", probe)["FaceMatches"][0]["Face"]["FaceId"] in gallery["Tony_Blair"]
+    service.call(OWNER, "CreateCollection", {"CollectionId": "small"})
+    assert service.rebuild_index(OWNER, "small") == 0  # below the ANN threshold: exact search, no index

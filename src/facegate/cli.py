@@ -83,6 +83,7 @@ DataOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the Rekognition JSON response.")]
 CollectionOption = Annotated[str, typer.Option("--collection", "-c", help="Collection id.")]
+ReasonOption = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")]
 
 
 @app.callback()
@@ -189,7 +190,7 @@ def collections_delete(collection_id: str) -> None:
 @collections_app.command("retention")
 def collections_retention(
     collection_id: str,
-    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")],
+    reason: ReasonOption,
     max_days: Annotated[int | None, typer.Option(help="Delete faces this many days after they were indexed.")] = None,
     until: Annotated[str | None, typer.Option(help="Delete every face on this date (the purpose's end).")] = None,
     org: Annotated[str, typer.Option(help="Organisation that owns the collection.")] = DEFAULT_OWNER,
@@ -197,6 +198,17 @@ def collections_retention(
     """Set (or, with neither option, clear) a collection's retention rule; `facegate retention purge` enforces it."""
     rule = _governance().set_retention(org, collection_id, max_days=max_days, until=_when(until), reason=reason)
     out.print(f"{collection_id}: retention {rule or 'cleared'}")
+
+
+@collections_app.command("reindex")
+def collections_reindex(collection_id: str) -> None:
+    """Rebuild a collection's approximate-search index from the database (it is also rebuilt when stale)."""
+    faces = state.service.rebuild_index(state.owner, collection_id)
+    out.print(
+        f"{collection_id}: index rebuilt over {faces:,} faces"
+        if faces
+        else f"{collection_id}: exact search, no index needed"
+    )
 
 
 retention_app = typer.Typer(no_args_is_help=True, help="Enforce retention rules.")
@@ -634,8 +646,6 @@ app.add_typer(policies_app, name="policies")
 app.add_typer(audit_app, name="audit", help="The tamper-evident audit log: verify, export, show.")
 app.add_typer(fairness_app, name="fairness", help="Bias audits and the ACLU experiment.")
 
-ReasonOption = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")]
-
 
 def _key_ring():
     from facegate.keys import KeyRing
@@ -685,7 +695,7 @@ def orgs_create(
 @orgs_app.command("list")
 def orgs_list(as_json: JsonOption = False) -> None:
     """List organisations with their status."""
-    orgs = state.service.store.list_organisations()
+    orgs = _governance().organisations()
     if as_json:
         print(
             json.dumps(
@@ -773,7 +783,7 @@ def usecases_list(org: Annotated[str | None, typer.Option(help="Only this organi
     table = Table(title="use cases")
     for column in ("id", "organisation", "purpose", "collections", "status"):
         table.add_column(column)
-    for u in state.service.store.list_use_cases(org):
+    for u in _governance().use_cases(org):
         table.add_row(u.use_case_id, u.organisation, u.purpose, ", ".join(u.collections or ("any",)), u.status)
     out.print(table)
 
@@ -818,7 +828,7 @@ def policies_list(as_json: JsonOption = False) -> None:
     """Every template, whether it is active, with its parameters."""
     from facegate.policy.templates import TEMPLATES
 
-    states = state.service.store.policy_states()
+    states = _governance().policy_states()
     rows = []
     for name, template in TEMPLATES.items():
         if template.always_on:
@@ -895,7 +905,7 @@ def report_transparency(
 
     governance = _governance()
     report = transparency.build(
-        governance.audit, state.service.store, _when(since), _when(until) if until else time.time() + 1
+        governance.audit, governance.organisations(), _when(since), _when(until) if until else time.time() + 1
     )
     json_path, html_path = transparency.write(report, out_dir)
     out.print(f"{sum(report['requests'].values())} requests; wrote {json_path} and {html_path}")

@@ -122,6 +122,9 @@ class Governance:
         self.store.update_organisation(name, groups=tuple(groups))
         self._event("groups_changed", actor, organisation=name, groups=list(groups), reason=reason)
 
+    def organisations(self) -> list[Organisation]:
+        return self.store.list_organisations()
+
     def _organisation(self, name: str) -> Organisation:
         organisation = self.store.get_organisation(name)
         if organisation is None:
@@ -172,6 +175,9 @@ class Governance:
             authorisation_reference=authorisation_reference,
         )
         return use_case
+
+    def use_cases(self, organisation: str | None = None) -> list[UseCase]:
+        return self.store.list_use_cases(organisation)
 
     def revoke_use_case(self, use_case_id: str, reason: str, actor: str = OPERATOR) -> None:
         use_case = self.store.get_use_case(use_case_id)

@@ -120,6 +120,10 @@ class FaceService:
             response["NextToken"] = _make_token(page[limit - 1].collection_id, "ListCollections", owner)
         return response
 
+    def rebuild_index(self, owner: str, collection_id: str) -> int:
+        """Rebuild a collection's approximate-search index from the store (not a Rekognition operation)."""
+        return self.store.rebuild_vector_index(self._collection(owner, collection_id))
+
     def delete_collection(self, owner: str, p: dict) -> Response:
         self.store.delete_collection(self._collection(owner, p["CollectionId"]))
         return {"StatusCode": 200}

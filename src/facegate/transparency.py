@@ -1,6 +1,6 @@
 """The transparency report: what facegate was used for, by whom, and what the policies refused, over a period.
 
-Built only from the audit log (plus organisation categories from the store), so what it counts is what the
+Built only from the audit log (plus the organisations' categories), so what it counts is what the
 tamper-evident record shows. Writes ``transparency.json`` and ``transparency.html`` (charts inline).
 """
 
@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from facegate.audit import AuditLog
-from facegate.store import Store
+from facegate.store import Organisation
 
 IDENTIFICATION = {"SearchFaces", "SearchFacesByImage", "SearchUsers", "SearchUsersByImage", "CompareFaces"}
 
 
-def build(audit: AuditLog, store: Store, since: float, until: float) -> dict[str, Any]:
-    categories = {o.name: o.category for o in store.list_organisations()}
+def build(audit: AuditLog, organisations: list[Organisation], since: float, until: float) -> dict[str, Any]:
+    categories = {o.name: o.category for o in organisations}
     requests = Counter()
     by_category: dict[str, Counter] = defaultdict(Counter)
     by_purpose: dict[str, Counter] = defaultdict(Counter)

@@ -11,10 +11,6 @@ import face_recognition_models as _models
 EMBEDDING_MODEL_VERSION = "dlib-resnet-v1"
 
 
-def hog_detector_name() -> str:
-    return "dlib-hog"
-
-
 def embedding_weights() -> Path:
     return Path(_models.face_recognition_model_location())
 

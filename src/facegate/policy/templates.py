@@ -29,7 +29,6 @@ PURPOSES = frozenset(
 CATEGORIES = frozenset(
     {"law_enforcement", "ngo", "commercial", "research", "government", "city_department", "unregistered"}
 )
-MORATORIUM_EXEMPT_GROUP = "amazon-2020-moratorium-exempt"
 FOREVER = "until further notice"
 
 

@@ -60,7 +60,7 @@ def admin_routes(governance: Governance, keys: KeyRing, read_body) -> list[Route
         return {"Organisation": name, "Status": p["Status"]}
 
     def list_orgs(request, p, actor):
-        return {"Organisations": [asdict(o) for o in governance.store.list_organisations()]}
+        return {"Organisations": [asdict(o) for o in governance.organisations()]}
 
     def create_use_case(request, p, actor):
         use_case = governance.create_use_case(

@@ -260,10 +260,6 @@ class SqliteStore:
         ).fetchall()
         return [Collection(*row) for row in rows]
 
-    def retention_rule(self, collection: Collection) -> dict | None:
-        row = self._db.execute("SELECT retention FROM collections WHERE pk = ?", (collection.pk,)).fetchone()
-        return json.loads(row[0]) if row and row[0] else None
-
     def faces_indexed_before(self, collection: Collection, cutoff: float) -> list[StoredFace]:
         rows = self._db.execute(
             f"SELECT {_FACE_COLUMNS} FROM faces WHERE collection_pk = ? AND indexed_at < ? ORDER BY indexed_at",
@@ -387,7 +383,10 @@ class SqliteStore:
         return self.get_faces(collection, face_ids, with_embeddings=True)
 
     def rebuild_vector_index(self, collection: Collection) -> int:
-        """Rebuild a collection's ANN index from the database; returns the number of faces indexed."""
+        """Rebuild a collection's ANN index from the database; returns the number of faces indexed (0 when the
+        collection is small enough for exact search, which needs no index)."""
+        if not self.vector_indexes.applies(collection.face_count):
+            return 0
         return len(self.vector_indexes.rebuild(self, _indexed(collection)))
 
     def index_generation(self, collection: IndexedCollection) -> int:
