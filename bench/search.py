@@ -59,7 +59,7 @@ def exact_top(gallery: np.ndarray, norms: np.ndarray, probe: np.ndarray, k: int)
 
 def ann_top(index: FaceIndex, gallery: np.ndarray, probe: np.ndarray, k: int, max_faces: int) -> np.ndarray:
     """facegate's path: 2·MaxFaces+16 candidates from the graph, re-ranked by their exact distances."""
-    rows = np.array([int(i) for i in index.search(probe, 2 * max_faces + 16)])
+    rows = index.search(probe, 2 * max_faces + 16).astype(np.int64)  # keys are the gallery's row numbers
     distances = np.linalg.norm(gallery[rows] - probe, axis=1)
     return rows[np.argsort(distances)][:k]
 
@@ -70,7 +70,7 @@ def run(size: int, queries: int, max_faces: int, seed: int) -> dict:
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     index = FaceIndex(gallery.shape[1])
-    index.add([str(i) for i in range(size)], gallery)
+    index.add(np.arange(size, dtype=np.uint64), gallery)
     build_s = time.perf_counter() - started
     ann_ms, exact_ms, hits1, hits10 = [], [], 0, 0
     for probe in probes:

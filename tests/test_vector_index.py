@@ -6,6 +6,7 @@ from real faces) only push the collection over a lowered ANN threshold so that t
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -168,3 +169,50 @@ def test_rebuild_on_request_covers_every_face_and_skips_small_collections(ann_st
     assert service.call(OWNER, "SearchFacesByImage", probe)["FaceMatches"][0]["Face"]["FaceId"] in gallery["Tony_Blair"]
     service.call(OWNER, "CreateCollection", {"CollectionId": "small"})
     assert service.rebuild_index(OWNER, "small") == 0  # below the ANN threshold: exact search, no index
+
+
+def test_startup_prepares_large_collections_only(ann_store, engine, gallery, data_dir):
+    service = FaceService(ann_store, engine)
+    service.call(OWNER, "CreateCollection", {"CollectionId": "small"})
+    ann_store.close()
+    assert not (data_dir / "indexes").exists()  # nothing searched yet, so nothing built
+    reopened = SqliteStore(data_dir, ann_min_faces=MIN_FACES)
+    try:
+        assert FaceService(reopened, engine).prepare_search_indexes() == 1  # "c" only; "small" searches exactly
+        assert len(reopened.vector_indexes._indexes[1]) == 16 + SYNTHETIC  # built before any search
+        assert pointer(data_dir).exists()
+        # Another process starting now loads that file instead of building the index a second time.
+        saved = pointer(data_dir).read_text()
+        other = SqliteStore(data_dir, ann_min_faces=MIN_FACES)
+        try:
+            assert other.prepare_vector_indexes() == 1
+            assert pointer(data_dir).read_text() == saved
+            assert search(other, engine, gallery["Tony_Blair"][0]) == search(reopened, engine, gallery["Tony_Blair"][0])
+        finally:
+            other.close()
+    finally:
+        reopened.close()
+
+
+def test_faces_stored_before_ann_keys_existed_get_them_on_upgrade(ann_store, engine, gallery, data_dir):
+    """Schema 6 added faces.ann_key: a database written by an older facegate is given its keys on opening."""
+    import sqlite3
+
+    from facegate.store.sqlite import MIGRATIONS
+
+    expected = search(ann_store, engine, gallery["Tony_Blair"][0])
+    ann_store.close()
+    shutil.rmtree(data_dir / "indexes")
+    db = sqlite3.connect(data_dir / "facegate.sqlite3")
+    db.execute("DROP INDEX faces_by_ann_key")
+    db.execute("ALTER TABLE faces DROP COLUMN ann_key")  # as schema 5 left it
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(len(MIGRATIONS) - 1),))
+    db.commit()
+    db.close()
+    upgraded = SqliteStore(data_dir, ann_min_faces=MIN_FACES)
+    try:
+        assert upgraded.schema_version() == len(MIGRATIONS)
+        assert search(upgraded, engine, gallery["Tony_Blair"][0]) == expected
+        assert len(upgraded.vector_indexes._indexes[1]) == 16 + SYNTHETIC
+    finally:
+        upgraded.close()

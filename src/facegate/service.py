@@ -124,6 +124,10 @@ class FaceService:
         """Rebuild a collection's approximate-search index from the store (not a Rekognition operation)."""
         return self.store.rebuild_vector_index(self._collection(owner, collection_id))
 
+    def prepare_search_indexes(self) -> int:
+        """Load or build the approximate-search index of every collection that needs one (at startup)."""
+        return self.store.prepare_vector_indexes()
+
     def delete_collection(self, owner: str, p: dict) -> Response:
         self.store.delete_collection(self._collection(owner, p["CollectionId"]))
         return {"StatusCode": 200}

@@ -37,7 +37,7 @@ from facegate.governance import GateOutcome, Governance
 from facegate.keys import KeyRing
 from facegate.server import sigv4
 from facegate.server.admin import admin_routes
-from facegate.server.workers import OperationRunner
+from facegate.server.workers import OperationRunner, prepare_search_indexes_in_background
 
 log = logging.getLogger("facegate.server")
 
@@ -192,6 +192,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         runner.warm_up()
+        prepare_search_indexes_in_background(service)
         try:
             yield
         finally:

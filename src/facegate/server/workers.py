@@ -12,6 +12,8 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -34,6 +36,25 @@ def _start_worker(data_dir: str, detector: str, runtime: str, threads: int) -> N
 
     _worker_service = build_service(Path(data_dir), detector=detector, runtime=runtime, threads=threads)
     _worker_service.engine.embedding_model  # load the models now, not on the first request  # noqa: B018
+    prepare_search_indexes_in_background(_worker_service)
+
+
+def prepare_search_indexes_in_background(service: FaceService) -> threading.Thread:
+    """Load or build large collections' ANN indexes on a thread, off the request path: a search that arrives
+    meanwhile waits for its collection's index rather than starting a second build."""
+
+    def prepare() -> None:
+        try:
+            started = time.monotonic()
+            count = service.prepare_search_indexes()
+            if count:
+                log.info("search indexes of %d collections ready in %.1f s", count, time.monotonic() - started)
+        except Exception:  # the first search then builds it; the server stays up
+            log.exception("preparing search indexes failed")
+
+    thread = threading.Thread(target=prepare, name="facegate-search-indexes", daemon=True)
+    thread.start()
+    return thread
 
 
 def _run_in_worker(owner: str, operation: str, params: dict) -> tuple[str, object]:

@@ -10,13 +10,14 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from facegate.errors import ResourceAlreadyExistsException
 from facegate.store import AccessKey, Collection, Gallery, Organisation, PolicyState, StoredFace, StoredUser, UseCase
-from facegate.store.vector_index import ANN_MIN_FACES, IndexedCollection, VectorIndexes
+from facegate.store.vector_index import ANN_MIN_FACES, IndexedCollection, VectorIndexes, face_key
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
@@ -130,6 +131,13 @@ MIGRATIONS: list[str] = [
         face_count = (SELECT COUNT(*) FROM faces f WHERE f.collection_pk = collections.pk),
         user_count = (SELECT COUNT(*) FROM users u WHERE u.collection_pk = collections.pk);
     """,
+    # Each face's key in its collection's ANN index, so the index maps back to faces through SQLite and holds
+    # no strings itself. facegate_ann_key is vector_index.face_key, registered on the connection.
+    """
+    ALTER TABLE faces ADD COLUMN ann_key INTEGER;
+    UPDATE faces SET ann_key = facegate_ann_key(face_id);
+    CREATE INDEX faces_by_ann_key ON faces (collection_pk, ann_key);
+    """,
 ]
 
 _FACE_COLUMNS = (
@@ -161,6 +169,7 @@ class SqliteStore:
             # FULL: a transaction acknowledged to a client is on disk before we answer.
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
+            conn.create_function("facegate_ann_key", 1, face_key, deterministic=True)
             self._local.conn = conn
             self._connections.append(conn)
         return conn
@@ -280,8 +289,8 @@ class SqliteStore:
             if existing:
                 return existing
             db.executemany(
-                f"INSERT INTO faces ({_FACE_COLUMNS}, collection_pk, embedding) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO faces ({_FACE_COLUMNS}, collection_pk, embedding, ann_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         f.face_id,
@@ -295,13 +304,14 @@ class SqliteStore:
                         f.user_id,
                         collection.pk,
                         np.asarray(f.embedding, dtype="<f4").tobytes(),
+                        face_key(f.face_id),
                     )
                     for f in faces
                 ],
             )
             generation = self._bump(db, collection, len(faces))
         self.vector_indexes.added(
-            _indexed(collection), generation, [f.face_id for f in faces], np.stack([f.embedding for f in faces])
+            _indexed(collection), generation, _keys(f.face_id for f in faces), np.stack([f.embedding for f in faces])
         )
         return faces
 
@@ -368,7 +378,7 @@ class SqliteStore:
             if found:
                 generation = self._bump(db, collection, -len(found))
         if found:
-            self.vector_indexes.removed(_indexed(collection), generation, found)
+            self.vector_indexes.removed(_indexed(collection), generation, _keys(found))
         return found
 
     # Approximate search (the index itself lives in vector_index.py; this is its view of the database)
@@ -378,9 +388,16 @@ class SqliteStore:
         the collection is small enough for exact search over ``gallery``."""
         if not self.vector_indexes.applies(collection.face_count):
             return None
-        face_ids = self.vector_indexes.candidates(self, _indexed(collection), probe, k)
+        keys = self.vector_indexes.candidates(self, _indexed(collection), probe, k)
+        if not len(keys):
+            return []
         # Re-read: a face deleted by any process since the index last caught up drops out here.
-        return self.get_faces(collection, face_ids, with_embeddings=True)
+        rows = self._db.execute(
+            f"SELECT {_FACE_COLUMNS}, embedding FROM faces WHERE collection_pk = ? "
+            f"AND ann_key IN ({','.join('?' * len(keys))})",
+            (collection.pk, *keys.astype(np.int64).tolist()),
+        ).fetchall()
+        return [_face(row) for row in rows]
 
     def rebuild_vector_index(self, collection: Collection) -> int:
         """Rebuild a collection's ANN index from the database; returns the number of faces indexed (0 when the
@@ -389,27 +406,41 @@ class SqliteStore:
             return 0
         return len(self.vector_indexes.rebuild(self, _indexed(collection)))
 
+    def prepare_vector_indexes(self) -> int:
+        """Load (or rebuild) the ANN index of every collection large enough to need one, so a server pays for
+        it at startup rather than on its first search; returns how many were prepared."""
+        rows = self._db.execute(
+            self._COLLECTION_SELECT + "WHERE c.face_count >= ? ORDER BY c.face_count DESC",
+            (self.vector_indexes.min_faces,),
+        ).fetchall()
+        for row in rows:
+            self.vector_indexes.prepare(self, _indexed(Collection(*row)))
+        return len(rows)
+
     def index_generation(self, collection: IndexedCollection) -> int:
         return self._generation(collection)
 
-    def index_face_ids(self, collection: IndexedCollection) -> tuple[int, list[str]]:
+    def index_keys(self, collection: IndexedCollection) -> tuple[int, np.ndarray]:
         db = self._db
-        db.execute("BEGIN")  # one snapshot: the generation labels exactly these ids
+        db.execute("BEGIN")  # one snapshot: the generation labels exactly these keys
         try:
             generation = self._generation(collection)
-            rows = db.execute("SELECT face_id FROM faces WHERE collection_pk = ?", (collection.pk,)).fetchall()
+            keys = np.fromiter(
+                (r[0] for r in db.execute("SELECT ann_key FROM faces WHERE collection_pk = ?", (collection.pk,))),
+                dtype=np.int64,
+            )
         finally:
             db.execute("COMMIT")
-        return generation, [r[0] for r in rows]
+        return generation, np.unique(keys.astype(np.uint64))
 
-    def index_embeddings(self, collection: IndexedCollection, face_ids: list[str]) -> tuple[list[str], np.ndarray]:
+    def index_embeddings(self, collection: IndexedCollection, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = self._db.execute(
-            f"SELECT face_id, embedding FROM faces WHERE collection_pk = ? "
-            f"AND face_id IN ({','.join('?' * len(face_ids))})",
-            (collection.pk, *face_ids),
+            f"SELECT ann_key, embedding FROM faces WHERE collection_pk = ? AND ann_key IN ({','.join('?' * len(keys))})",
+            (collection.pk, *np.asarray(keys).astype(np.int64).tolist()),
         ).fetchall()
         dims = len(rows[0][1]) // 4 if rows else 0
-        return [r[0] for r in rows], np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dims)
+        found = np.array([r[0] for r in rows], dtype=np.int64).astype(np.uint64)
+        return found, np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dims)
 
     def gallery(self, collection: Collection) -> Gallery:
         generation = self._generation(collection)
@@ -736,6 +767,10 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _keys(face_ids: Iterable[str]) -> np.ndarray:
+    return np.array([face_key(f) for f in face_ids], dtype=np.uint64)
 
 
 def _indexed(collection: Collection) -> IndexedCollection:

@@ -2,40 +2,48 @@
 
 Why usearch rather than faiss-cpu: DeleteFaces needs removal by key, which usearch's HNSW supports directly
 (faiss' HNSW cannot remove; its IVF indexes can, but need training that drifts as a collection grows); keys
-are 64-bit integers we derive from face ids; vectors can be stored as f16 (half the memory — exactness comes
+are 63-bit integers derived from face ids and kept in the faces table (so the index holds no strings: at
+10 million faces a key → face id map in Python would cost more memory than the graph's vectors); vectors are f16 (half the memory — exactness comes
 from re-ranking with the true embeddings anyway); one small wheel with no BLAS/OpenMP runtime to collide with
 ONNX Runtime's; and save/load to a single file.
 
 The index is DERIVED data. SQLite stays the source of truth: every index records the collection generation it
 reflects, and when the store's generation has moved (another process wrote) it is reconciled against the
-store's current face ids before it answers. Candidates are only candidates: the store re-reads them (deleted
+store's current keys before it answers. Candidates are only candidates: the store re-reads them (deleted
 faces drop out there) and the service re-ranks them exactly. All ANN details live here, so a PostgreSQL store
 can answer the same question with pgvector's HNSW instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import onnxruntime  # noqa: F401 - before usearch: loaded after it into a bare process, its import crashes (segfault)
 from usearch.index import Index
 
 # Below this many faces exact search is as fast as the index and loses no recall. bench/search.py (2 cores; its
 # numpy scan is FaceService's exact path): p50 exact vs index 1.05 vs 1.82 ms at 100k, 2.56 vs 2.29 ms at 200k,
 # 13.9 vs 3.7 ms at 1M, where the index's recall@10 is 0.956.
 ANN_MIN_FACES = 200_000
-FORMAT = 1  # bump when the on-disk layout changes: older files are then rebuilt
-CONNECTIVITY = 16
+FORMAT = 2  # bump when the on-disk layout changes: older files are then rebuilt
+# Measured at 1M faces (2 cores, 300 real probes vs exact top 10): connectivity 16 with search depth 512 gave
+# recall@10 0.956 (p50 3.7 ms); 24 with 512/640 0.987/0.991 (2.7/3.2 ms); 32 with 512 0.995 (3.3 ms) but 50%
+# more memory (760 vs 504 MB per million), which at 10M faces would not fit the 8 GB we allow.
+CONNECTIVITY = 24
 EXPANSION_ADD = 128
-MIN_EXPANSION_SEARCH = 512  # measured: at 1M, ef 216 → recall@10 0.88, 512 → 0.956 (p50 3.7 ms)
+MIN_EXPANSION_SEARCH = 768
 SAVE_INTERVAL_S = 60.0  # incremental changes are saved at most this often; a stale file is reconciled on load
 _BATCH = 10_000
 
@@ -58,12 +66,12 @@ class FaceSource(Protocol):
     """What the index needs from the store; SQL stays there."""
 
     def index_generation(self, collection: IndexedCollection) -> int: ...
-    def index_face_ids(self, collection: IndexedCollection) -> tuple[int, list[str]]: ...
-    def index_embeddings(self, collection: IndexedCollection, face_ids: list[str]) -> tuple[list[str], np.ndarray]: ...
+    def index_keys(self, collection: IndexedCollection) -> tuple[int, np.ndarray]: ...
+    def index_embeddings(self, collection: IndexedCollection, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class FaceIndex:
-    """One collection's HNSW graph, the face id behind each key, and the generation it reflects."""
+    """One collection's HNSW graph over face keys, and the store generation it reflects."""
 
     def __init__(self, ndim: int, generation: int = -1, index: Index | None = None) -> None:
         self.index = index or Index(
@@ -71,39 +79,45 @@ class FaceIndex:
         )
         self.ndim = ndim
         self.generation = generation
-        self.ids: dict[int, str] = {}
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.index)
 
-    def add(self, face_ids: list[str], embeddings: np.ndarray) -> None:
-        keys = [face_key(f) for f in face_ids]
-        fresh = [i for i, k in enumerate(keys) if k not in self.ids]
-        if not fresh:
+    def add(self, keys: np.ndarray, embeddings: np.ndarray) -> None:
+        keys = np.asarray(keys, dtype=np.uint64)
+        fresh = ~np.atleast_1d(self.index.contains(keys)) if len(self.index) else np.ones(len(keys), bool)
+        fresh &= _first_occurrences(keys)
+        if not fresh.any():
             return
         vectors = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32)[fresh])
-        key_array = np.array([keys[i] for i in fresh], dtype=np.uint64)
-        self.index.add(key_array, vectors, threads=1 if len(fresh) < 1000 else 0)
-        for i in fresh:
-            self.ids[keys[i]] = face_ids[i]
+        self.index.add(keys[fresh], vectors, threads=1 if fresh.sum() < 1000 else 0)
 
-    def remove(self, face_ids: list[str]) -> None:
-        keys = [k for k in (face_key(f) for f in face_ids) if k in self.ids]
-        if keys:
-            self.index.remove(np.array(keys, dtype=np.uint64))
-            for k in keys:
-                del self.ids[k]
+    def remove(self, keys: np.ndarray) -> None:
+        keys = np.asarray(keys, dtype=np.uint64)
+        if len(keys) and len(self.index):
+            present = keys[np.atleast_1d(self.index.contains(keys))]
+            if len(present):
+                self.index.remove(present)
 
-    def search(self, probe: np.ndarray, k: int) -> list[str]:
-        if not self.ids:
-            return []
-        k = min(k, len(self.ids))
+    def keys(self) -> np.ndarray:
+        return np.asarray(self.index.keys, dtype=np.uint64)
+
+    def search(self, probe: np.ndarray, k: int) -> np.ndarray:
+        """Keys of (about) the ``k`` nearest faces."""
+        if not len(self.index):
+            return np.zeros(0, dtype=np.uint64)
+        k = min(k, len(self.index))
         self.index.expansion_search = max(MIN_EXPANSION_SEARCH, k)
-        matches = self.index.search(np.asarray(probe, dtype=np.float32), k, threads=1)
-        return [self.ids[int(key)] for key in matches.keys if int(key) in self.ids]
+        return np.asarray(self.index.search(np.asarray(probe, dtype=np.float32), k, threads=1).keys, dtype=np.uint64)
 
     def memory_bytes(self) -> int:
         return int(self.index.memory_usage)
+
+
+def _first_occurrences(keys: np.ndarray) -> np.ndarray:
+    mask = np.zeros(len(keys), bool)
+    mask[np.unique(keys, return_index=True)[1]] = True
+    return mask
 
 
 class VectorIndexes:
@@ -114,6 +128,7 @@ class VectorIndexes:
         self.min_faces = min_faces
         self._indexes: dict[int, FaceIndex] = {}
         self._saved_at: dict[int, float] = {}
+        self._save_cost: dict[int, float] = {}
         self._collections: dict[int, IndexedCollection] = {}
         self._dirty: set[int] = set()
         self._lock = threading.RLock()
@@ -121,42 +136,47 @@ class VectorIndexes:
     def applies(self, face_count: int) -> bool:
         return face_count >= self.min_faces
 
-    def candidates(self, source: FaceSource, collection: IndexedCollection, probe: np.ndarray, k: int) -> list[str]:
-        """Face ids of up to ``k`` approximate nearest neighbours, from an index brought up to the store's state."""
+    def candidates(self, source: FaceSource, collection: IndexedCollection, probe: np.ndarray, k: int) -> np.ndarray:
+        """Keys of up to ``k`` approximate nearest faces, from an index brought up to the store's state."""
         with self._lock:
             return self._current(source, collection).search(probe, k)
+
+    def prepare(self, source: FaceSource, collection: IndexedCollection) -> None:
+        """Bring the collection's index up to the store's state now (load, reconcile or build)."""
+        with self._lock:
+            self._current(source, collection)
 
     def rebuild(self, source: FaceSource, collection: IndexedCollection) -> FaceIndex:
         """Build the collection's index from the store alone and persist it (also what the CLI can call)."""
         with self._lock:
-            generation, face_ids = source.index_face_ids(collection)
+            generation, keys = source.index_keys(collection)
             index: FaceIndex | None = None
-            for start in range(0, len(face_ids), _BATCH):
-                ids, vectors = source.index_embeddings(collection, face_ids[start : start + _BATCH])
-                if index is None and len(ids):
+            for start in range(0, len(keys), _BATCH):
+                found, vectors = source.index_embeddings(collection, keys[start : start + _BATCH])
+                if index is None and len(found):
                     index = FaceIndex(vectors.shape[1], generation)
                 if index is not None:
-                    index.add(ids, vectors)
+                    index.add(found, vectors)
             index = index or FaceIndex(128, generation)
             self._indexes[collection.pk] = index
             self._save(collection, index)
             return index
 
-    def added(self, collection: IndexedCollection, generation: int, face_ids: list[str], vectors: np.ndarray) -> None:
+    def added(self, collection: IndexedCollection, generation: int, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Faces this process just committed at ``generation``: apply them if the index is loaded."""
         with self._lock:
             index = self._indexes.get(collection.pk)
             if index is None:
                 return
-            index.add(face_ids, vectors)
+            index.add(keys, vectors)
             self._advance(collection, index, generation)
 
-    def removed(self, collection: IndexedCollection, generation: int, face_ids: list[str]) -> None:
+    def removed(self, collection: IndexedCollection, generation: int, keys: np.ndarray) -> None:
         with self._lock:
             index = self._indexes.get(collection.pk)
             if index is None:
                 return
-            index.remove(face_ids)
+            index.remove(keys)
             self._advance(collection, index, generation)
 
     def drop(self, pk: int) -> None:
@@ -181,13 +201,18 @@ class VectorIndexes:
         if index.generation == generation - 1:
             index.generation = generation
         self._dirty.add(collection.pk)
-        if time.monotonic() - self._saved_at.get(collection.pk, 0.0) > SAVE_INTERVAL_S:
+        # At least SAVE_INTERVAL_S apart, and ten times as long as a save takes (a 10M-face graph is gigabytes).
+        interval = max(SAVE_INTERVAL_S, 10 * self._save_cost.get(collection.pk, 0.0))
+        if time.monotonic() - self._saved_at.get(collection.pk, 0.0) > interval:
             self._save(collection, index)
 
     def _current(self, source: FaceSource, collection: IndexedCollection) -> FaceIndex:
         index = self._indexes.get(collection.pk) or self._load(collection)
         if index is None:
-            return self.rebuild(source, collection)
+            with self._build_lock(collection):  # one process builds; the others wait, then load its file
+                index = self._load(collection)
+                if index is None:
+                    return self.rebuild(source, collection)
         self._indexes[collection.pk] = index
         self._collections[collection.pk] = collection
         if index.generation != source.index_generation(collection):
@@ -195,38 +220,42 @@ class VectorIndexes:
         return index
 
     def _reconcile(self, source: FaceSource, collection: IndexedCollection, index: FaceIndex) -> None:
-        """Make the index hold exactly the store's current faces (cost: one read of the ids, plus the delta)."""
-        generation, face_ids = source.index_face_ids(collection)
-        current = set(face_ids)
-        indexed = set(index.ids.values())
-        index.remove(sorted(indexed - current))
-        missing = sorted(current - indexed)
+        """Make the index hold exactly the store's current faces (cost: one read of the keys, plus the delta)."""
+        generation, current = source.index_keys(collection)
+        indexed = index.keys()
+        gone = np.setdiff1d(indexed, current, assume_unique=True)
+        missing = np.setdiff1d(current, indexed)
+        index.remove(gone)
         for start in range(0, len(missing), _BATCH):
-            ids, vectors = source.index_embeddings(collection, missing[start : start + _BATCH])
-            if ids:
-                index.add(ids, vectors)
+            found, vectors = source.index_embeddings(collection, missing[start : start + _BATCH])
+            if len(found):
+                index.add(found, vectors)
         changed = index.generation != generation
         index.generation = generation
-        if missing or indexed - current:
+        if len(missing) or len(gone):
             self._save(collection, index)
         elif changed:
             self._dirty.add(collection.pk)
 
-    def _paths(self, collection: IndexedCollection, token: str) -> tuple[Path, Path]:
-        stem = self.directory / f"{collection.pk}-{token}"
-        return stem.with_suffix(".usearch"), stem.with_suffix(".ids.npy")
+    @contextlib.contextmanager
+    def _build_lock(self, collection: IndexedCollection) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with (self.directory / f"{collection.pk}.lock").open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _graph_path(self, collection: IndexedCollection, token: str) -> Path:
+        return self.directory / f"{collection.pk}-{token}.usearch"
 
     def _save(self, collection: IndexedCollection, index: FaceIndex) -> None:
         """Write a new snapshot, then switch the pointer file atomically: readers never see half of one."""
         self.directory.mkdir(parents=True, exist_ok=True)
         token = uuid.uuid4().hex
-        graph_path, ids_path = self._paths(collection, token)
-        index.index.save(str(graph_path))
-        keys = np.fromiter(index.ids.keys(), dtype=np.uint64, count=len(index.ids))
-        ids = np.array(list(index.ids.values()), dtype="S")
-        with ids_path.open("wb") as fh:
-            np.save(fh, keys)
-            np.save(fh, ids)
+        started = time.monotonic()
+        index.index.save(str(self._graph_path(collection, token)))
         meta = {
             "format": FORMAT,
             "token": token,
@@ -242,11 +271,11 @@ class VectorIndexes:
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, pointer)
         self._saved_at[collection.pk] = time.monotonic()
+        self._save_cost[collection.pk] = self._saved_at[collection.pk] - started
         self._collections[collection.pk] = collection
         self._dirty.discard(collection.pk)
         if previous and previous.get("token") != token:
-            for path in self._paths(collection, str(previous.get("token"))):
-                path.unlink(missing_ok=True)
+            self._graph_path(collection, str(previous.get("token"))).unlink(missing_ok=True)
 
     def _load(self, collection: IndexedCollection) -> FaceIndex | None:
         """The persisted index, or None when missing, of another format, of another collection, or unreadable."""
@@ -258,18 +287,13 @@ class VectorIndexes:
             or meta.get("model_version") != collection.model_version
         ):
             return None
-        graph_path, ids_path = self._paths(collection, str(meta["token"]))
         try:
-            graph = Index.restore(str(graph_path))
-            with ids_path.open("rb") as fh:
-                keys = np.load(fh)
-                ids = np.load(fh)
+            graph = Index.restore(str(self._graph_path(collection, str(meta["token"]))))
         except (OSError, ValueError, RuntimeError):
             return None  # replaced or removed by another process meanwhile: rebuild
-        if graph is None or len(keys) != meta["count"] or len(graph) != len(keys):
+        if graph is None or len(graph) != meta["count"]:
             return None
         index = FaceIndex(int(meta["ndim"]), int(meta["generation"]), graph)
-        index.ids = dict(zip(keys.tolist(), (i.decode() for i in ids), strict=True))
         self._saved_at[collection.pk] = time.monotonic()
         return index
 
