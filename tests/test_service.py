@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from facegate.errors import (
@@ -378,3 +379,44 @@ def test_collection_refuses_another_models_faces(service, store, people):
     store.create_collection(OWNER, "old-model", "some-other-model-v0", {})
     with pytest.raises(InvalidParameterException, match="cannot be mixed"):
         index(service, "old-model", people["Tony_Blair"][0])
+
+
+def test_index_many_answers_each_image_as_index_would(service, people, group_photo, tmp_path):
+    """Bulk indexing batches the network across images; each image is still checked and stored on its own."""
+    from facegate.errors import InvalidImageFormatException
+
+    service.call(OWNER, "CreateCollection", {"CollectionId": "bulk"})
+    service.call(OWNER, "CreateCollection", {"CollectionId": "single"})
+    blair, powell = people["Tony_Blair"][0], people["Colin_Powell"][0]
+    images = [blair.read_bytes(), group_photo, blair.read_bytes()[:200], powell.read_bytes(), blair.read_bytes()]
+
+    def request(collection: str, i: int) -> dict:
+        return {"CollectionId": collection, "Image": {"Bytes": images[i]}, "ExternalImageId": f"img{i % 4}"}
+
+    results = service.index_many(OWNER, [request("bulk", i) for i in range(len(images))])
+    singles = []
+    for i in range(len(images)):
+        try:
+            singles.append(service.index(OWNER, request("single", i)))
+        except InvalidImageFormatException as exc:
+            singles.append(exc)
+
+    assert isinstance(results[2], InvalidImageFormatException)  # the truncated image fails alone
+    assert results[4][1] is True  # the same image and ExternalImageId again: a repeat, nothing new stored
+    assert results[4][0]["FaceRecords"][0]["Face"]["FaceId"] == results[0][0]["FaceRecords"][0]["Face"]["FaceId"]
+    for batched, single in zip(results, singles, strict=True):
+        if isinstance(single, Exception):
+            assert type(batched) is type(single)
+            continue
+        assert batched[1] == single[1]
+        assert len(batched[0]["FaceRecords"]) == len(single[0]["FaceRecords"])
+        for a, b in zip(batched[0]["FaceRecords"], single[0]["FaceRecords"], strict=True):
+            assert a["FaceDetail"]["BoundingBox"] == b["FaceDetail"]["BoundingBox"]
+    assert len(results[1][0]["FaceRecords"]) > 1  # the group photo's faces went through the same network run
+    bulk = service.store.get_collection(OWNER, "bulk")
+    single = service.store.get_collection(OWNER, "single")
+    assert bulk.face_count == single.face_count
+    # Same embeddings as one image at a time (the network's batch size changes nothing beyond rounding).
+    a = np.stack(sorted(service.store.gallery(bulk).embeddings.tolist()))
+    b = np.stack(sorted(service.store.gallery(single).embeddings.tolist()))
+    assert np.abs(a - b).max() < 1e-5

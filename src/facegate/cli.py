@@ -267,7 +267,7 @@ def index(
     as_json: JsonOption = False,
 ) -> None:
     """Index the faces of images into a collection, across the cores; re-running skips images already indexed."""
-    from facegate.pipeline import index_files
+    from facegate.pipeline import BATCH, index_files
 
     files = list(_image_files(paths))
     counts: Counter[str] = Counter()
@@ -316,6 +316,7 @@ def index(
             detector=state.detector,
             runtime=state.runtime,
             workers=workers or os.cpu_count() or 1,
+            batch=min(BATCH, max(1, len(files) // (2 * (workers or os.cpu_count() or 1)))),
         )
         for outcome in outcomes:
             progress.advance(task)

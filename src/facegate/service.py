@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import numpy as np
 from facegate.engine import AnalysedImage, Face, FaceEngine
 from facegate.errors import (
     ConflictException,
+    FacegateError,
     IdempotentParameterMismatchException,
     InvalidPaginationTokenException,
     InvalidParameterException,
@@ -42,6 +44,16 @@ MAX_COMPARE_TARGETS = 100
 REGION = "us-east-1"
 
 Response = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _PendingIndex:
+    """An IndexFaces request checked and not yet answered: its image needs the face work."""
+
+    collection: Collection
+    params: dict
+    data: bytes
+    image_hash: str
 
 
 class FaceService:
@@ -138,21 +150,55 @@ class FaceService:
         """IndexFaces, also telling whether the image was already indexed (nothing new stored)."""
         return self._index(owner, validate_request("IndexFaces", params))
 
+    def index_many(self, owner: str, requests: list[dict]) -> list[tuple[Response, bool] | FacegateError]:
+        """IndexFaces for several images (bulk indexing): each checked, filtered and stored on its own, exactly as
+        ``index`` would, with one run of the embedding network over all their faces. Each result is
+        ``index``'s, or the error that stopped that image alone."""
+        results: list[tuple[Response, bool] | FacegateError | None] = [None] * len(requests)
+        pending: list[tuple[int, _PendingIndex, np.ndarray]] = []
+        for i, params in enumerate(requests):
+            try:
+                prepared = self._prepare_index(owner, validate_request("IndexFaces", params))
+                if isinstance(prepared, tuple):
+                    results[i] = prepared
+                else:
+                    pending.append((i, prepared, self.engine.decode(prepared.data)))
+            except FacegateError as exc:
+                results[i] = exc
+        analysed = self.engine.analyse_many([image for _, _, image in pending])
+        for (i, prepared, _), image in zip(pending, analysed, strict=True):
+            try:
+                results[i] = self._store_index(prepared, image)
+            except FacegateError as exc:
+                results[i] = exc
+        return results  # type: ignore[return-value]
+
     def index_faces(self, owner: str, p: dict) -> Response:
         return self._index(owner, p)[0]
 
     def _index(self, owner: str, p: dict) -> tuple[Response, bool]:
+        prepared = self._prepare_index(owner, p)
+        if isinstance(prepared, tuple):
+            return prepared
+        return self._store_index(prepared, self.engine.analyse_bytes(prepared.data))
+
+    def _prepare_index(self, owner: str, p: dict) -> _PendingIndex | tuple[Response, bool]:
+        """What IndexFaces checks before any face work; an image already indexed is answered here."""
         collection = self._collection(owner, p["CollectionId"])
         self._check_model(collection)
         data = _image_bytes(p["Image"])
         external_id = p.get("ExternalImageId")
         image_hash = hashlib.sha256(data).hexdigest()
-        response: Response = {"FaceModelVersion": collection.model_version}
         already = self.store.faces_of_image(collection, image_hash, external_id)
         if already:
-            return _repeat(response, already), True
+            return _repeat({"FaceModelVersion": collection.model_version}, already), True
+        return _PendingIndex(collection, p, data, image_hash)
 
-        analysed = self.engine.analyse_bytes(data)
+    def _store_index(self, prepared: _PendingIndex, analysed: AnalysedImage) -> tuple[Response, bool]:
+        """IndexFaces after the face work: the quality filter and MaxFaces, then one write for the image."""
+        collection, p = prepared.collection, prepared.params
+        external_id = p.get("ExternalImageId")
+        response: Response = {"FaceModelVersion": collection.model_version}
         max_faces = p.get("MaxFaces")
         level = p.get("QualityFilter", "AUTO")
         kept: list[Face] = []
@@ -175,7 +221,7 @@ class FaceService:
                 external_image_id=external_id,
                 box=_ratio_box(face, analysed),
                 confidence=face.confidence,
-                image_hash=image_hash,
+                image_hash=prepared.image_hash,
                 model_version=collection.model_version,
                 indexed_at=now,
                 embedding=face.embedding,

@@ -89,19 +89,38 @@ class FaceEngine:
 
     def analyse(self, image: np.ndarray, *, embed: bool = True, max_faces: int = MAX_FACES_PER_IMAGE) -> AnalysedImage:
         """Detect up to ``max_faces`` faces (largest first) with landmarks, pose, quality and embeddings."""
+        return self.analyse_many([image], embed=embed, max_faces=max_faces)[0]
+
+    def analyse_many(
+        self, images: list[np.ndarray], *, embed: bool = True, max_faces: int = MAX_FACES_PER_IMAGE
+    ) -> list[AnalysedImage]:
+        """``analyse`` of each image, with one run of the embedding network over the faces of all of them (the
+        network is cheaper per face in batches: bulk indexing hands several images at once)."""
         self._load()
-        height, width = image.shape[:2]
-        found = sorted(self._detector.detect(image), key=lambda d: d[0].area, reverse=True)[:max_faces]
-        faces = self._describe(image, [box for box, _ in found], [c for _, c in found], embed)
-        return AnalysedImage(width=width, height=height, faces=faces)
+        analysed, chips = [], []
+        for image in images:
+            height, width = image.shape[:2]
+            found = sorted(self._detector.detect(image), key=lambda d: d[0].area, reverse=True)[:max_faces]
+            faces, image_chips = self._describe(image, [box for box, _ in found], [c for _, c in found])
+            analysed.append(AnalysedImage(width=width, height=height, faces=faces))
+            chips += image_chips
+        if embed:
+            self._embed([face for a in analysed for face in a.faces], chips)
+        return analysed
 
     def analyse_box(self, image: np.ndarray, box: Box, *, embed: bool = True) -> Face:
         """Describe the face assumed to fill ``box`` without running the detector (e.g. a tight crop
         whose face the detector missed); confidence is reported as 0."""
         self._load()
-        return self._describe(image, [box], [0.0], embed)[0]
+        faces, chips = self._describe(image, [box], [0.0])
+        if embed:
+            self._embed(faces, chips)
+        return faces[0]
 
-    def _describe(self, image: np.ndarray, boxes: list[Box], confidences: list[float], embed: bool) -> list[Face]:
+    def _describe(
+        self, image: np.ndarray, boxes: list[Box], confidences: list[float]
+    ) -> tuple[list[Face], list[np.ndarray]]:
+        """The faces in ``boxes`` with landmarks, pose and quality, and their aligned chips for the network."""
         height, width = image.shape[:2]
         model = self.embedding_model
         faces: list[Face] = []
@@ -123,10 +142,12 @@ class FaceEngine:
                     quality=face_quality(image, box, chip),
                 )
             )
-        if embed and faces:
-            for face, vector in zip(faces, model.embed(chips), strict=True):
+        return faces, chips
+
+    def _embed(self, faces: list[Face], chips: list[np.ndarray]) -> None:
+        if faces:
+            for face, vector in zip(faces, self.embedding_model.embed(chips), strict=True):
                 face.embedding = vector
-        return faces
 
     def analyse_bytes(self, data: bytes, *, embed: bool = True, max_faces: int = MAX_FACES_PER_IMAGE):
         return self.analyse(self.decode(data), embed=embed, max_faces=max_faces)
