@@ -13,7 +13,7 @@ from facegate.engine.embed import DlibResnet, EmbeddingModel
 from facegate.engine.faces import AnalysedImage, Box, Face, Pose, Quality
 from facegate.engine.geometry import estimate_pose, face_quality, rekognition_landmarks
 from facegate.engine.image import DEFAULT_MAX_BYTES, decode_image
-from facegate.engine.models import landmarks5_weights, landmarks68_weights
+from facegate.engine.models import EMBEDDING_MODEL_VERSION, landmarks5_weights, landmarks68_weights
 from facegate.engine.similarity import SimilarityScale, similarity_scale
 
 MAX_FACES_PER_IMAGE = 100
@@ -78,7 +78,9 @@ class FaceEngine:
 
     @property
     def model_version(self) -> str:
-        return self.embedding_model.version
+        if self._embedding_model is None:
+            return EMBEDDING_MODEL_VERSION  # both runtimes run dlib's ResNet: known without loading anything
+        return self._embedding_model.version
 
     @property
     def similarity(self) -> SimilarityScale:

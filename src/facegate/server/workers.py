@@ -1,14 +1,15 @@
-"""Where service operations run: face work in a bounded pool of worker processes, the rest on threads.
+"""Where the work of a request runs: every operation on a thread of the server process, and the face models
+(decoding, detection, landmarks, embedding) in a bounded pool of worker processes.
 
-dlib holds the GIL while it detects and embeds, so face work needs processes to use more than one core. Each
-worker process opens its own FaceService (engine + store connection) on the same data directory; SQLite in
-WAL mode serialises their writes. The pool is bounded: past ``workers + queue`` requests in flight, a new one
-is refused at once with ThrottlingException, which AWS SDKs retry with backoff.
+dlib holds the GIL while it detects and embeds, so the models need processes to use more than one core. Only
+the models go there: the service itself — its store connection, its collections' search indexes — lives once,
+in the server process (a worker that searched on its own would hold a copy of every large collection's index:
+at 10 million faces, gigabytes per worker). Past ``workers + queue`` requests in flight a new one is refused at
+once with ThrottlingException, which AWS SDKs retry with backoff.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import os
@@ -16,54 +17,33 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
+import numpy as np
 
+from facegate.engine import FaceEngine, SimilarityScale
 from facegate.errors import FacegateError, InternalServerError, ThrottlingException
 from facegate.service import FaceService
 
 log = logging.getLogger("facegate.server")
 
-# Operations that decode images and run the face models; everything else is store work.
-FACE_WORK = frozenset({"IndexFaces", "SearchFacesByImage", "CompareFaces", "DetectFaces", "SearchUsersByImage"})
-
-_worker_service: FaceService | None = None
+_worker_engine: FaceEngine | None = None
 
 
-def _start_worker(data_dir: str, detector: str, runtime: str, threads: int) -> None:
-    global _worker_service
-    from facegate.api import build_service
-
-    _worker_service = build_service(Path(data_dir), detector=detector, runtime=runtime, threads=threads)
-    _worker_service.engine.embedding_model  # load the models now, not on the first request  # noqa: B018
-    prepare_search_indexes_in_background(_worker_service)
+def _start_worker(model_cache: str, detector: str, runtime: str, threads: int) -> None:
+    global _worker_engine
+    _worker_engine = FaceEngine(detector=detector, runtime=runtime, threads=threads, model_cache=Path(model_cache))
+    _worker_engine.embedding_model  # load the models now, not on the first request  # noqa: B018
 
 
-def prepare_search_indexes_in_background(service: FaceService) -> threading.Thread:
-    """Load or build large collections' ANN indexes on a thread, off the request path: a search that arrives
-    meanwhile waits for its collection's index rather than starting a second build."""
-
-    def prepare() -> None:
-        try:
-            started = time.monotonic()
-            count = service.prepare_search_indexes()
-            if count:
-                log.info("search indexes of %d collections ready in %.1f s", count, time.monotonic() - started)
-        except Exception:  # the first search then builds it; the server stays up
-            log.exception("preparing search indexes failed")
-
-    thread = threading.Thread(target=prepare, name="facegate-search-indexes", daemon=True)
-    thread.start()
-    return thread
-
-
-def _run_in_worker(owner: str, operation: str, params: dict) -> tuple[str, object]:
+def _in_worker(method: str, args: tuple, kwargs: dict) -> tuple[str, Any]:
     try:
-        return "ok", _worker_service.call(owner, operation, params)
-    except FacegateError as exc:
+        return "ok", getattr(_worker_engine, method)(*args, **kwargs)
+    except FacegateError as exc:  # sent back as plain values: the exception classes need not pickle
         return "error", (exc.code, exc.status, exc.message)
     except Exception:
-        log.exception("%s failed in a worker", operation)
+        log.exception("%s failed in a worker", method)
         return "error", ("InternalServerError", 500, "facegate failed to process the request; it has been logged.")
 
 
@@ -71,13 +51,48 @@ def _ready() -> int:
     return os.getpid()
 
 
+class PooledEngine:
+    """The engine as the service sees it, with the face work sent to the worker processes. Metadata (model
+    version, similarity scale) comes from the server's own engine, which never runs the models."""
+
+    def __init__(self, pool: ProcessPoolExecutor, local: FaceEngine) -> None:
+        self._pool = pool
+        self._local = local
+
+    @property
+    def model_version(self) -> str:
+        return self._local.model_version
+
+    @property
+    def similarity(self) -> SimilarityScale:
+        return self._local.similarity
+
+    @property
+    def max_image_bytes(self) -> int:
+        return self._local.max_image_bytes
+
+    def decode(self, data: bytes) -> np.ndarray:
+        return self._remote("decode", data)
+
+    def analyse_bytes(self, data: bytes, **options: Any):
+        return self._remote("analyse_bytes", data, **options)
+
+    def analyse_many(self, images: list[np.ndarray], **options: Any):
+        return self._remote("analyse_many", images, **options)
+
+    def _remote(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        status, result = self._pool.submit(_in_worker, method, args, kwargs).result()
+        if status == "ok":
+            return result
+        raise _rebuild(*result)
+
+
 class OperationRunner:
-    """Runs ``service.call`` for the wire layer, face work in processes, bounded as a whole."""
+    """Runs ``service.call`` for the wire layer on threads, the face models in processes, bounded as a whole."""
 
     def __init__(
         self, service: FaceService, data_dir: Path, detector: str, workers: int, queue: int, runtime: str = "onnx"
     ) -> None:
-        self.service = service
         self.workers = workers
         self.limit = workers + queue
         self.in_flight = 0  # touched only on the event loop thread
@@ -86,8 +101,10 @@ class OperationRunner:
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
             # The workers share the cores: each gets its share of ONNX Runtime threads, not all of them.
-            initargs=(str(data_dir), detector, runtime, max(1, (os.cpu_count() or 1) // workers)),
+            initargs=(str(Path(data_dir) / "models"), detector, runtime, max(1, (os.cpu_count() or 1) // workers)),
         )
+        service.engine = PooledEngine(self._pool, service.engine)
+        self.service = service
 
     def warm_up(self) -> None:
         """Start every worker process and load its models before the first request arrives."""
@@ -106,18 +123,30 @@ class OperationRunner:
             )
         self.in_flight += 1
         try:
-            if operation not in FACE_WORK:
-                return await anyio.to_thread.run_sync(self.service.call, owner, operation, params)
-            status, result = await asyncio.wrap_future(self._pool.submit(_run_in_worker, owner, operation, params))
-            if status == "ok":
-                return result
-            code, http_status, message = result
-            raise _rebuild(code, http_status, message)
+            return await anyio.to_thread.run_sync(self.service.call, owner, operation, params)
         finally:
             self.in_flight -= 1
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def prepare_search_indexes_in_background(service: FaceService) -> threading.Thread:
+    """Load or build large collections' ANN indexes on a thread, off the request path: a search that arrives
+    meanwhile waits for its collection's index rather than starting a second build."""
+
+    def prepare() -> None:
+        try:
+            started = time.monotonic()
+            count = service.prepare_search_indexes()
+            if count:
+                log.info("search indexes of %d collections ready in %.1f s", count, time.monotonic() - started)
+        except Exception:  # the first search then builds it; the server stays up
+            log.exception("preparing search indexes failed")
+
+    thread = threading.Thread(target=prepare, name="facegate-search-indexes", daemon=True)
+    thread.start()
+    return thread
 
 
 def _rebuild(code: str, status: int, message: str) -> FacegateError:
