@@ -199,6 +199,20 @@ def test_append_refuses_records_that_set_what_the_log_assigns(tmp_path):
     assert log.size() == 0
 
 
+def test_append_many_writes_the_records_in_order_in_one_chain(tmp_path):
+    log = AuditLog(tmp_path / "data")
+    first = log.append(_record())
+    batch = log.append_many([_record(i=i) for i in range(5)])
+    assert [e["seq"] for e in batch] == [1, 2, 3, 4, 5] and [e["i"] for e in batch] == list(range(5))
+    assert batch[0]["prev"] == merkle.leaf_hash(canonical_json(first)).hex()
+    for earlier, later in zip(batch, batch[1:], strict=False):
+        assert later["prev"] == merkle.leaf_hash(canonical_json(earlier)).hex()
+    assert log.append_many([]) == []
+    with pytest.raises(ValueError, match="seq"):  # one bad record refuses the batch before anything is written
+        log.append_many([_record(), _record(seq=1)])
+    assert log.size() == 6
+
+
 def _append_many(home: str, writer: str, count: int, barrier) -> None:
     barrier.wait()  # both processes create the log and its key at the same moment
     log = AuditLog(Path(home))

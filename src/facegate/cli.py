@@ -111,6 +111,11 @@ def call(operation: str, params: dict) -> dict:
 
 
 def _audit_local(operation: str, params: dict, **facts: Any) -> None:
+    state.audit.append(_local_record(operation, params, **facts))
+
+
+def _local_record(operation: str, params: dict, **facts: Any) -> dict[str, Any]:
+    """The audit record of an operation run by the local operator (the CLI)."""
     collection = params.get("CollectionId")
     images = [
         params[m]["Bytes"]
@@ -126,7 +131,7 @@ def _audit_local(operation: str, params: dict, **facts: Any) -> None:
         "image_sha256": [hashlib.sha256(b).hexdigest() for b in images] or None,
         **facts,
     }
-    state.audit.append({k: v for k, v in record.items() if v is not None})
+    return {k: v for k, v in record.items() if v is not None}
 
 
 def emit(response: dict[str, Any]) -> None:
@@ -318,39 +323,47 @@ def index(
             workers=workers or os.cpu_count() or 1,
             batch=min(BATCH, max(1, len(files) // (2 * (workers or os.cpu_count() or 1)))),
         )
-        for outcome in outcomes:
-            progress.advance(task)
-            digest = [outcome.image_sha256] if outcome.image_sha256 else None
-            if outcome.error_code is not None:
-                _audit_local(
-                    "IndexFaces",
-                    outcome.params,
-                    decision="error",
-                    error_code=outcome.error_code,
-                    reason=(outcome.error or "")[:500],
-                    image_sha256=digest,
+        for batch in outcomes:
+            progress.advance(task, len(batch))
+            records = []
+            for outcome in batch:
+                digest = [outcome.image_sha256] if outcome.image_sha256 else None
+                if outcome.error_code is not None:
+                    records.append(
+                        _local_record(
+                            "IndexFaces",
+                            outcome.params,
+                            decision="error",
+                            error_code=outcome.error_code,
+                            reason=(outcome.error or "")[:500],
+                            image_sha256=digest,
+                        )
+                    )
+                    label = "unreadable file" if outcome.error_code == "UnreadableFile" else outcome.error_code
+                    counts[f"failed: {label}"] += 1
+                    failures.append(f"{outcome.path}: {outcome.error_code}: {outcome.error}")
+                    continue
+                response = outcome.response
+                records.append(
+                    _local_record(
+                        "IndexFaces",
+                        outcome.params,
+                        decision="allow",
+                        image_sha256=digest,
+                        **Governance.summarise_result("IndexFaces", response),
+                    )
                 )
-                label = "unreadable file" if outcome.error_code == "UnreadableFile" else outcome.error_code
-                counts[f"failed: {label}"] += 1
-                failures.append(f"{outcome.path}: {outcome.error_code}: {outcome.error}")
-                continue
-            response = outcome.response
-            _audit_local(
-                "IndexFaces",
-                outcome.params,
-                decision="allow",
-                image_sha256=digest,
-                **Governance.summarise_result("IndexFaces", response),
-            )
-            responses.append(response)
-            if outcome.repeated:
-                counts["skipped: already indexed"] += 1
-            elif response["FaceRecords"]:
-                counts["indexed"] += 1
-                counts["faces"] += len(response["FaceRecords"])
-            else:
-                no_pass = "skipped: no face passed the quality filter"
-                counts[no_pass if response["UnindexedFaces"] else "skipped: no face found"] += 1
+                if as_json:  # otherwise nothing per image is kept: memory stays bounded for any directory
+                    responses.append(response)
+                if outcome.repeated:
+                    counts["skipped: already indexed"] += 1
+                elif response["FaceRecords"]:
+                    counts["indexed"] += 1
+                    counts["faces"] += len(response["FaceRecords"])
+                else:
+                    no_pass = "skipped: no face passed the quality filter"
+                    counts[no_pass if response["UnindexedFaces"] else "skipped: no face found"] += 1
+            state.audit.append_many(records)  # one disk sync per batch of images
     if as_json:
         emit(responses[0] if len(responses) == 1 else {"Responses": responses})
         return

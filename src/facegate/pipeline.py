@@ -75,9 +75,9 @@ def index_files(
     runtime: str = "onnx",
     workers: int = 1,
     batch: int = BATCH,
-) -> Iterator[Indexed]:
+) -> Iterator[list[Indexed]]:
     """IndexFaces for each (path, params-without-image), in parallel, ``batch`` images per task (fewer spread
-    a short list over every worker); yields outcomes as they complete."""
+    a short list over every worker); yields each task's outcomes together, as tasks complete."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=_start, initargs=(str(data_dir), detector, runtime, owner)
@@ -86,11 +86,11 @@ def index_files(
         for chunk in _batches(files, max(1, batch)):
             if len(pending) >= 2 * workers:  # bounded: never more than this many batches in flight
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                yield from (outcome for future in done for outcome in future.result())
+                yield from (future.result() for future in done)
             pending.add(pool.submit(_index_batch, [(str(path), params) for path, params in chunk]))
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            yield from (outcome for future in done for outcome in future.result())
+            yield from (future.result() for future in done)
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:

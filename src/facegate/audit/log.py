@@ -214,19 +214,19 @@ class AuditLog:
 
         Raises :class:`AuditUnavailable` when it cannot be written, ``ValueError``/``TypeError`` when the record
         is not a JSON object the log can store (it must not set ``seq`` or ``prev``; ``time`` is a number)."""
-        entry = dict(record)
-        for reserved in ("seq", "prev"):
-            if reserved in entry:
-                raise ValueError(f"the record sets {reserved!r}; the audit log assigns it")
-        if "time" in entry and (isinstance(entry["time"], bool) or not isinstance(entry["time"], int | float)):
-            raise ValueError(f"the record's time {entry['time']!r} is not epoch seconds (a number)")
-        return self._commit(_Pending(entry))
+        return self._commit([_Pending(_checked(record))])[0]
 
-    def _commit(self, pending: _Pending) -> dict[str, Any]:
+    def append_many(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append several records in one transaction (one disk sync), as ``append`` does one; in order."""
+        return self._commit([_Pending(_checked(record)) for record in records])
+
+    def _commit(self, pendings: list[_Pending]) -> list[dict[str, Any]]:
         """Group commit: the first waiting thread becomes the writer and commits every queued record in one
-        transaction (one disk sync for all of them); the others wait for their record's outcome."""
+        transaction (one disk sync for all of them); the others wait for their records' outcome."""
+        if not pendings:
+            return []
         with self._queue_lock:
-            self._queue.append(pending)
+            self._queue.extend(pendings)
             leader = not self._writing
             self._writing = True
         if leader:
@@ -237,10 +237,11 @@ class AuditLog:
                         self._writing = False
                         break
                 self._write_batch(batch)
-        pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        return pending.result
+        for pending in pendings:
+            pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+        return [pending.result for pending in pendings]
 
     def _write_batch(self, batch: list[_Pending]) -> None:
         written = []
@@ -470,6 +471,16 @@ def _publish_public_key(data_dir: Path, key: Ed25519PrivateKey) -> None:
     tmp.write_bytes(pem)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+
+
+def _checked(record: dict[str, Any]) -> dict[str, Any]:
+    entry = dict(record)
+    for reserved in ("seq", "prev"):
+        if reserved in entry:
+            raise ValueError(f"the record sets {reserved!r}; the audit log assigns it")
+    if "time" in entry and (isinstance(entry["time"], bool) or not isinstance(entry["time"], int | float)):
+        raise ValueError(f"the record's time {entry['time']!r} is not epoch seconds (a number)")
+    return entry
 
 
 def _fsync_dir(path: Path) -> None:
