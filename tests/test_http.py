@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -431,3 +432,56 @@ def test_a_request_that_cannot_be_audited_is_refused(tmp_path):
             blocker.close()
         rek.list_collections()  # the log is writable again: requests are answered again
         assert facegate(home, "audit", "verify")
+
+
+def _face_workers(port: int) -> list[int]:
+    """Pids of the worker processes of the `facegate serve` listening on ``port``."""
+    server = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _serves(_cmdline(p), port)]
+    workers = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid in server and "spawn_main" in " ".join(_cmdline(p)):
+            workers.append(int(p.name))
+    return workers
+
+
+def _serves(cmdline: list[str], port: int) -> bool:
+    return "serve" in cmdline and any(
+        a == "--port" and b == str(port) for a, b in zip(cmdline, cmdline[1:], strict=False)
+    )
+
+
+def _cmdline(proc: Path) -> list[str]:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through /proc")
+def test_a_dead_face_worker_is_replaced(tmp_path, people):
+    """A worker killed (as a crash in native code would) costs at most the requests it held; then new workers
+    serve the next ones."""
+    home = tmp_path / "data"
+    key = json.loads(facegate(home, "keys", "create", "--json"))
+    photo = read(people["Tony_Blair"][0])
+    with running_server(home, "--workers", "1") as endpoint:
+        rek = boto_client(endpoint, key, retries=1)
+        assert len(rek.detect_faces(Image={"Bytes": photo})["FaceDetails"]) == 1
+        port = int(endpoint.rsplit(":", 1)[1])
+        victims = _face_workers(port)
+        assert len(victims) == 1
+        os.kill(victims[0], signal.SIGKILL)
+        outcomes = []
+        for _ in range(3):
+            try:
+                outcomes.append(len(rek.detect_faces(Image={"Bytes": photo})["FaceDetails"]))
+            except ClientError as exc:
+                outcomes.append(exc.response["Error"]["Code"])
+        assert outcomes[-1] == 1 and set(outcomes) <= {1, "InternalServerError"}, outcomes
+        assert _face_workers(port) and victims[0] not in _face_workers(port)

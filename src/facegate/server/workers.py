@@ -15,7 +15,9 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +55,15 @@ def _ready() -> int:
 
 class PooledEngine:
     """The engine as the service sees it, with the face work sent to the worker processes. Metadata (model
-    version, similarity scale) comes from the server's own engine, which never runs the models."""
+    version, similarity scale) comes from the server's own engine, which never runs the models. A worker that
+    dies (killed, or crashed in native code) fails the requests it held with InternalServerError, and a new
+    pool takes over for the next ones."""
 
-    def __init__(self, pool: ProcessPoolExecutor, local: FaceEngine) -> None:
-        self._pool = pool
+    def __init__(self, new_pool: Callable[[], ProcessPoolExecutor], local: FaceEngine) -> None:
+        self._new_pool = new_pool
+        self.pool = new_pool()
         self._local = local
+        self._lock = threading.Lock()
 
     @property
     def model_version(self) -> str:
@@ -81,10 +87,22 @@ class PooledEngine:
         return self._remote("analyse_many", images, **options)
 
     def _remote(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        status, result = self._pool.submit(_in_worker, method, args, kwargs).result()
+        pool = self.pool
+        try:
+            status, result = pool.submit(_in_worker, method, args, kwargs).result()
+        except BrokenProcessPool:
+            with self._lock:
+                if self.pool is pool:
+                    log.error("a face worker process died; starting a new pool")
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    self.pool = self._new_pool()
+            raise InternalServerError("facegate's face worker stopped while processing the request; retry.") from None
         if status == "ok":
             return result
         raise _rebuild(*result)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class OperationRunner:
@@ -96,19 +114,23 @@ class OperationRunner:
         self.workers = workers
         self.limit = workers + queue
         self.in_flight = 0  # touched only on the event loop thread
-        self._pool = ProcessPoolExecutor(
-            workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker,
-            # The workers share the cores: each gets its share of ONNX Runtime threads, not all of them.
-            initargs=(str(Path(data_dir) / "models"), detector, runtime, max(1, (os.cpu_count() or 1) // workers)),
-        )
-        service.engine = PooledEngine(self._pool, service.engine)
+
+        def new_pool() -> ProcessPoolExecutor:
+            return ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                # The workers share the cores: each gets its share of ONNX Runtime threads, not all of them.
+                initargs=(str(Path(data_dir) / "models"), detector, runtime, max(1, (os.cpu_count() or 1) // workers)),
+            )
+
+        self.engine = PooledEngine(new_pool, service.engine)
+        service.engine = self.engine  # the service's face work now runs in the pool
         self.service = service
 
     def warm_up(self) -> None:
         """Start every worker process and load its models before the first request arrives."""
-        futures = [self._pool.submit(_ready) for _ in range(self.workers * 2)]
+        futures = [self.engine.pool.submit(_ready) for _ in range(self.workers * 2)]
         for future in futures:
             future.result()
 
@@ -128,7 +150,7 @@ class OperationRunner:
             self.in_flight -= 1
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.engine.close()
 
 
 def prepare_search_indexes_in_background(service: FaceService) -> threading.Thread:
