@@ -33,14 +33,14 @@ import numpy as np
 import onnxruntime  # noqa: F401 - before usearch: loaded after it into a bare process, its import crashes (segfault)
 from usearch.index import Index
 
-# Below this many faces exact search is as fast as the index and loses no recall. bench/search.py (2 cores; its
-# numpy scan is FaceService's exact path): p50 exact vs index 1.05 vs 1.82 ms at 100k, 2.56 vs 2.29 ms at 200k,
-# 13.9 vs 3.7 ms at 1M, where the index's recall@10 is 0.956.
+# Below this many faces exact search is about as fast as the index and loses no recall. bench/search.py (2 cores;
+# its numpy scan is FaceService's exact path), p50 exact vs index: 1.2 vs 2.6 ms at 100k, 2.7 vs 3.4 ms at 200k,
+# 11.6 vs 6.1 ms at 1M (recall@10 0.994), 145 vs 9.9 ms at 10M.
 ANN_MIN_FACES = 200_000
 FORMAT = 2  # bump when the on-disk layout changes: older files are then rebuilt
-# Measured at 1M faces (2 cores, 300 real probes vs exact top 10): connectivity 16 with search depth 512 gave
+# Tuning at 1M faces (2 cores, 300 real probes vs exact top 10): connectivity 16 with search depth 512 gave
 # recall@10 0.956 (p50 3.7 ms); 24 with 512/640 0.987/0.991 (2.7/3.2 ms); 32 with 512 0.995 (3.3 ms) but 50%
-# more memory (760 vs 504 MB per million), which at 10M faces would not fit the 8 GB we allow.
+# more memory (760 vs 504 MB per million; 10M faces at 24 already take 8.3 GB).
 CONNECTIVITY = 24
 EXPANSION_ADD = 128
 MIN_EXPANSION_SEARCH = 768
