@@ -12,6 +12,7 @@ two images per worker in flight, whatever the directory's size).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -63,9 +64,7 @@ def peer_index(paths: list[str]) -> int:
 def run_peer(folder: Path) -> dict | None:
     """Timed from a cold start, as `facegate index` is: a new interpreter that imports face_recognition (which
     loads its models) and then encodes the folder."""
-    try:
-        import face_recognition  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("face_recognition") is None:  # checked without importing: that loads models
         return None
     began = time.perf_counter()
     done = subprocess.run(

@@ -72,6 +72,12 @@ def run(size: int, queries: int, max_faces: int, seed: int) -> dict:
     index = FaceIndex(gallery.shape[1])
     index.add(np.arange(size, dtype=np.uint64), gallery)
     build_s = time.perf_counter() - started
+    warm_ms = []
+    for probe in probes:  # back to back: the graph's hot parts stay in the CPU caches
+        t0 = time.perf_counter()
+        ann_top(index, gallery, probe, 10, max_faces)
+        warm_ms.append((time.perf_counter() - t0) * 1e3)
+    # Below, each query follows an exact scan of the whole gallery, which leaves the caches cold for the graph.
     ann_ms, exact_ms, hits1, hits10 = [], [], 0, 0
     for probe in probes:
         t0 = time.perf_counter()
@@ -92,6 +98,7 @@ def run(size: int, queries: int, max_faces: int, seed: int) -> dict:
         "max_faces": max_faces,
         "p50_ms": round(float(np.percentile(ann_ms, 50)), 3),
         "p99_ms": round(float(np.percentile(ann_ms, 99)), 3),
+        "warm_p50_ms": round(float(np.percentile(warm_ms, 50)), 3),
         "recall_at_1": round(hits1 / len(probes), 4),
         "recall_at_10": round(hits10 / (10 * len(probes)), 4),
         "build_s": round(build_s, 1),
@@ -116,13 +123,14 @@ def main() -> None:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
         return
     print(
-        "| faces (real + synthetic) | ANN p50 ms | ANN p99 ms | recall@1 | recall@10 | build s | index MB "
-        "| exact p50 ms | exact p99 ms |"
+        "| faces (real + synthetic) | ANN p50 ms | ANN p99 ms | ANN p50 ms, warm | recall@1 | recall@10 | build s "
+        "| index MB | exact p50 ms | exact p99 ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['size']:,} ({r['real_faces']:,} + {r['synthetic_faces']:,}) | {r['p50_ms']} | {r['p99_ms']} "
+            f"| {r['warm_p50_ms']} "
             f"| {r['recall_at_1']:.4f} | {r['recall_at_10']:.4f} | {r['build_s']} | {r['memory_mb']} "
             f"| {r['exact_p50_ms']} | {r['exact_p99_ms']} |"
         )

@@ -275,6 +275,7 @@ def index(
     from facegate.pipeline import BATCH, index_files
 
     files = list(_image_files(paths))
+    processes = workers or os.cpu_count() or 1
     counts: Counter[str] = Counter()
     failures: list[str] = []
     responses = []
@@ -320,8 +321,8 @@ def index(
             owner=state.owner,
             detector=state.detector,
             runtime=state.runtime,
-            workers=workers or os.cpu_count() or 1,
-            batch=min(BATCH, max(1, len(files) // (2 * (workers or os.cpu_count() or 1)))),
+            workers=processes,
+            batch=min(BATCH, max(1, len(files) // (2 * processes))),  # a short list still reaches every worker
         )
         for batch in outcomes:
             progress.advance(task, len(batch))

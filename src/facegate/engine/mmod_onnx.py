@@ -26,7 +26,7 @@ from facegate.engine.detect import _logistic, _resize, plan_detection
 from facegate.engine.dlib_format import Affine, Conv, DlibNetwork, MmodOptions, Relu, read_network
 from facegate.engine.faces import Box
 from facegate.engine.models import cnn_detector_weights
-from facegate.engine.onnx_resnet import ArchitectureError, _GraphBuilder, available_cores
+from facegate.engine.onnx_resnet import ArchitectureError, _GraphBuilder, available_cores, cpu_session
 
 if TYPE_CHECKING:
     import onnx
@@ -290,13 +290,7 @@ class OnnxMmodDetector:
         if self._session is None:
             with self._lock:
                 if self._session is None:
-                    import onnxruntime as ort
-
-                    options = ort.SessionOptions()
-                    options.intra_op_num_threads = self.threads
-                    options.inter_op_num_threads = 1
-                    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                    self._session = ort.InferenceSession(self._model, options, providers=["CPUExecutionProvider"])
+                    self._session = cpu_session(self._model, self.threads)
         return self._session
 
     def run(self, image: np.ndarray, upsample: int = 0, threshold: float = 0.0) -> list[Detection]:

@@ -81,6 +81,18 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_session(model: str | bytes, threads: int) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime session on the CPU with ``threads`` intra-op threads, every graph optimisation on."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
 class OnnxResnet:
     """dlib's 128-d ResNet run by ONNX Runtime on the CPU; embeddings match ``DlibResnet``'s within 1e-6.
 
@@ -119,19 +131,12 @@ class OnnxResnet:
         return self._session
 
     def _create_session(self) -> onnxruntime.InferenceSession:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         path = onnx_model_path(self.weights, self.cache_dir)
         try:
-            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            return cpu_session(str(path), self.threads)
         except Exception:  # a damaged cache entry: rebuild it once rather than fail until someone deletes it
             _write_atomically(path, convert(self.weights))
-            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            return cpu_session(str(path), self.threads)
 
     def embed(self, chips: list[np.ndarray]) -> np.ndarray:
         """Embeddings (n × 128, float32) of aligned 150×150 RGB (or grey) uint8 chips, as ``dlib.get_face_chip``

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
-import numpy as np
 
 from facegate.engine import FaceEngine, SimilarityScale
 from facegate.errors import FacegateError, InternalServerError, ThrottlingException
@@ -77,14 +76,8 @@ class PooledEngine:
     def max_image_bytes(self) -> int:
         return self._local.max_image_bytes
 
-    def decode(self, data: bytes) -> np.ndarray:
-        return self._remote("decode", data)
-
     def analyse_bytes(self, data: bytes, **options: Any):
         return self._remote("analyse_bytes", data, **options)
-
-    def analyse_many(self, images: list[np.ndarray], **options: Any):
-        return self._remote("analyse_many", images, **options)
 
     def _remote(self, method: str, *args: Any, **kwargs: Any) -> Any:
         pool = self.pool

@@ -38,9 +38,8 @@ from usearch.index import Index
 # 11.6 vs 6.1 ms at 1M (recall@10 0.994), 145 vs 9.9 ms at 10M.
 ANN_MIN_FACES = 200_000
 FORMAT = 2  # bump when the on-disk layout changes: older files are then rebuilt
-# Tuning at 1M faces (2 cores, 300 real probes vs exact top 10): connectivity 16 with search depth 512 gave
-# recall@10 0.956 (p50 3.7 ms); 24 with 512/640 0.987/0.991 (2.7/3.2 ms); 32 with 512 0.995 (3.3 ms) but 50%
-# more memory (760 vs 504 MB per million; 10M faces at 24 already take 8.3 GB).
+# bench/search.py at 1M faces: connectivity 16 with search depth 512 gave recall@10 0.956; 24 with 768 gives
+# 0.994. More connectivity costs memory (10M faces at 24 already take 8.3 GB).
 CONNECTIVITY = 24
 EXPANSION_ADD = 128
 MIN_EXPANSION_SEARCH = 768
