@@ -17,6 +17,7 @@ from facegate.engine import FaceEngine
 from facegate.service import FaceService
 from facegate.store import StoredFace
 from facegate.store.sqlite import SqliteStore
+from facegate.store.vector_index import VECTOR_SCALE, FaceIndex
 from tests.conftest import OWNER
 
 MIN_FACES = 300
@@ -216,3 +217,17 @@ def test_faces_stored_before_ann_keys_existed_get_them_on_upgrade(ann_store, eng
         assert len(upgraded.vector_indexes._indexes[1]) == 16 + SYNTHETIC
     finally:
         upgraded.close()
+
+
+def test_components_beyond_the_int8_range_are_clipped_not_lost():
+    """The index keeps int8 round(127·x·VECTOR_SCALE); a component past ±1/VECTOR_SCALE is clipped, and its face
+    must still be the nearest to itself."""
+    rng = np.random.default_rng(1)
+    vectors = (rng.standard_normal((2000, 128)) * 0.09).astype(np.float32)  # about dlib's component spread
+    unusual = np.arange(0, 2000, 200)
+    vectors[unusual, :8] = rng.choice([-0.9, 0.9], size=(len(unusual), 8))
+    assert np.abs(vectors).max() * VECTOR_SCALE > 1
+    index = FaceIndex(128)
+    index.add(np.arange(2000, dtype=np.uint64), vectors)
+    for row in range(2000):
+        assert index.search(vectors[row], 1)[0] == row

@@ -35,12 +35,12 @@ import onnxruntime  # noqa: F401 - before usearch: loaded after it into a bare p
 from usearch.index import Index
 
 # Below this many faces exact search is about as fast as the index and loses no recall. bench/search.py (2 cores;
-# its numpy scan is FaceService's exact path), p50 exact vs index: 1.2 vs 2.6 ms at 100k, 2.7 vs 3.4 ms at 200k,
-# 11.6 vs 6.1 ms at 1M (recall@10 0.994), 145 vs 9.9 ms at 10M.
+# its numpy scan is FaceService's exact path), p50 exact vs index with f16 vectors: 1.2 vs 2.6 ms at 100k, 2.7 vs
+# 3.4 ms at 200k; with int8 vectors at 1M: 11.3 vs 4.7 ms (recall@10 0.991).
 ANN_MIN_FACES = 200_000
 FORMAT = 3  # bump when the on-disk layout changes: older files are then rebuilt
-# bench/search.py at 1M faces: connectivity 16 with search depth 512 gave recall@10 0.956; 24 with 768 gives
-# 0.994. More connectivity costs memory.
+# bench/search.py at 1M faces, f16 vectors: connectivity 16 with search depth 512 gave recall@10 0.956; 24 with
+# 768 gave 0.994 (int8 vectors: 0.991, and p50 4.7 instead of 6.2 ms). More connectivity costs memory.
 CONNECTIVITY = 24
 EXPANSION_ADD = 128
 MIN_EXPANSION_SEARCH = 768
@@ -94,7 +94,8 @@ class FaceIndex:
         fresh &= _first_occurrences(keys)
         if not fresh.any():
             return
-        vectors = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32)[fresh]) * VECTOR_SCALE
+        vectors = np.asarray(embeddings, dtype=np.float32)[fresh]  # a contiguous copy: scaled in place
+        vectors *= VECTOR_SCALE
         self.index.add(keys[fresh], vectors, threads=1 if fresh.sum() < 1000 else 0)
 
     def remove(self, keys: np.ndarray) -> None:
