@@ -4,8 +4,8 @@ Why usearch rather than faiss-cpu: DeleteFaces needs removal by key, which usear
 (faiss' HNSW cannot remove; its IVF indexes can, but need training that drifts as a collection grows); keys
 are 63-bit integers derived from face ids and kept in the faces table (so the index holds no strings: at
 10 million faces a key → face id map in Python would cost more memory than the graph's vectors); vectors are
-int8 (a quarter of float32's memory and of the cache lines a search touches — exactness comes from re-ranking
-with the true embeddings anyway); one small wheel with no BLAS/OpenMP runtime to collide with ONNX Runtime's;
+int8 (a quarter of float32's bytes and half of f16's, for memory and for each face a search visits —
+exactness comes from re-ranking with the true embeddings anyway); one small wheel with no BLAS/OpenMP runtime to collide with ONNX Runtime's;
 and save/load to a single file.
 
 The index is DERIVED data. SQLite stays the source of truth: every index records the collection generation it
