@@ -5,8 +5,8 @@ Why usearch rather than faiss-cpu: DeleteFaces needs removal by key, which usear
 are 63-bit integers derived from face ids and kept in the faces table (so the index holds no strings: at
 10 million faces a key → face id map in Python would cost more memory than the graph's vectors); vectors are
 int8 (a quarter of float32's bytes and half of f16's, for memory and for each face a search visits —
-exactness comes from re-ranking with the true embeddings anyway); one small wheel with no BLAS/OpenMP runtime to collide with ONNX Runtime's;
-and save/load to a single file.
+exactness comes from re-ranking with the true embeddings anyway); one small wheel with no BLAS/OpenMP runtime
+to collide with ONNX Runtime's; and save/load to a single file.
 
 The index is DERIVED data. SQLite stays the source of truth: every index records the collection generation it
 reflects, and when the store's generation has moved (another process wrote) it is reconciled against the
@@ -44,10 +44,10 @@ FORMAT = 3  # bump when the on-disk layout changes: older files are then rebuilt
 CONNECTIVITY = 24
 EXPANSION_ADD = 128
 MIN_EXPANSION_SEARCH = 768
-# usearch stores a vector as int8 round(127·x), clipped to ±127. dlib's embedding components are small (over
-# the 13,589 real faces bench/search.py uses, the largest |x| is 0.58 and the 99.99th percentile 0.50), so they
-# are scaled up first to use more of the int8 range: at 1.9, 2 components in 100,000 are clipped, which can only
-# cost recall, never a wrong answer. (At 1M faces, scale 2.5 gave the same recall.)
+# usearch stores a vector as int8 round(127·x), clipped to ±127. dlib's embedding components are small, so they
+# are scaled up first to use more of the int8 range. `bench/search.py --size 20000 --queries 50` (13,539 real
+# faces): the largest |x| is 0.577, and at 1.9 2.0 components in 100,000 are clipped, which can only cost
+# recall, never a wrong answer.
 VECTOR_SCALE = 1.9
 SAVE_INTERVAL_S = 60.0  # incremental changes are saved at most this often; a stale file is reconciled on load
 _BATCH = 10_000
