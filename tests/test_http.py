@@ -28,7 +28,7 @@ from botocore.exceptions import ClientError
 
 from .conftest import group_canvas, jpeg_bytes
 
-REGION = "eu-west-1"
+REGION = "us-east-1"
 
 
 def _free_port() -> int:

@@ -934,11 +934,19 @@ def serve(
     queue: Annotated[
         int | None, typer.Option(help="Requests allowed to wait for a worker (default 4 per worker).")
     ] = None,
+    region: Annotated[
+        list[str] | None,
+        typer.Option("--region", help="Region a request's signature may be scoped to (repeat for more)."),
+    ] = None,
 ) -> None:
     """Serve the Rekognition-compatible API (AWS JSON 1.1 + SigV4) on HOST:PORT."""
     import uvicorn
 
     from facegate.server.app import create_app
+    from facegate.server.protocol import GuardedH11Protocol
+    from facegate.server.sigv4 import DEFAULT_REGIONS
+
+    regions = tuple(region) if region else DEFAULT_REGIONS
 
     home = data_dir(state.data)
     if not _key_ring().has_keys("client"):
@@ -949,17 +957,26 @@ def serve(
             host,
             port,
         )
-    application = create_app(home, detector=state.detector, workers=workers, queue=queue, runtime=state.runtime)
+    application = create_app(
+        home, detector=state.detector, workers=workers, queue=queue, runtime=state.runtime, regions=regions
+    )
     endpoint = f"http://{host}:{port}"
     print(
         f"facegate serving {home.resolve()} on {endpoint}  (health: /healthz, metrics: /metrics)\n"
-        f"  boto3:   boto3.client('rekognition', endpoint_url='{endpoint}', region_name='us-east-1', "
+        f"  boto3:   boto3.client('rekognition', endpoint_url='{endpoint}', region_name='{regions[0]}', "
         "aws_access_key_id=..., aws_secret_access_key=...)\n"
         f"  AWS CLI: aws rekognition list-collections --endpoint-url {endpoint}\n"
         f"  new key: facegate keys create --json  (with FACEGATE_HOME={home})",
         flush=True,
     )
-    uvicorn.run(application, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+        http=GuardedH11Protocol,
+    )
 
 
 def _print_first_start(admin, client, host: str, port: int) -> None:

@@ -47,6 +47,13 @@ class ThrottlingException(FacegateError):
     status = 500
 
 
+class RequestTimeoutException(FacegateError):
+    """The client did not send its request within the server's deadline."""
+
+    code = "RequestTimeoutException"
+    status = 408
+
+
 class InternalServerError(FacegateError):
     code = "InternalServerError"
     status = 500

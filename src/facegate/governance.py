@@ -9,7 +9,10 @@ service actually runs with.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import math
 import os
 import threading
 import time
@@ -42,6 +45,32 @@ RESULTS_MEMBER = {
     "SearchUsersByImage": "MaxUsers",
 }
 DEFAULT_THRESHOLD = 80.0
+# A request's own values are kept in its audit record up to this length; longer ones as a prefix, length, hash.
+MAX_RECORDED_CHARS = 256
+MAX_RECORDED_ITEMS = 1000
+TALLY_FLUSH_S = 60.0
+
+
+def bounded(value: Any) -> Any:
+    """``value`` as the audit may keep it: strings and lists capped, so no request can inflate the log."""
+    if isinstance(value, str):
+        if len(value) <= MAX_RECORDED_CHARS:
+            return value
+        digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+        return {"truncated": value[:64], "length": len(value), "sha256": digest}
+    if isinstance(value, dict):
+        return {
+            bounded(k) if isinstance(k, str) and len(k) <= MAX_RECORDED_CHARS else str(k)[:64]: bounded(v)
+            for k, v in list(value.items())[:MAX_RECORDED_ITEMS]
+        }
+    if isinstance(value, list | tuple):
+        items = [bounded(v) for v in value[:MAX_RECORDED_ITEMS]]
+        if len(value) > MAX_RECORDED_ITEMS:
+            items.append({"omitted": len(value) - MAX_RECORDED_ITEMS})
+        return items
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 class Clock:
@@ -89,6 +118,9 @@ class Governance:
         self._policies: CompiledPolicies | None = None
         self._fairness: AuditCurves | None = None
         self._subjects: dict[str, tuple[int, Subject]] = {}
+        self._tally: dict[tuple[str, str], int] = {}
+        self._tally_since = time.time()
+        self._tally_lock = threading.Lock()
 
     # Organisations
 
@@ -411,7 +443,9 @@ class Governance:
         target = self._target(principal.owner, params)
         member = THRESHOLD_MEMBER.get(operation)
         requested = params.get(member) if member else None
-        if requested is not None and not isinstance(requested, int | float):
+        if requested is not None and (
+            isinstance(requested, bool) or not isinstance(requested, int | float) or not math.isfinite(requested)
+        ):
             requested = None  # the service's validation will name the problem
         now = self.clock.now()
         decision = decide(
@@ -487,7 +521,49 @@ class Governance:
                     worst_group_fmr=fairness.worst_fmr,
                 )
         record.update({k: v for k, v in facts.items() if v is not None})
-        return self.audit.append(record)
+        return self.audit.append(bounded(record))
+
+    def tally_unauthenticated(self, source: str, error_code: str) -> None:
+        """Count a request refused before anyone was authenticated. Each is counted; they reach the log as one
+        record per source and error code each minute (``flush_unauthenticated``), so a flood of garbage costs
+        a bounded number of records and disk syncs."""
+        with self._tally_lock:
+            key = (source[:64], error_code)
+            self._tally[key] = self._tally.get(key, 0) + 1
+
+    def flush_unauthenticated(self) -> None:
+        with self._tally_lock:
+            tally, since = self._tally, self._tally_since
+            self._tally, self._tally_since = {}, time.time()
+        now = time.time()
+        records = [
+            {
+                "event": "unauthenticated_requests",
+                "source": source,
+                "error_code": code,
+                "count": count,
+                "since": since,
+                "time": now,
+                "decision": "error",
+            }
+            for (source, code), count in sorted(tally.items())
+        ]
+        if records:
+            self.audit.append_many(records)
+
+    def start_tally_flusher(self) -> threading.Event:
+        """Flush the unauthenticated tally every minute on a thread, until the returned event is set."""
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(TALLY_FLUSH_S):
+                try:
+                    self.flush_unauthenticated()
+                except Exception:  # the next flush retries; requests are unaffected
+                    logging.getLogger("facegate.server").exception("flushing the unauthenticated tally failed")
+
+        threading.Thread(target=run, name="facegate-audit-tally", daemon=True).start()
+        return stop
 
     @staticmethod
     def summarise_result(operation: str, result: dict) -> dict[str, Any]:

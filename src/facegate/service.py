@@ -572,7 +572,7 @@ class FaceService:
     ) -> list[dict]:
         """A user's similarity is the best similarity between any probe and any of the user's faces."""
         gallery = self.store.gallery(collection)
-        best: dict[str, float] = {}
+        best: dict[str, tuple[float, str]] = {}  # user → (similarity, the face that gave it)
         if gallery.face_ids and probes:
             rows = [i for i, u in enumerate(gallery.user_ids) if u is not None and u != exclude_user]
             if rows:
@@ -580,9 +580,19 @@ class FaceService:
                 scores = np.max(np.stack([self._similarities(sub, probe) for probe in probes]), axis=0)
                 for row, score in zip(rows, scores, strict=True):
                     user = gallery.user_ids[row]
-                    best[user] = max(best.get(user, 0.0), float(score))
-        ranked = sorted(((s, u) for u, s in best.items() if s >= threshold), reverse=True)[:limit]
-        return [{"Similarity": s, "User": {"UserId": u, "UserStatus": "ACTIVE"}} for s, u in ranked]
+                    if float(score) > best.get(user, (-1.0, ""))[0]:
+                        best[user] = (float(score), gallery.face_ids[row])
+        ranked = sorted(((s, u, f) for u, (s, f) in best.items() if s >= threshold), reverse=True)
+        # Nothing leaves without the store's word that the face is this collection's and still the user's.
+        confirmed: list[tuple[float, str]] = []
+        for start in range(0, len(ranked), 500):
+            if len(confirmed) >= limit:
+                break
+            chunk = ranked[start : start + 500]
+            current = {f.face_id: f.user_id for f in self.store.get_faces(collection, [f for _, _, f in chunk])}
+            confirmed += [(s, u) for s, u, f in chunk if current.get(f) == u]
+        confirmed = confirmed[:limit]
+        return [{"Similarity": s, "User": {"UserId": u, "UserStatus": "ACTIVE"}} for s, u in confirmed]
 
     # Tags
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
@@ -161,7 +162,7 @@ def decide(
     if not first.allowed or fairness is None:
         return first
     obligations = first.obligations
-    requested = when.threshold if when.threshold is not None else DEFAULT_THRESHOLD
+    requested = _finite_or(when.threshold, DEFAULT_THRESHOLD)
     threshold = max(requested, obligations.min_threshold or 0.0)
     calibrated, unreachable = None, False
     if obligations.max_worst_group_fmr is not None:
@@ -213,7 +214,7 @@ def _evaluate(
             "has_case_reference": bool(when.case_reference),
             "case_reference": when.case_reference or "",
             "has_consent_reference": bool(when.consent_reference),
-            "threshold": int(when.threshold if when.threshold is not None else DEFAULT_THRESHOLD),
+            "threshold": int(_finite_or(when.threshold, DEFAULT_THRESHOLD)),
             "collection_size": target.size,
             "expected_false_candidates_micro": expected_micro,
             "worst_group_target_unreachable": unreachable,
@@ -241,6 +242,10 @@ def _evaluate(
         if policy in policies.obligations:
             obligations = obligations.merge(policies.obligations[policy])
     return Decision(True, determining, "allowed", obligations, policy_set_hash=policies.digest)
+
+
+def _finite_or(value: float | None, default: float) -> float:
+    return value if value is not None and math.isfinite(value) else default
 
 
 def _explain(text: str, facts: FairnessFacts | None) -> str:

@@ -7,36 +7,51 @@ Separate credentials from the Rekognition endpoint: requests are SigV4-signed (s
 
 from __future__ import annotations
 
-import json
+import logging
 from dataclasses import asdict
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from facegate.errors import AccessDeniedException, FacegateError, InvalidParameterException, SerializationException
+from facegate.errors import AccessDeniedException, FacegateError, InternalServerError, InvalidParameterException
 from facegate.governance import Governance
 from facegate.keys import KeyRing
 from facegate.policy.templates import TEMPLATES
 from facegate.server import sigv4
+from facegate.server.wire import aws_json, error_response, parse_json
 
 ADMIN_SERVICE = "facegate-admin"
+log = logging.getLogger("facegate.server")
 
 
-def admin_routes(governance: Governance, keys: KeyRing, read_body) -> list[Route]:
+def admin_routes(governance: Governance, keys: KeyRing, read_body, regions: tuple[str, ...]) -> list[Route]:
     async def call(request: Request, action) -> Response:
+        principal = None
         try:
             body = await read_body(request)
             principal = sigv4.verify(
-                keys, request.method, request.url.path, request.url.query, request.headers, body, service=ADMIN_SERVICE
+                keys,
+                request.method,
+                request.url.path,
+                request.url.query,
+                request.headers,
+                body,
+                service=ADMIN_SERVICE,
+                regions=regions,
             )
             if principal.role != "admin":
                 raise AccessDeniedException("The admin API needs an administrator key.")
-            payload = _json(body)
+            payload = parse_json(body)
             actor = f"admin:{principal.access_key_id}"
-            return JSONResponse(action(request, payload, actor))
-        except FacegateError as exc:
-            return JSONResponse(exc.to_wire(), status_code=exc.status if exc.status != 400 else _status(exc))
+            return aws_json(action(request, payload, actor))
+        except Exception as raised:
+            exc = raised if isinstance(raised, FacegateError) else InternalServerError("The admin request failed.")
+            if not isinstance(raised, FacegateError):
+                log.exception("admin %s failed", request.url.path[:200])
+            if principal is None:
+                governance.tally_unauthenticated(request.client.host if request.client else "unknown", exc.code)
+            return error_response(exc, exc.status if exc.status != 400 else _status(exc))
 
     def route(path: str, action, methods=("POST",)) -> Route:
         async def endpoint(request: Request) -> Response:
@@ -129,18 +144,6 @@ def admin_routes(governance: Governance, keys: KeyRing, read_body) -> list[Route
         route("/admin/policies/{template}/deactivate", deactivate),
         route("/admin/audit/checkpoint", checkpoint),
     ]
-
-
-def _json(body: bytes) -> dict:
-    if not body.strip():
-        return {}
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        raise SerializationException(f"The request body is not valid JSON: {str(exc)[:200]}") from None
-    if not isinstance(payload, dict):
-        raise SerializationException("The request body must be a JSON object.")
-    return payload
 
 
 def _required(payload: dict, member: str):

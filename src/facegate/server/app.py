@@ -10,18 +10,18 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import time
 import uuid
 from pathlib import Path
 
+import anyio
 import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from facegate.audit import AuditLog, AuditUnavailable
@@ -29,7 +29,9 @@ from facegate.errors import (
     AccessDeniedException,
     FacegateError,
     InternalServerError,
+    RequestTimeoutException,
     SerializationException,
+    ThrottlingException,
     UnknownOperationException,
     ValidationException,
 )
@@ -37,14 +39,18 @@ from facegate.governance import GateOutcome, Governance
 from facegate.keys import KeyRing
 from facegate.server import sigv4
 from facegate.server.admin import admin_routes
+from facegate.server.wire import aws_json, error_response, parse_json
 from facegate.server.workers import OperationRunner, prepare_search_indexes_in_background
 
 log = logging.getLogger("facegate.server")
 
-AMZ_JSON = "application/x-amz-json-1.1"
 TARGET_PREFIX = "RekognitionService."
 # Two 5 MB images (CompareFaces) are ~14 MB once base64-encoded: nothing legitimate is larger.
 MAX_BODY = 16 * 1024 * 1024
+# A body must keep arriving (no pause longer than the idle deadline) and be complete within the total one.
+BODY_IDLE_S = 10.0
+BODY_TOTAL_S = 60.0
+MAX_READING_BODIES = 64
 
 
 class PayloadTooLarge(ValidationException):
@@ -80,10 +86,12 @@ def create_app(
     workers: int | None = None,
     queue: int | None = None,
     runtime: str = "onnx",
+    regions: tuple[str, ...] = sigv4.DEFAULT_REGIONS,
 ) -> Starlette:
     from facegate.api import build_service
 
     service = build_service(Path(data_dir), detector=detector, runtime=runtime)
+    service.region = regions[0]
     keys = KeyRing(service.store, Path(data_dir))
     governance = Governance(service.store, keys, AuditLog(Path(data_dir)), model_version=service.engine.model_version)
     workers = workers or os.cpu_count() or 1
@@ -101,10 +109,12 @@ def create_app(
         operation = "unknown"
         request_id = str(uuid.uuid4())
         principal = outcome = None
-        facts: dict = {}
+        facts: dict = {"request_id": request_id}
         try:
-            body = await _read_body(request)
-            principal = sigv4.verify(keys, request.method, request.url.path, request.url.query, request.headers, body)
+            body = await read_body(request)
+            principal = sigv4.verify(
+                keys, request.method, request.url.path, request.url.query, request.headers, body, regions=regions
+            )
             if principal.role != "client":
                 raise AccessDeniedException("Administrator keys are for the admin API, not the Rekognition API.")
             target = request.headers.get("x-amz-target", "")
@@ -112,7 +122,7 @@ def create_app(
             if not target.startswith(TARGET_PREFIX) or name not in service.operations:
                 raise UnknownOperationException(f"Operation {target[:100]!r} is not supported by facegate.")
             operation = name
-            params = _parse_json(body)
+            params = parse_json(body)
             facts["image_sha256"] = _image_digests(params)
             # The gate decides before any image is decoded or any face compared.
             outcome = governance.gate(
@@ -130,7 +140,6 @@ def create_app(
                     decision="deny",
                     reason=outcome.decision.reason,
                     latency_ms=_ms(started),
-                    request_id=request_id,
                     **facts,
                 )
                 raise AccessDeniedException(
@@ -139,22 +148,31 @@ def create_app(
                 )
             result = await runner.call(principal.owner, operation, outcome.params)
             facts.update(governance.summarise_result(operation, result))
+            response = aws_json({**result, **_decision_members(outcome)})
             await record(
                 outcome,
                 principal,
                 operation,
                 decision="allow",
                 latency_ms=_ms(started),
-                request_id=request_id,
                 model_version=result.get("FaceModelVersion"),
                 **facts,
             )
-            response = JSONResponse({**result, **_decision_members(outcome)}, media_type=AMZ_JSON)
             _decision_headers(response, outcome)
             code = "OK"
-        except FacegateError as exc:
-            code, response = exc.code, _error_response(exc)
-            if not getattr(exc, "audited", False):
+        except Exception as raised:
+            if isinstance(raised, FacegateError):
+                exc = raised
+            else:
+                log.exception("%s failed", operation)
+                exc = InternalServerError("facegate failed to process the request; it has been logged.")
+            code, response = exc.code, error_response(exc)
+            if exc.audited:
+                pass
+            elif principal is None:
+                # Unauthenticated: counted per source and minute, so a flood costs bounded disk and syncs.
+                governance.tally_unauthenticated(_source(request), exc.code)
+            else:
                 try:
                     await record(
                         outcome,
@@ -164,15 +182,14 @@ def create_app(
                         error_code=exc.code,
                         reason=exc.message[:500],
                         latency_ms=_ms(started),
-                        request_id=request_id,
                         **facts,
                     )
                 except AuditUnavailable as audit_error:
-                    code, response = audit_error.code, _error_response(audit_error)
-        except Exception:
-            log.exception("%s failed", operation)
-            exc = InternalServerError("facegate failed to process the request; it has been logged.")
-            code, response = exc.code, _error_response(exc)
+                    code, response = audit_error.code, error_response(audit_error)
+                except Exception:
+                    log.exception("auditing a failed %s failed", operation)
+                    audit_error = AuditUnavailable("The request failed and could not be audited.")
+                    code, response = audit_error.code, error_response(audit_error)
         response.headers["x-amzn-RequestId"] = request_id
         metrics.requests.labels(operation, code).inc()
         metrics.latency.labels(operation).observe(time.perf_counter() - started)
@@ -180,34 +197,59 @@ def create_app(
             metrics.errors.labels(code).inc()
         return response
 
+    reading = 0
+
+    async def read_body(request: Request) -> bytes:
+        nonlocal reading
+        if reading >= MAX_READING_BODIES:
+            raise ThrottlingException(f"facegate is receiving {reading} request bodies at once: retry later.")
+        reading += 1
+        try:
+            return await _read_body(request)
+        finally:
+            reading -= 1
+
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "workers": runner.workers, "in_flight": runner.in_flight})
+        return aws_json({"status": "ok", "workers": runner.workers, "in_flight": runner.in_flight})
 
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def not_found(request: Request) -> Response:
-        return _error_response(UnknownOperationException(f"No such endpoint: {request.method} {request.url.path}"), 404)
+        path = request.url.path[:200]
+        if request.method == "HEAD":
+            return Response(status_code=404, headers={"x-amzn-ErrorType": "UnknownOperationException"})
+        return error_response(UnknownOperationException(f"No such endpoint: {request.method} {path}"), 404)
+
+    async def not_allowed(request: Request) -> Response:
+        return error_response(
+            UnknownOperationException(f"{request.method} is not supported on /: send POST with X-Amz-Target."), 405
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         runner.warm_up()
         prepare_search_indexes_in_background(service)
+        flusher = governance.start_tally_flusher()
         try:
             yield
         finally:
+            flusher.set()
+            governance.flush_unauthenticated()
             runner.close()
             service.store.close()
 
     app = Starlette(
         routes=[
             Route("/", rekognition, methods=["POST"]),
+            Route("/", not_allowed, methods=["GET", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
-            *admin_routes(governance, keys, _read_body),
-            Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"]),
+            *admin_routes(governance, keys, read_body, regions),
+            Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]),
         ],
         lifespan=lifespan,
+        exception_handlers={Exception: _unexpected, 404: _http_error, 405: _http_error},
     )
     app.state.keys = keys
     app.state.runner = runner
@@ -215,6 +257,7 @@ def create_app(
 
 
 async def _read_body(request: Request) -> bytes:
+    """The body, capped in size and in time: no pause over ``BODY_IDLE_S``, all of it within ``BODY_TOTAL_S``."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -222,24 +265,30 @@ async def _read_body(request: Request) -> bytes:
         if int(declared) > MAX_BODY:
             raise PayloadTooLarge(f"The request body is {int(declared):,} bytes; at most {MAX_BODY:,} are accepted.")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    deadline = anyio.current_time() + BODY_TOTAL_S
+    stream = request.stream().__aiter__()
+    while True:
+        wait = min(BODY_IDLE_S, deadline - anyio.current_time())
+        chunk = None
+        with anyio.move_on_after(max(wait, 0.0)):
+            try:
+                chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                return b"".join(chunks)
+        if chunk is None:
+            raise RequestTimeoutException(
+                f"The request body did not arrive in time ({size:,} bytes received"
+                + (f" of {int(declared):,} declared" if declared else "")
+                + f"; a body may pause at most {BODY_IDLE_S:g} s and must be complete within {BODY_TOTAL_S:g} s)."
+            )
         size += len(chunk)
         if size > MAX_BODY:
             raise PayloadTooLarge(f"The request body exceeds {MAX_BODY:,} bytes.")
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
-def _parse_json(body: bytes) -> dict:
-    if not body.strip():
-        return {}
-    try:
-        params = json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise SerializationException(f"The request body is not valid JSON: {str(exc)[:200]}") from None
-    if not isinstance(params, dict):
-        raise SerializationException(f"The request body must be a JSON object, not {type(params).__name__}.")
-    return params
+def _source(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 def _ms(started: float) -> float:
@@ -293,10 +342,11 @@ def _decision_headers(response: Response, outcome: GateOutcome) -> None:
         response.headers["x-facegate-expected-false-candidates"] = f"{outcome.decision.fairness.expected:.4g}"
 
 
-def _error_response(error: FacegateError, status: int | None = None) -> JSONResponse:
-    return JSONResponse(
-        error.to_wire(),
-        status_code=status or error.status,
-        media_type=AMZ_JSON,
-        headers={"x-amzn-ErrorType": error.code},
-    )
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 400)
+    return error_response(UnknownOperationException(f"{request.method} {request.url.path[:200]}: {exc}"), status)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path[:200])
+    return error_response(InternalServerError("facegate failed to process the request; it has been logged."))

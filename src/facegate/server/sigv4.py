@@ -19,6 +19,11 @@ from facegate.errors import IncompleteSignatureException, InvalidSignatureExcept
 from facegate.keys import KeyRing, Principal
 
 SERVICE = "rekognition"
+DEFAULT_REGIONS = ("us-east-1",)
+# Headers that change what a request means: each one present must be covered by the signature, or a request
+# signed for one operation (or policy context) could be replayed as another.
+REQUIRED_SIGNED = ("host", "x-amz-date")
+SIGNED_PREFIXES = ("x-amz-", "x-facegate-")
 MAX_SKEW = datetime.timedelta(minutes=5)
 _AUTH = re.compile(
     r"AWS4-HMAC-SHA256\s+Credential=(?P<credential>[^,\s]+)\s*,\s*SignedHeaders=(?P<signed>[^,\s]+)\s*,"
@@ -35,10 +40,13 @@ def verify(
     body: bytes,
     now: datetime.datetime | None = None,
     service: str = SERVICE,
+    regions: tuple[str, ...] = DEFAULT_REGIONS,
 ) -> Principal:
     """The principal whose key signed this request, or the AWS error that explains why it is refused.
 
-    ``headers`` must be case-insensitive (Starlette's are).
+    ``headers`` must be case-insensitive (Starlette's are). The credential scope must name one of ``regions``;
+    ``host``, ``x-amz-date`` and every ``x-amz-*`` / ``x-facegate-*`` header present (``x-amz-target``, which
+    names the operation, among them) must be signed.
     """
     authorization = headers.get("authorization")
     if not authorization:
@@ -56,6 +64,11 @@ def verify(
     access_key_id, scope_date, region, scope_service, _ = parts
     if scope_service != service:
         raise InvalidSignatureException(f"Credential should be scoped to correct service: '{service}'.")
+    if region not in regions:
+        raise InvalidSignatureException(
+            f"Credential should be scoped to a valid region, not '{region[:40]}'. "
+            f"This endpoint serves: {', '.join(regions)}."
+        )
     amz_date = headers.get("x-amz-date")
     if not amz_date:
         raise IncompleteSignatureException("Request is missing the X-Amz-Date header.")
@@ -74,9 +87,14 @@ def verify(
             f"{now.strftime('%Y%m%dT%H%M%SZ')}."
         )
     signed = match["signed"].split(";")
-    for required in ("host", "x-amz-date"):
+    for required in REQUIRED_SIGNED:
         if required not in signed:
             raise IncompleteSignatureException(f"SignedHeaders must include {required}.")
+    unsigned = sorted({name.lower() for name in headers if name.lower().startswith(SIGNED_PREFIXES)} - set(signed))
+    if unsigned:
+        raise IncompleteSignatureException(
+            f"Header(s) {', '.join(h[:60] for h in unsigned[:5])} must be signed: add them to SignedHeaders."
+        )
     missing = [name for name in signed if name not in headers]
     if missing:
         raise IncompleteSignatureException(f"Signed header(s) missing from the request: {', '.join(missing)}.")

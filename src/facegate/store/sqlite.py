@@ -138,6 +138,11 @@ MIGRATIONS: list[str] = [
     UPDATE faces SET ann_key = facegate_ann_key(face_id);
     CREATE INDEX faces_by_ann_key ON faces (collection_pk, ann_key);
     """,
+    # A collection's pk is never reused (SQLite reuses the largest rowid once it is deleted): caches and index
+    # files keyed by it would otherwise serve a deleted collection's faces to the next one created.
+    """
+    INSERT INTO meta (key, value) SELECT 'last_collection_pk', CAST(COALESCE(MAX(pk), 0) AS TEXT) FROM collections;
+    """,
 ]
 
 _FACE_COLUMNS = (
@@ -205,14 +210,18 @@ class SqliteStore:
     def create_collection(self, owner: str, collection_id: str, model_version: str, tags: dict[str, str]) -> Collection:
         created = time.time()
         with self._write() as db:
+            pk = db.execute(
+                "UPDATE meta SET value = CAST(MAX(CAST(value AS INTEGER), (SELECT COALESCE(MAX(pk), 0) FROM "
+                "collections)) + 1 AS TEXT) WHERE key = 'last_collection_pk' RETURNING CAST(value AS INTEGER)"
+            ).fetchone()[0]
             try:
-                cur = db.execute(
-                    "INSERT INTO collections (owner, collection_id, model_version, created_at) VALUES (?, ?, ?, ?)",
-                    (owner, collection_id, model_version, created),
+                db.execute(
+                    "INSERT INTO collections (pk, owner, collection_id, model_version, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (pk, owner, collection_id, model_version, created),
                 )
             except sqlite3.IntegrityError:
                 raise ResourceAlreadyExistsException(f"The collection id: {collection_id} already exists") from None
-            pk = cur.lastrowid
             db.executemany(
                 "INSERT INTO collection_tags (collection_pk, key, value) VALUES (?, ?, ?)",
                 [(pk, k, v) for k, v in tags.items()],
