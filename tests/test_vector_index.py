@@ -21,6 +21,7 @@ from facegate.store.vector_index import VECTOR_SCALE, FaceIndex
 from tests.conftest import OWNER
 
 MIN_FACES = 300
+SCHEMA_WITHOUT_ANN_KEY = 5  # migration 6 added faces.ann_key
 SYNTHETIC = 600
 
 
@@ -207,7 +208,7 @@ def test_faces_stored_before_ann_keys_existed_get_them_on_upgrade(ann_store, eng
     db = sqlite3.connect(data_dir / "facegate.sqlite3")
     db.execute("DROP INDEX faces_by_ann_key")
     db.execute("ALTER TABLE faces DROP COLUMN ann_key")  # as schema 5 left it
-    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(len(MIGRATIONS) - 1),))
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_WITHOUT_ANN_KEY),))
     db.commit()
     db.close()
     upgraded = SqliteStore(data_dir, ann_min_faces=MIN_FACES)

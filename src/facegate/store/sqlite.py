@@ -141,7 +141,7 @@ MIGRATIONS: list[str] = [
     # A collection's pk is never reused (SQLite reuses the largest rowid once it is deleted): caches and index
     # files keyed by it would otherwise serve a deleted collection's faces to the next one created.
     """
-    INSERT INTO meta (key, value) SELECT 'last_collection_pk', CAST(COALESCE(MAX(pk), 0) AS TEXT) FROM collections;
+    INSERT OR IGNORE INTO meta (key, value) SELECT 'last_collection_pk', CAST(COALESCE(MAX(pk), 0) AS TEXT) FROM collections;
     """,
 ]
 
