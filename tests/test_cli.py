@@ -91,7 +91,11 @@ def test_cli_end_to_end(tmp_path, photos, people, group_photo):
 
     # The operator's own calls are in the audit log too, and the log verifies.
     records = [json.loads(line) for line in run(home, "audit", "show", "--json").stdout.splitlines()]
-    indexing = [r for r in records if r.get("operation") == "IndexFaces" and r.get("actor") == "local-cli"]
+    mine = [r for r in records if r.get("operation") == "IndexFaces" and r.get("actor") == "local-cli"]
+    indexing = [r for r in mine if r["event"] == "request"]
+    # Each image indexed for the first time was announced before the change (its intent) and closed after it.
+    intents = {r["seq"] for r in mine if r["event"] == "intent"}
+    assert intents and intents <= {r.get("intent_seq") for r in indexing}
     assert sum(1 for r in indexing if r["decision"] == "allow") == 6  # two runs over three photos
     assert any(r["decision"] == "error" and r["error_code"] == "InvalidImageFormatException" for r in indexing)
     assert run(home, "audit", "verify").returncode == 0

@@ -9,6 +9,7 @@ import pytest
 
 from facegate.audit import AuditLog
 from facegate.governance import Clock, Governance
+from facegate.governed import GovernedService
 from facegate.keys import KeyRing
 
 from .conftest import OWNER, image_of
@@ -25,6 +26,12 @@ def governance(store, tmp_path):
     return governance
 
 
+@pytest.fixture
+def retention(governance, service) -> GovernedService:
+    """Retention purges through the governed operation, as `facegate retention purge` does."""
+    return GovernedService(governance, service)
+
+
 def later(governance, days: float) -> None:
     governance.clock_file.write_text(str(time.time() + days * 86400))
 
@@ -38,19 +45,19 @@ def indexed(service, people, collection: str, tags: dict | None = None) -> list[
     return ids
 
 
-def test_faces_past_max_days_are_purged_and_audited(service, governance, people):
+def test_faces_past_max_days_are_purged_and_audited(service, governance, retention, people):
     ids = indexed(service, people, "kept-30-days")
     service.call(OWNER, "CreateUser", {"CollectionId": "kept-30-days", "UserId": "tony"})
     service.call(OWNER, "AssociateFaces", {"CollectionId": "kept-30-days", "UserId": "tony", "FaceIds": ids[:1]})
     governance.set_retention(OWNER, "kept-30-days", max_days=30, until=None, reason="policy: 30 days")
 
     later(governance, 29)
-    assert governance.purge()[0]["deleted"] == []
+    assert retention.purge_expired()[0]["deleted"] == []
     later(governance, 31)
-    dry = governance.purge(dry_run=True)
+    dry = retention.purge_expired(dry_run=True)
     assert sorted(dry[0]["deleted"]) == sorted(ids)
     assert service.call(OWNER, "DescribeCollection", {"CollectionId": "kept-30-days"})["FaceCount"] == 3
-    purged = governance.purge()
+    purged = retention.purge_expired()
     assert sorted(purged[0]["deleted"]) == sorted(ids)  # the user's face too: retention overrides association
     assert service.call(OWNER, "DescribeCollection", {"CollectionId": "kept-30-days"})["FaceCount"] == 0
     probe = image_of(people["Tony_Blair"][3])
@@ -61,24 +68,33 @@ def test_faces_past_max_days_are_purged_and_audited(service, governance, people)
     deletions = list(governance.audit.entries(event="deletion"))
     assert sorted(d["face_id"] for d in deletions) == sorted(ids)
     assert all("retention" in d["reason"] for d in deletions)
+    # The purge itself was a governed request, announced before the change and closed after it.
+    (intent,) = governance.audit.entries(event="intent")
+    (purge,) = [r for r in governance.audit.entries(event="request") if r["operation"] == "PurgeFaces"]
+    assert purge["actor"] == "retention" and purge["decision"] == "allow" and purge["intent_seq"] == intent["seq"]
+    assert sorted(purge["deleted_face_ids"]) == sorted(ids)
+    user = service.call(OWNER, "ListUsers", {"CollectionId": "kept-30-days"})["Users"]
+    assert [u["UserId"] for u in user] == ["tony"]  # the user stays, with no faces left
+    faces = service.call(OWNER, "ListFaces", {"CollectionId": "kept-30-days", "UserId": "tony"})["Faces"]
+    assert faces == []
 
 
-def test_purpose_end_deletes_everything(service, governance, people):
+def test_purpose_end_deletes_everything(service, governance, retention, people):
     ids = indexed(service, people, "campaign")
     governance.set_retention(OWNER, "campaign", max_days=None, until=time.time() + 10 * 86400, reason="campaign ends")
     later(governance, 5)
-    assert governance.purge()[0]["deleted"] == []
+    assert retention.purge_expired()[0]["deleted"] == []
     later(governance, 11)
-    assert sorted(governance.purge()[0]["deleted"]) == sorted(ids)
+    assert sorted(retention.purge_expired()[0]["deleted"]) == sorted(ids)
 
 
-def test_bipa_limits_illinois_collections_to_three_years(service, governance, people):
+def test_bipa_limits_illinois_collections_to_three_years(service, governance, retention, people):
     ids = indexed(service, people, "chicago", tags={"jurisdiction": "US-IL"})
     indexed(service, people, "new-york", tags={"jurisdiction": "US-NY"})
     governance.activate("illinois-bipa", [], reason="we serve Illinois residents")
     later(governance, 3 * 365 - 1)
-    assert all(item["deleted"] == [] for item in governance.purge())
+    assert all(item["deleted"] == [] for item in retention.purge_expired())
     later(governance, 3 * 365 + 1)
-    report = {item["collection"]: item for item in governance.purge()}
+    report = {item["collection"]: item for item in retention.purge_expired()}
     assert sorted(report["chicago"]["deleted"]) == sorted(ids) and "new-york" not in report
     assert service.call(OWNER, "DescribeCollection", {"CollectionId": "new-york"})["FaceCount"] == 3

@@ -7,7 +7,8 @@
     for match in fg.search("someone.jpg", "family"):
         print(match.similarity, match.face.external_image_id)
 
-Every method runs the same service operation the CLI and the HTTP API run.
+Every method runs the same governed operation the CLI and the HTTP API run: the caller is the local operator
+acting for ``owner``, decided by the policy gate (a kill switch or a revocation stops it) and audited.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from facegate.config import DEFAULT_OWNER, data_dir
-from facegate.engine import FaceEngine
-from facegate.service import FaceService
-from facegate.store.sqlite import SqliteStore
+from facegate.compose import Facegate, Settings, build
+from facegate.config import DEFAULT_OWNER
+from facegate.keys import Principal
 
 ImageInput = str | os.PathLike | bytes
 
@@ -104,12 +104,13 @@ class ComparedFace:
 class FaceGate:
     """A data directory opened for one organisation (``owner``)."""
 
-    def __init__(self, service: FaceService, owner: str = DEFAULT_OWNER) -> None:
-        self.service = service
+    def __init__(self, facegate: Facegate, owner: str = DEFAULT_OWNER) -> None:
+        self.facegate = facegate
         self.owner = owner
+        self.principal = Principal.operator(owner, actor="local-python-api")
 
     def _call(self, operation: str, params: dict) -> dict:
-        return self.service.call(self.owner, operation, params)
+        return self.facegate.governed.execute(self.principal, operation, params).result
 
     def create_collection(self, collection_id: str, tags: dict[str, str] | None = None) -> str:
         """Create a collection; returns its ARN."""
@@ -189,7 +190,7 @@ class FaceGate:
         return [DetectedFace.of(d) for d in response["FaceDetails"]]
 
     def close(self) -> None:
-        self.service.store.close()
+        self.facegate.close()
 
     def __enter__(self) -> FaceGate:
         return self
@@ -202,15 +203,7 @@ def open(  # noqa: A001 - mirrors the builtin on purpose: facegate.open(path)
     path: str | os.PathLike | None = None, *, owner: str = DEFAULT_OWNER, detector: str = "hog", runtime: str = "onnx"
 ) -> FaceGate:
     """Open (creating if needed) a data directory; default $FACEGATE_HOME or ./facegate-data."""
-    return FaceGate(build_service(data_dir(path), detector=detector, runtime=runtime), owner=owner)
-
-
-def build_service(
-    path: Path, *, detector: str = "hog", runtime: str = "onnx", threads: int | None = None
-) -> FaceService:
-    """The service over a data directory; the converted embedding network is cached in it (``models/``)."""
-    engine = FaceEngine(detector=detector, runtime=runtime, threads=threads, model_cache=Path(path) / "models")
-    return FaceService(SqliteStore(path), engine)
+    return FaceGate(build(Settings.from_env(path, detector=detector, runtime=runtime)), owner=owner)
 
 
 def _read(image: ImageInput) -> bytes:

@@ -6,7 +6,6 @@ Errors print one line naming the problem and its Rekognition code, and exit non-
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -31,12 +30,13 @@ from rich.progress import (
 from rich.table import Table
 
 from facegate.audit.commands import audit_app
+from facegate.compose import Facegate, Settings, build
 from facegate.config import DEFAULT_OWNER, data_dir
 from facegate.engine.image import sniff_format
 from facegate.errors import FacegateError
 from facegate.fairness.commands import fairness_app
 from facegate.governance import Governance
-from facegate.service import FaceService
+from facegate.keys import Principal
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="facegate: accountable face recognition.")
 collections_app = typer.Typer(no_args_is_help=True, help="Create, list, describe and delete collections.")
@@ -55,25 +55,17 @@ class _State:
     detector: str = "hog"
     runtime: str = "onnx"
     owner: str = DEFAULT_OWNER
-    _service: FaceService | None = None
-
-    _audit = None
+    _facegate: Facegate | None = None
 
     @property
-    def audit(self):
-        if self._audit is None:
-            from facegate.audit import AuditLog
-
-            self._audit = AuditLog(data_dir(self.data))
-        return self._audit
+    def facegate(self) -> Facegate:
+        if self._facegate is None:
+            self._facegate = build(Settings.from_env(self.data, detector=self.detector, runtime=self.runtime))
+        return self._facegate
 
     @property
-    def service(self) -> FaceService:
-        if self._service is None:
-            from facegate.api import build_service
-
-            self._service = build_service(data_dir(self.data), detector=self.detector, runtime=self.runtime)
-        return self._service
+    def principal(self) -> Principal:
+        return Principal.operator(self.owner, actor="local-cli")
 
 
 state = _State()
@@ -91,47 +83,21 @@ def main_options(
     data: DataOption = None,
     detector: Annotated[str, typer.Option(help="Face detector: hog (fast) or cnn (dlib MMOD).")] = "hog",
     runtime: Annotated[str, typer.Option(help="Embedding runtime: onnx (fast) or dlib (the reference).")] = "onnx",
+    org: Annotated[
+        str, typer.Option("--org", envvar="FACEGATE_ORG", help="The organisation the operator acts for.")
+    ] = DEFAULT_OWNER,
 ) -> None:
     state.data = data
     state.detector = detector
     state.runtime = runtime
+    state.owner = org
     if data is not None:
         os.environ["FACEGATE_HOME"] = str(data)  # sub-apps (audit) read their data directory from it
 
 
 def call(operation: str, params: dict) -> dict:
-    """Run a service operation as the local operator; it is recorded in the audit log like any request."""
-    try:
-        result = state.service.call(state.owner, operation, params)
-    except FacegateError as exc:
-        _audit_local(operation, params, decision="error", error_code=exc.code, reason=exc.message[:500])
-        raise
-    _audit_local(operation, params, decision="allow", **Governance.summarise_result(operation, result))
-    return result
-
-
-def _audit_local(operation: str, params: dict, **facts: Any) -> None:
-    state.audit.append(_local_record(operation, params, **facts))
-
-
-def _local_record(operation: str, params: dict, **facts: Any) -> dict[str, Any]:
-    """The audit record of an operation run by the local operator (the CLI)."""
-    collection = params.get("CollectionId")
-    images = [
-        params[m]["Bytes"]
-        for m in ("Image", "SourceImage", "TargetImage")
-        if isinstance(params.get(m), dict) and isinstance(params[m].get("Bytes"), bytes)
-    ]
-    record = {
-        "event": "request",
-        "actor": "local-cli",
-        "organisation": state.owner,
-        "operation": operation,
-        "collection": collection,
-        "image_sha256": [hashlib.sha256(b).hexdigest() for b in images] or None,
-        **facts,
-    }
-    return {k: v for k, v in record.items() if v is not None}
+    """Run a face operation as the local operator, through the policy gate and into the audit log."""
+    return state.facegate.governed.execute(state.principal, operation, params).result
 
 
 def emit(response: dict[str, Any]) -> None:
@@ -208,7 +174,7 @@ def collections_retention(
 @collections_app.command("reindex")
 def collections_reindex(collection_id: str) -> None:
     """Rebuild a collection's approximate-search index from the database (it is also rebuilt when stale)."""
-    faces = state.service.rebuild_index(state.owner, collection_id)
+    faces = state.facegate.service.rebuild_index(state.owner, collection_id)
     out.print(
         f"{collection_id}: index rebuilt over {faces:,} faces"
         if faces
@@ -226,7 +192,7 @@ def retention_purge(
     as_json: JsonOption = False,
 ) -> None:
     """Delete every face past its retention; each deletion is audited."""
-    report = _governance().purge(dry_run=dry_run)
+    report = state.facegate.governed.purge_expired(dry_run=dry_run)
     if as_json:
         print(json.dumps(report))
         return
@@ -279,7 +245,7 @@ def index(
     counts: Counter[str] = Counter()
     failures: list[str] = []
     responses = []
-    call_quietly("DescribeCollection", {"CollectionId": collection})  # fail before the loop, not once per file
+    call("DescribeCollection", {"CollectionId": collection})  # fail before the loop, not once per file
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -317,43 +283,20 @@ def index(
 
         outcomes = index_files(
             requests(),
-            data_dir=data_dir(state.data),
-            owner=state.owner,
-            detector=state.detector,
-            runtime=state.runtime,
+            settings=Settings.from_env(state.data, detector=state.detector, runtime=state.runtime),
+            principal=state.principal,
             workers=processes,
             batch=min(BATCH, max(1, len(files) // (2 * processes))),  # a short list still reaches every worker
         )
-        for batch in outcomes:
+        for batch in outcomes:  # each image was gated and audited in the worker that indexed it
             progress.advance(task, len(batch))
-            records = []
             for outcome in batch:
-                digest = [outcome.image_sha256] if outcome.image_sha256 else None
                 if outcome.error_code is not None:
-                    records.append(
-                        _local_record(
-                            "IndexFaces",
-                            outcome.params,
-                            decision="error",
-                            error_code=outcome.error_code,
-                            reason=(outcome.error or "")[:500],
-                            image_sha256=digest,
-                        )
-                    )
                     label = "unreadable file" if outcome.error_code == "UnreadableFile" else outcome.error_code
                     counts[f"failed: {label}"] += 1
                     failures.append(f"{outcome.path}: {outcome.error_code}: {outcome.error}")
                     continue
                 response = outcome.response
-                records.append(
-                    _local_record(
-                        "IndexFaces",
-                        outcome.params,
-                        decision="allow",
-                        image_sha256=digest,
-                        **Governance.summarise_result("IndexFaces", response),
-                    )
-                )
                 if as_json:  # otherwise nothing per image is kept: memory stays bounded for any directory
                     responses.append(response)
                 if outcome.repeated:
@@ -364,7 +307,6 @@ def index(
                 else:
                     no_pass = "skipped: no face passed the quality filter"
                     counts[no_pass if response["UnindexedFaces"] else "skipped: no face found"] += 1
-            state.audit.append_many(records)  # one disk sync per batch of images
     if as_json:
         emit(responses[0] if len(responses) == 1 else {"Responses": responses})
         return
@@ -419,18 +361,13 @@ def _expected_false_candidates(collection: str, threshold: float) -> None:
     curves = _governance().active_audit()
     if curves is None:
         return
-    size = call_quietly("DescribeCollection", {"CollectionId": collection})["FaceCount"]
+    size = call("DescribeCollection", {"CollectionId": collection})["FaceCount"]
     worst = curves.worst_group(threshold)
     err.print(
         f"expected false candidates per search: {size * worst.fmr:.2f} at similarity {threshold:g} in {size:,} faces "
         f"(worst group {worst.group}: FMR {worst.fmr:.2e}; fairness audit {curves.audit_id})",
         highlight=False,
     )
-
-
-def call_quietly(operation: str, params: dict) -> dict:
-    """A read-only lookup the CLI makes for itself, not on the user's behalf: not audited."""
-    return state.service.call(state.owner, operation, params)
 
 
 @app.command("compare")
@@ -493,7 +430,7 @@ def detect(
 def _draw(data: bytes, details: list[dict], path: Path) -> None:
     from PIL import Image, ImageDraw
 
-    pixels = state.service.engine.decode(data)
+    pixels = state.facegate.engine.decode(data)
     picture = Image.fromarray(pixels)
     pen = ImageDraw.Draw(picture)
     width, height = picture.size
@@ -663,13 +600,11 @@ app.add_typer(fairness_app, name="fairness", help="Bias audits and the ACLU expe
 
 
 def _key_ring():
-    from facegate.keys import KeyRing
-
-    return KeyRing(state.service.store, data_dir(state.data))
+    return state.facegate.keys
 
 
 def _governance() -> Governance:
-    return Governance(state.service.store, _key_ring(), state.audit)
+    return state.facegate.governance
 
 
 def _when(value: str | None) -> float | None:
@@ -1005,7 +940,8 @@ def _print_first_start(admin, client, host: str, port: int) -> None:
 def main() -> None:
     """Entry point: run the CLI, turning facegate errors into one line and a non-zero exit code."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns (not raises) a command's typer.Exit code: it must reach the shell.
+        code = app(standalone_mode=False)
     except FacegateError as exc:
         err.print(f"error: {exc.code}: {exc.message}", markup=False, highlight=False)
         sys.exit(1)
@@ -1020,15 +956,15 @@ def main() -> None:
         sys.exit(1)
     except typer.Abort:
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:  # usage errors (exit 2) and the like, from whichever click typer runs on
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
+        if isinstance(getattr(exc, "exit_code", None), int):
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from facegate.fairness.calibrated import AuditCurves
 from facegate.keys import IssuedKey, KeyRing, Principal
 from facegate.policy.gate import Circumstances, CompiledPolicies, Decision, PolicyInvalid, Subject, Target, decide
 from facegate.policy.templates import CATEGORIES, PURPOSES, TEMPLATES, parse_params
-from facegate.store import Organisation, PolicyState, Store, UseCase
+from facegate.store import AccessKey, Organisation, PolicyState, Store, UseCase
 
 OPERATOR = "operator"
 # Request members that carry a threshold or a result cap, per operation.
@@ -90,6 +90,17 @@ class Clock:
 
 
 @dataclass(frozen=True)
+class RetentionDue:
+    """One collection's retention as of now: its rule, why, and the faces past it."""
+
+    organisation: str
+    collection: str
+    rule: dict
+    reason: str
+    face_ids: list[str]
+
+
+@dataclass(frozen=True)
 class GateOutcome:
     """A decision with everything the audit record and the response need."""
 
@@ -131,7 +142,7 @@ class Governance:
             raise InvalidParameterException(f"Category {category!r} is not one of: {', '.join(sorted(CATEGORIES))}.")
         organisation = Organisation(name, category, jurisdiction, "active", tuple(groups), time.time())
         self.store.add_organisation(organisation)
-        self._event(
+        self.record_event(
             "organisation_created",
             actor,
             organisation=name,
@@ -147,12 +158,12 @@ class Governance:
             raise InvalidParameterException(f"Status {status!r} is not active, suspended or revoked.")
         self.store.update_organisation(name, status=status, reason=reason)
         event = "revocation" if status != "active" else "reinstatement"
-        self._event(event, actor, organisation=name, status=status, reason=reason)
+        self.record_event(event, actor, organisation=name, status=status, reason=reason)
 
     def set_organisation_groups(self, name: str, groups: tuple[str, ...], reason: str, actor: str = OPERATOR) -> None:
         self._organisation(name)
         self.store.update_organisation(name, groups=tuple(groups))
-        self._event("groups_changed", actor, organisation=name, groups=list(groups), reason=reason)
+        self.record_event("groups_changed", actor, organisation=name, groups=list(groups), reason=reason)
 
     def organisations(self) -> list[Organisation]:
         return self.store.list_organisations()
@@ -195,7 +206,7 @@ class Governance:
             created_at=time.time(),
         )
         self.store.add_use_case(use_case)
-        self._event(
+        self.record_event(
             "use_case_registered",
             actor,
             organisation=organisation,
@@ -216,7 +227,7 @@ class Governance:
         if use_case is None:
             raise ResourceNotFoundException(f"Use case {use_case_id} is not registered.")
         self.store.set_use_case_status(use_case_id, "revoked", reason)
-        self._event("revocation", actor, organisation=use_case.organisation, use_case=use_case_id, reason=reason)
+        self.record_event("revocation", actor, organisation=use_case.organisation, use_case=use_case_id, reason=reason)
 
     # Keys
 
@@ -237,7 +248,7 @@ class Governance:
         if organisation is None:
             raise InvalidParameterException("A key needs a use case or an organisation.")
         issued = self.keys.issue(organisation, role=role, use_case_id=use_case_id)
-        self._event(
+        self.record_event(
             "key_issued",
             actor,
             organisation=organisation,
@@ -252,7 +263,7 @@ class Governance:
         if key is None:
             raise ResourceNotFoundException(f"Access key {access_key_id} does not exist.")
         self.store.revoke_key(access_key_id)
-        self._event(
+        self.record_event(
             "revocation",
             actor,
             organisation=key.owner,
@@ -278,7 +289,7 @@ class Governance:
         state = PolicyState(template, True, params, time.time(), reason)
         self._validate({**self.store.policy_states(), template: state})
         self.store.set_policy_state(state)
-        self._event("policy_change", actor, template=template, change="activated", params=params, reason=reason)
+        self.record_event("policy_change", actor, template=template, change="activated", params=params, reason=reason)
         return state
 
     def deactivate(self, template: str, reason: str, actor: str = OPERATOR) -> None:
@@ -286,7 +297,7 @@ class Governance:
         current = self.store.policy_states().get(template)
         params = current.params if current else dict(TEMPLATES[template].defaults)
         self.store.set_policy_state(PolicyState(template, False, params, time.time(), reason))
-        self._event("policy_change", actor, template=template, change="deactivated", reason=reason)
+        self.record_event("policy_change", actor, template=template, change="deactivated", reason=reason)
 
     def _template(self, name: str):
         definition = TEMPLATES.get(name)
@@ -317,7 +328,7 @@ class Governance:
         stored = home / f"{curves.audit_id}.json"
         stored.write_text(text)
         self.store.set_setting("fairness_audit", str(stored))
-        self._event(
+        self.record_event(
             "fairness_audit_activated",
             actor,
             audit=curves.audit_id,
@@ -352,12 +363,14 @@ class Governance:
             raise ResourceNotFoundException(f"The collection id: {collection_id} does not exist")
         rule = None if max_days is None and until is None else {"max_days": max_days, "until": until}
         self.store.set_retention(collection, rule)
-        self._event("retention_set", actor, organisation=owner, collection=collection_id, rule=rule, reason=reason)
+        self.record_event(
+            "retention_set", actor, organisation=owner, collection=collection_id, rule=rule, reason=reason
+        )
         return rule
 
-    def purge(self, *, dry_run: bool = False, actor: str = "retention") -> list[dict]:
-        """Delete every face past its collection's retention (and past BIPA's limit for Illinois collections
-        while that template is active); each deletion is audited. Returns what was (or would be) deleted."""
+    def expired(self) -> list[RetentionDue]:
+        """What retention asks to delete now: per collection with a rule (or an Illinois collection while BIPA's
+        template is active), the faces past it. Deleting them is the governed PurgeFaces operation's work."""
         now = self.clock.now()
         rules = {c.pk: (c, dict(rule)) for c, rule in self.store.retention_rules()}
         bipa = self.store.policy_states().get("illinois-bipa")
@@ -368,7 +381,7 @@ class Governance:
                 rule["max_days"] = min(rule.get("max_days") or bipa_days, bipa_days)
                 rule["basis"] = "illinois-bipa"
                 rules[collection.pk] = (collection, rule)
-        report = []
+        due = []
         for collection, rule in rules.values():
             if rule.get("until") is not None and now >= rule["until"]:
                 cutoff, why = float("inf"), "the collection's purpose ended"
@@ -376,34 +389,9 @@ class Governance:
                 cutoff, why = now - rule["max_days"] * 86400, f"older than {rule['max_days']} days"
             else:
                 cutoff, why = float("-inf"), "within retention"
-            expired = self.store.faces_indexed_before(collection, cutoff)
-            deleted = (
-                [f.face_id for f in expired]
-                if dry_run
-                else self.store.delete_faces(collection, [f.face_id for f in expired])
-            )
-            if not dry_run:
-                for face_id in deleted:
-                    self._event(
-                        "deletion",
-                        actor,
-                        organisation=collection.owner,
-                        collection=collection.collection_id,
-                        face_id=face_id,
-                        reason=f"retention: {why}",
-                        basis=rule.get("basis", "collection rule"),
-                    )
-            report.append(
-                {
-                    "organisation": collection.owner,
-                    "collection": collection.collection_id,
-                    "rule": rule,
-                    "reason": why,
-                    "deleted": deleted,
-                    "dry_run": dry_run,
-                }
-            )
-        return report
+            faces = [f.face_id for f in self.store.faces_indexed_before(collection, cutoff)]
+            due.append(RetentionDue(collection.owner, collection.collection_id, rule, why, faces))
+        return due
 
     # The gate
 
@@ -422,7 +410,10 @@ class Governance:
         cached = self._subjects.get(principal.access_key_id)
         if cached is not None and cached[0] == generation:
             return cached[1]
-        key = self.store.get_key(principal.access_key_id)
+        if principal.is_operator:
+            key = AccessKey(principal.access_key_id, principal.owner, principal.role, b"", 0.0)
+        else:
+            key = self.store.get_key(principal.access_key_id)
         use_case = self.store.get_use_case(key.use_case_id) if key and key.use_case_id else None
         subject = Subject(key, self.store.get_organisation(key.owner), use_case)
         self._subjects[principal.access_key_id] = (generation, subject)
@@ -492,9 +483,20 @@ class Governance:
         self, outcome: GateOutcome | None, principal: Principal | None, operation: str, **facts: Any
     ) -> dict:
         """Append one request's record; raises AuditUnavailable (the caller fails closed) if it cannot."""
+        return self.audit.append(self._request_record(outcome, principal, operation, facts))
+
+    def record_requests(self, requests: list[tuple[GateOutcome | None, Principal | None, str, dict]]) -> list[dict]:
+        """Append several requests' records in one transaction (one disk sync), in order."""
+        return self.audit.append_many([self._request_record(*request) for request in requests])
+
+    def _request_record(
+        self, outcome: GateOutcome | None, principal: Principal | None, operation: str, facts: dict[str, Any]
+    ) -> dict:
         record: dict[str, Any] = {"event": "request", "operation": operation}
         if principal is not None:
             record.update(access_key=principal.access_key_id, organisation=principal.owner)
+            if principal.is_operator:
+                record["actor"] = principal.actor
         if outcome is not None:
             use_case = outcome.subject.use_case
             record.update(
@@ -521,7 +523,7 @@ class Governance:
                     worst_group_fmr=fairness.worst_fmr,
                 )
         record.update({k: v for k, v in facts.items() if v is not None})
-        return self.audit.append(bounded(record))
+        return bounded(record)
 
     def tally_unauthenticated(self, source: str, error_code: str) -> None:
         """Count a request refused before anyone was authenticated. Each is counted; they reach the log as one
@@ -588,5 +590,6 @@ class Governance:
             facts["deleted_face_ids"] = list(result["DeletedFaces"])
         return facts
 
-    def _event(self, event: str, actor: str, **facts: Any) -> None:
-        self.audit.append({"event": event, "actor": actor, "time": self.clock.now(), **facts})
+    def record_event(self, event: str, actor: str, **facts: Any) -> None:
+        """Append a governance or maintenance event (not a request) to the audit log."""
+        self.audit.append(bounded({"event": event, "actor": actor, "time": self.clock.now(), **facts}))

@@ -35,14 +35,32 @@ class IssuedKey:
         return {"AccessKeyId": self.access_key_id, "SecretAccessKey": self.secret_access_key}
 
 
+OPERATOR_ROLE = "operator"
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who a verified request acts for."""
+    """Who a request acts for: a verified access key, or the local operator (the CLI, the Python API)."""
 
     access_key_id: str
     owner: str
     role: str
     use_case_id: str | None = None
+
+    @classmethod
+    def operator(cls, owner: str, actor: str = "local-cli") -> Principal:
+        """The local operator acting for organisation ``owner``: gated like any key (its own Cedar entity
+        type, permitted by the baseline), so a kill switch or a revocation stops it too."""
+        return cls(f"{OPERATOR_ROLE}:{actor}", owner, OPERATOR_ROLE)
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role == OPERATOR_ROLE
+
+    @property
+    def actor(self) -> str:
+        """Who acts: the operator's front end (``local-cli``, ``local-python-api``) or the access key."""
+        return self.access_key_id.removeprefix(f"{OPERATOR_ROLE}:")
 
 
 class KeyRing:

@@ -86,13 +86,18 @@ class FaceService:
             "UntagResource": self.untag_resource,
             "ListTagsForResource": self.list_tags_for_resource,
         }
+        # facegate's own operations, beyond Rekognition's: checked here, not against botocore's model.
+        self._internal: dict[str, Callable[[str, dict], Response]] = {"PurgeFaces": self.purge_faces}
 
     @property
     def operations(self) -> frozenset[str]:
+        """The Rekognition operations (what the HTTP API serves)."""
         return frozenset(self._operations)
 
     def call(self, owner: str, operation: str, params: dict) -> Response:
         """Validate ``params`` against Rekognition's model and run ``operation`` for ``owner``."""
+        if operation in self._internal:
+            return self._internal[operation](owner, params)
         handler = self._operations.get(operation)
         if handler is None:
             raise InvalidParameterException(f"Operation {operation} is not supported by facegate.")
@@ -271,6 +276,20 @@ class FaceService:
                 deletable.append(face_id)
         deleted = self.store.delete_faces(collection, deletable)
         return {"DeletedFaces": deleted, "UnsuccessfulFaceDeletions": unsuccessful}
+
+    def purge_faces(self, owner: str, p: dict) -> Response:
+        """Retention's deletion (not a Rekognition operation): the faces go even when associated with a user;
+        the user stays, with the faces it has left."""
+        face_ids = p.get("FaceIds")
+        if not isinstance(face_ids, list) or not all(isinstance(f, str) for f in face_ids):
+            raise InvalidParameterException("PurgeFaces needs FaceIds: a list of face ids.")
+        if not isinstance(p.get("Reason"), str) or not p["Reason"]:
+            raise InvalidParameterException("PurgeFaces needs a Reason: why the faces are destroyed.")
+        collection = self._collection(owner, p.get("CollectionId", ""))
+        deleted = []
+        for start in range(0, len(face_ids), 500):
+            deleted += self.store.delete_faces(collection, list(dict.fromkeys(face_ids[start : start + 500])))
+        return {"DeletedFaces": deleted}
 
     # Search and compare
 

@@ -21,6 +21,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,12 +31,16 @@ from facegate.engine.models import embedding_weights, weights_sha256
 from facegate.fairness.datasets import DatasetError, load_dataset
 from facegate.fairness.embeddings import EmbeddedDataset, Reporter, embed_dataset
 from facegate.fairness.metrics import Rate, fpir
+from facegate.keys import Principal
 from facegate.quality import filter_reasons
-from facegate.service import FaceService
 from facegate.store import StoredFace
+
+if TYPE_CHECKING:
+    from facegate.compose import Facegate
 
 THRESHOLDS = (80.0, 99.0)
 MAX_FACES = 4096  # SearchFacesByImage's largest MaxFaces
+EXPERIMENT_ACTOR = "local-experiment"  # the operator the experiment runs as, gated and audited as any other
 COLLECTION_PREFIX = "fairness-aclu-"
 WHITE = "white-american"
 TOP_PAIRS = 24
@@ -137,7 +142,7 @@ def run_aclu(
     reporter: Reporter | None = None,
 ) -> dict:
     """Build the gallery, search every member at each threshold, write report.json/html and summary.md."""
-    from facegate.api import build_service
+    from facegate.compose import Settings, build
     from facegate.fairness.report import write_aclu_report
 
     reporter = reporter or Reporter()
@@ -157,10 +162,10 @@ def run_aclu(
         embed_dataset(d, Path(data_dir), detector=detector, workers=workers, reporter=reporter) for d in datasets
     ]
 
-    service = build_service(Path(data_dir), detector=detector)
-    model_version = service.engine.model_version
+    facegate = build(Settings(Path(data_dir), detector=detector))
+    model_version = facegate.engine.model_version
     try:
-        gallery, faces, sources = _build_gallery(service, embedded, excluded_identities, reporter)
+        gallery, faces, sources = _build_gallery(facegate, embedded, excluded_identities, reporter)
         reporter.note(
             f"searching {sum(m.photo is not None for m in members)} members at {', '.join(map(str, thresholds))}"
         )
@@ -168,7 +173,7 @@ def run_aclu(
             Path(data_dir), detector, gallery["collection_id"], members, thresholds, workers, reporter
         )
     finally:
-        service.store.close()
+        facegate.close()
     report, pairs = _tally(members, results, thresholds, faces, gallery, audit_report, model_version)
     report["gallery"]["sources"] = sources
     write_aclu_report(report, Path(out_dir), pairs)
@@ -176,11 +181,12 @@ def run_aclu(
 
 
 def _build_gallery(
-    service: FaceService, embedded: list[EmbeddedDataset], excluded_identities: set[str], reporter: Reporter
+    facegate: Facegate, embedded: list[EmbeddedDataset], excluded_identities: set[str], reporter: Reporter
 ) -> tuple[dict, dict[str, GalleryFace], dict]:
     """Create (or reuse, if identical) the gallery collection; returns its description and the faces by
-    ExternalImageId."""
-    model_version = service.engine.model_version
+    ExternalImageId. The collection is created (and replaced) through the governed operation; its faces,
+    embedded once for every threshold, are bulk-loaded into the store and the load is audited as one event."""
+    model_version = facegate.engine.model_version
     chosen: list[tuple[EmbeddedDataset, int, str]] = []
     excluded_images: Counter[str] = Counter()
     sources = {}
@@ -210,15 +216,16 @@ def _build_gallery(
     gallery_hash = digest.hexdigest()
     collection_id = COLLECTION_PREFIX + gallery_hash[:16]
     owner = DEFAULT_OWNER
-    store = service.store
+    operator = Principal.operator(owner, actor=EXPERIMENT_ACTOR)
+    store = facegate.store
     existing = store.get_collection(owner, collection_id)
     if existing is not None and existing.face_count == len(chosen):
         reporter.note(f"reusing gallery collection {collection_id} ({len(chosen):,} faces)")
     else:
         if existing is not None:
-            service.call(owner, "DeleteCollection", {"CollectionId": collection_id})
-        service.call(
-            owner,
+            facegate.governed.execute(operator, "DeleteCollection", {"CollectionId": collection_id})
+        facegate.governed.execute(
+            operator,
             "CreateCollection",
             {"CollectionId": collection_id, "Tags": {"purpose": "fairness ACLU-style experiment gallery"}},
         )
@@ -245,6 +252,14 @@ def _build_gallery(
                 store.add_faces(collection, batch)
                 batch = []
                 reporter.step("storing the gallery", n, len(chosen))
+        facegate.governance.record_event(
+            "experiment_gallery_loaded",
+            EXPERIMENT_ACTOR,
+            organisation=owner,
+            collection=collection_id,
+            faces=len(chosen),
+            gallery_sha256=gallery_hash,
+        )
     faces = {
         external: GalleryFace(
             data.dataset.spec,
@@ -274,9 +289,12 @@ _searcher = None
 
 def _start_searcher(data_dir: str, detector: str) -> None:
     global _searcher
-    from facegate.api import build_service
+    from facegate.compose import Settings, build
 
-    _searcher = build_service(Path(data_dir), detector=detector)
+    _searcher = (
+        build(Settings(Path(data_dir), detector=detector)).governed,
+        Principal.operator(DEFAULT_OWNER, EXPERIMENT_ACTOR),
+    )
 
 
 def _search_member(task: tuple[str, str, tuple[float, ...]]) -> dict:
@@ -294,7 +312,8 @@ def _search_member(task: tuple[str, str, tuple[float, ...]]) -> dict:
             "MaxFaces": MAX_FACES,
         }
         try:
-            response = _searcher.call(DEFAULT_OWNER, "SearchFacesByImage", params)
+            governed, operator = _searcher
+            response = governed.execute(operator, "SearchFacesByImage", params).result
         except FacegateError as exc:
             return {"error": f"{exc.code}: {exc.message}"}
         out[t] = [(m["Similarity"], m["Face"]["ExternalImageId"]) for m in response["FaceMatches"]]

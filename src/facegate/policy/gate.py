@@ -18,6 +18,7 @@ from importlib import resources
 import cedarpy
 
 from facegate.fairness.calibrated import AuditCurves
+from facegate.keys import OPERATOR_ROLE
 from facegate.policy.templates import TEMPLATES, Obligation
 from facegate.store import AccessKey, Organisation, PolicyState, UseCase
 
@@ -205,7 +206,7 @@ def _evaluate(
     entities = policies.entities + _subject_entities(subject) + _target_entities(target)
     use_case = subject.use_case
     request = {
-        "principal": {"type": "Facegate::Key", "id": subject.key.access_key_id},
+        "principal": _principal_uid(subject.key),
         "action": {"type": "Facegate::Action", "id": operation},
         "resource": _resource_uid(target),
         "context": {
@@ -296,7 +297,7 @@ def _subject_entities(subject: Subject) -> list[dict]:
         )
     entities.append(
         {
-            "uid": {"type": "Facegate::Key", "id": key.access_key_id},
+            "uid": _principal_uid(key),
             "attrs": {
                 "status": "active" if key.revoked_at is None else "revoked",
                 "organisation": org_name,
@@ -317,6 +318,11 @@ def _subject_entities(subject: Subject) -> list[dict]:
         }
     )
     return entities
+
+
+def _principal_uid(key: AccessKey) -> dict:
+    kind = "Facegate::Operator" if key.role == OPERATOR_ROLE else "Facegate::Key"
+    return {"type": kind, "id": key.access_key_id}
 
 
 def _resource_uid(target: Target) -> dict:

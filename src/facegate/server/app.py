@@ -1,8 +1,9 @@
 """The HTTP service: Rekognition's AWS JSON 1.1 protocol on POST /, SigV4, /healthz and /metrics.
 
-One straight path per request: read the body (capped) → verify the SigV4 signature → resolve the operation →
-parse JSON → run the service operation for the key's organisation → JSON response or AWS error.
-The wire layer knows nothing of SQL: it reaches the store only through the service and the key ring.
+One straight path per request: read the body (capped in size and time) → verify the SigV4 signature → resolve
+the operation → parse JSON → the governed operation (gate → service → audit, ``governed.py``) on a thread →
+JSON response or AWS error. The wire layer knows nothing of SQL: it reaches the store only through the governed
+operation and the key ring.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from facegate.audit import AuditLog, AuditUnavailable
+from facegate.audit import AuditUnavailable
+from facegate.compose import Settings, build
 from facegate.errors import (
     AccessDeniedException,
     FacegateError,
@@ -35,8 +37,8 @@ from facegate.errors import (
     UnknownOperationException,
     ValidationException,
 )
-from facegate.governance import GateOutcome, Governance
-from facegate.keys import KeyRing
+from facegate.governance import GateOutcome
+from facegate.governed import RequestContext
 from facegate.server import sigv4
 from facegate.server.admin import admin_routes
 from facegate.server.wire import aws_json, error_response, parse_json
@@ -88,28 +90,23 @@ def create_app(
     runtime: str = "onnx",
     regions: tuple[str, ...] = sigv4.DEFAULT_REGIONS,
 ) -> Starlette:
-    from facegate.api import build_service
-
-    service = build_service(Path(data_dir), detector=detector, runtime=runtime)
-    service.region = regions[0]
-    keys = KeyRing(service.store, Path(data_dir))
-    governance = Governance(service.store, keys, AuditLog(Path(data_dir)), model_version=service.engine.model_version)
+    facegate = build(Settings(Path(data_dir), detector=detector, runtime=runtime, regions=regions))
+    service, keys, governance, governed = facegate.service, facegate.keys, facegate.governance, facegate.governed
     workers = workers or os.cpu_count() or 1
     runner = OperationRunner(
         service, Path(data_dir), detector, workers, queue if queue is not None else 4 * workers, runtime=runtime
     )
     metrics = Metrics(runner)
 
-    async def record(outcome, principal, operation, **facts) -> None:
+    async def record(principal, operation, **facts) -> None:
         # A durable append waits for a disk sync: off the event loop, and grouped with concurrent ones.
-        await anyio.to_thread.run_sync(lambda: governance.record_request(outcome, principal, operation, **facts))
+        await anyio.to_thread.run_sync(lambda: governance.record_request(None, principal, operation, **facts))
 
     async def rekognition(request: Request) -> Response:
         started = time.perf_counter()
         operation = "unknown"
         request_id = str(uuid.uuid4())
-        principal = outcome = None
-        facts: dict = {"request_id": request_id}
+        principal = None
         try:
             body = await read_body(request)
             principal = sigv4.verify(
@@ -123,42 +120,17 @@ def create_app(
                 raise UnknownOperationException(f"Operation {target[:100]!r} is not supported by facegate.")
             operation = name
             params = parse_json(body)
-            facts["image_sha256"] = _image_digests(params)
-            # The gate decides before any image is decoded or any face compared.
-            outcome = governance.gate(
-                principal,
-                operation,
-                params,
+            context = RequestContext(
                 case_reference=request.headers.get("x-facegate-case"),
                 consent_reference=request.headers.get("x-facegate-consent"),
+                request_id=request_id,
+                image_sha256=_image_digests(params),
+                started=started,
             )
-            if not outcome.decision.allowed:
-                await record(
-                    outcome,
-                    principal,
-                    operation,
-                    decision="deny",
-                    reason=outcome.decision.reason,
-                    latency_ms=_ms(started),
-                    **facts,
-                )
-                raise AccessDeniedException(
-                    f"Denied by policy {', '.join(outcome.decision.policies) or '(none)'}: {outcome.decision.reason}.",
-                    audited=True,
-                )
-            result = await runner.call(principal.owner, operation, outcome.params)
-            facts.update(governance.summarise_result(operation, result))
-            response = aws_json({**result, **_decision_members(outcome)})
-            await record(
-                outcome,
-                principal,
-                operation,
-                decision="allow",
-                latency_ms=_ms(started),
-                model_version=result.get("FaceModelVersion"),
-                **facts,
-            )
-            _decision_headers(response, outcome)
+            # Gate → service → audit, on a thread; the gate decides before any image is decoded.
+            executed = await runner.run(governed.execute, principal, operation, params, context)
+            response = aws_json({**executed.result, **_decision_members(executed.gate)})
+            _decision_headers(response, executed.gate)
             code = "OK"
         except Exception as raised:
             if isinstance(raised, FacegateError):
@@ -175,14 +147,13 @@ def create_app(
             else:
                 try:
                     await record(
-                        outcome,
                         principal,
                         operation,
+                        request_id=request_id,
                         decision="error",
                         error_code=exc.code,
                         reason=exc.message[:500],
                         latency_ms=_ms(started),
-                        **facts,
                     )
                 except AuditUnavailable as audit_error:
                     code, response = audit_error.code, error_response(audit_error)
@@ -237,7 +208,7 @@ def create_app(
             flusher.set()
             governance.flush_unauthenticated()
             runner.close()
-            service.store.close()
+            facegate.close()
 
     app = Starlette(
         routes=[

@@ -25,6 +25,7 @@ import anyio.to_thread
 
 from facegate.engine import FaceEngine, SimilarityScale
 from facegate.errors import FacegateError, InternalServerError, ThrottlingException
+from facegate.lifetime import exit_with_parent
 from facegate.service import FaceService
 
 log = logging.getLogger("facegate.server")
@@ -32,8 +33,9 @@ log = logging.getLogger("facegate.server")
 _worker_engine: FaceEngine | None = None
 
 
-def _start_worker(model_cache: str, detector: str, runtime: str, threads: int) -> None:
+def _start_worker(model_cache: str, detector: str, runtime: str, threads: int, server: int) -> None:
     global _worker_engine
+    exit_with_parent(server)  # a server killed with SIGKILL must not leave its workers running
     _worker_engine = FaceEngine(detector=detector, runtime=runtime, threads=threads, model_cache=Path(model_cache))
     _worker_engine.embedding_model  # load the models now, not on the first request  # noqa: B018
 
@@ -99,7 +101,7 @@ class PooledEngine:
 
 
 class OperationRunner:
-    """Runs ``service.call`` for the wire layer on threads, the face models in processes, bounded as a whole."""
+    """Runs requests for the wire layer on threads, the face models in processes, bounded as a whole."""
 
     def __init__(
         self, service: FaceService, data_dir: Path, detector: str, workers: int, queue: int, runtime: str = "onnx"
@@ -114,7 +116,13 @@ class OperationRunner:
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_start_worker,
                 # The workers share the cores: each gets its share of ONNX Runtime threads, not all of them.
-                initargs=(str(Path(data_dir) / "models"), detector, runtime, max(1, (os.cpu_count() or 1) // workers)),
+                initargs=(
+                    str(Path(data_dir) / "models"),
+                    detector,
+                    runtime,
+                    max(1, (os.cpu_count() or 1) // workers),
+                    os.getpid(),
+                ),
             )
 
         self.engine = PooledEngine(new_pool, service.engine)
@@ -131,14 +139,15 @@ class OperationRunner:
     def queue_depth(self) -> int:
         return max(0, self.in_flight - self.workers)
 
-    async def call(self, owner: str, operation: str, params: dict) -> dict:
+    async def run(self, work: Callable[..., Any], *args: Any) -> Any:
+        """``work(*args)`` (the governed operation) on a thread, or ThrottlingException at once when full."""
         if self.in_flight >= self.limit:
             raise ThrottlingException(
                 f"facegate is processing {self.in_flight} requests, its limit: slow down and retry."
             )
         self.in_flight += 1
         try:
-            return await anyio.to_thread.run_sync(self.service.call, owner, operation, params)
+            return await anyio.to_thread.run_sync(work, *args)
         finally:
             self.in_flight -= 1
 

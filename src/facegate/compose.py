@@ -1,0 +1,92 @@
+"""The composition root: the one place that builds store, engine, keys, audit log, governance and the governed
+service from settings, for `facegate serve`, every CLI command, `facegate.open` and bulk-indexing workers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from facegate.config import DEFAULT_HOME
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides how facegate is assembled; the data directory is explicit, never an env var
+    read deep inside (``Settings.from_env`` reads $FACEGATE_HOME once, at the edge)."""
+
+    data_dir: Path
+    detector: str = "hog"
+    runtime: str = "onnx"
+    threads: int | None = None  # ONNX Runtime threads per engine (None: its default)
+    regions: tuple[str, ...] = ("us-east-1",)
+
+    @classmethod
+    def from_env(cls, data_dir: str | os.PathLike | None = None, **options) -> Settings:
+        return cls(Path(data_dir or os.environ.get("FACEGATE_HOME") or DEFAULT_HOME), **options)
+
+
+@dataclass
+class Facegate:
+    """facegate assembled over one data directory. Parts are built on first use, so a command that only reads
+    governance never loads the face models."""
+
+    settings: Settings
+    _closed: bool = field(default=False, repr=False)
+
+    @cached_property
+    def store(self):
+        from facegate.store.sqlite import SqliteStore
+
+        return SqliteStore(self.settings.data_dir)
+
+    @cached_property
+    def engine(self):
+        from facegate.engine import FaceEngine
+
+        s = self.settings
+        return FaceEngine(
+            detector=s.detector, runtime=s.runtime, threads=s.threads, model_cache=Path(s.data_dir) / "models"
+        )
+
+    @cached_property
+    def service(self):
+        from facegate.service import FaceService
+
+        return FaceService(self.store, self.engine, region=self.settings.regions[0])
+
+    @cached_property
+    def keys(self):
+        from facegate.keys import KeyRing
+
+        return KeyRing(self.store, self.settings.data_dir)
+
+    @cached_property
+    def audit(self):
+        from facegate.audit import AuditLog
+
+        return AuditLog(self.settings.data_dir)
+
+    @cached_property
+    def governance(self):
+        from facegate.engine.models import EMBEDDING_MODEL_VERSION
+        from facegate.governance import Governance
+
+        return Governance(self.store, self.keys, self.audit, model_version=EMBEDDING_MODEL_VERSION)
+
+    @cached_property
+    def governed(self):
+        from facegate.governed import GovernedService
+
+        return GovernedService(self.governance, self.service)
+
+    def close(self) -> None:
+        if "store" in self.__dict__:
+            self.store.close()
+        if "audit" in self.__dict__:
+            self.audit.close()
+
+
+def build(settings: Settings) -> Facegate:
+    return Facegate(settings)

@@ -1,0 +1,258 @@
+"""The one governed operation every caller uses: HTTP, the CLI, the Python API, bulk indexing, the ACLU
+experiment (and later the console, video jobs and distributed workers).
+
+    principal → policy gate (Cedar) → [intent record, for a change] → service operation → result summary →
+    durable audit record → outcome
+
+It fails closed: a change whose intent cannot be audited is refused before anything is touched; a request
+whose outcome cannot be audited is refused (a change made meanwhile stays named by its intent, which
+``facegate audit verify`` reports as an intent without an outcome). Nothing else calls the service's
+operations (a test reads the source to hold that).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from facegate.errors import AccessDeniedException, FacegateError, InternalServerError
+from facegate.governance import GateOutcome, Governance
+from facegate.keys import Principal
+from facegate.service import FaceService
+
+log = logging.getLogger("facegate")
+RETENTION_ACTOR = "retention"
+
+# Operations that change what the store holds: each gets an intent record before the change.
+MUTATIONS = frozenset(
+    {
+        "CreateCollection",
+        "DeleteCollection",
+        "IndexFaces",
+        "DeleteFaces",
+        "CreateUser",
+        "DeleteUser",
+        "AssociateFaces",
+        "DisassociateFaces",
+        "TagResource",
+        "UntagResource",
+        "PurgeFaces",
+    }
+)
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """What a caller knows about a request beyond its parameters."""
+
+    case_reference: str | None = None
+    consent_reference: str | None = None
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    image_sha256: list[str] | None = None  # the wire knows them before decoding; else taken from the params
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """An allowed, executed and audited request: the operation's result and what the gate applied."""
+
+    result: dict[str, Any]
+    gate: GateOutcome
+    request_id: str
+    audit_seq: int
+    repeated: bool = False  # IndexFaces: the image was already indexed, nothing new stored
+
+
+class GovernedService:
+    """The gate, the service and the audit log, composed into the only way to run a face operation."""
+
+    def __init__(self, governance: Governance, service: FaceService) -> None:
+        self.governance = governance
+        self.service = service
+
+    @property
+    def operations(self) -> frozenset[str]:
+        return self.service.operations
+
+    def execute(
+        self, principal: Principal, operation: str, params: dict, context: RequestContext | None = None
+    ) -> Outcome:
+        """Decide, run and audit one request. Raises the request's FacegateError (marked ``audited``), or
+        AccessDeniedException for a denial, or AuditUnavailable when the audit log cannot be written."""
+        context = context or RequestContext()
+        facts = {"request_id": context.request_id, "image_sha256": context.image_sha256 or _digests(params)}
+        outcome = self._decide(principal, operation, params, context, facts)
+        intent = self._intent(outcome, principal, operation, facts) if operation in MUTATIONS else None
+        try:
+            result = self.service.call(principal.owner, operation, outcome.params)
+        except Exception as raised:
+            raise self._failed(raised, outcome, principal, operation, context, facts, intent) from None
+        facts.update(Governance.summarise_result(operation, result))
+        entry = self.governance.record_request(
+            outcome,
+            principal,
+            operation,
+            decision="allow",
+            latency_ms=_ms(context.started),
+            model_version=result.get("FaceModelVersion"),
+            intent_seq=intent,
+            **facts,
+        )
+        return Outcome(result, outcome, context.request_id, entry["seq"])
+
+    def index_many(
+        self, principal: Principal, requests: list[dict], contexts: list[RequestContext] | None = None
+    ) -> list[Outcome | FacegateError]:
+        """IndexFaces for several images (bulk indexing), each gated and audited as ``execute`` would, with one
+        network run over the allowed images' faces and one audit transaction for the intents and one for the
+        outcomes. Each result is that image's Outcome, or the (audited) error that stopped it alone."""
+        contexts = contexts or [RequestContext() for _ in requests]
+        results: list[Outcome | FacegateError | None] = [None] * len(requests)
+        allowed: list[tuple[int, GateOutcome, dict]] = []
+        for i, (params, context) in enumerate(zip(requests, contexts, strict=True)):
+            facts = {"request_id": context.request_id, "image_sha256": context.image_sha256 or _digests(params)}
+            try:
+                allowed.append((i, self._decide(principal, "IndexFaces", params, context, facts), facts))
+            except FacegateError as exc:
+                results[i] = exc
+        intents = self.governance.record_requests(
+            [(outcome, principal, "IndexFaces", {"event": "intent", **facts}) for _, outcome, facts in allowed]
+        )
+        done = self.service.index_many(principal.owner, [outcome.params for _, outcome, _ in allowed])
+        records, slots = [], []
+        for (i, outcome, facts), intent, result in zip(allowed, intents, done, strict=True):
+            if isinstance(result, FacegateError):
+                result.audited = True
+                results[i] = result
+                records.append(
+                    (outcome, principal, "IndexFaces", _error_facts(result, contexts[i], facts, intent["seq"]))
+                )
+                slots.append(None)
+                continue
+            response, repeated = result
+            summary = {**facts, **Governance.summarise_result("IndexFaces", response)}
+            summary.update(decision="allow", latency_ms=_ms(contexts[i].started), intent_seq=intent["seq"])
+            summary.update(model_version=response.get("FaceModelVersion"), repeated=repeated or None)
+            records.append((outcome, principal, "IndexFaces", summary))
+            slots.append((i, outcome, response, repeated))
+        for slot, entry in zip(slots, self.governance.record_requests(records), strict=True):
+            if slot is not None:
+                i, outcome, response, repeated = slot
+                results[i] = Outcome(response, outcome, contexts[i].request_id, entry["seq"], repeated)
+        return results  # type: ignore[return-value]
+
+    def purge_expired(self, *, dry_run: bool = False) -> list[dict]:
+        """Delete every face past its collection's retention, each collection's as one governed PurgeFaces run
+        by the retention operator (faces associated with a user too: the law asks for it); each face's
+        deletion is also an audit event. Returns what was (or, with ``dry_run``, would be) deleted."""
+        report = []
+        for due in self.governance.expired():
+            deleted = due.face_ids
+            if deleted and not dry_run:
+                operator = Principal.operator(due.organisation, actor=RETENTION_ACTOR)
+                params = {"CollectionId": due.collection, "FaceIds": due.face_ids, "Reason": f"retention: {due.reason}"}
+                deleted = self.execute(operator, "PurgeFaces", params).result["DeletedFaces"]
+                for face_id in deleted:
+                    self.governance.record_event(
+                        "deletion",
+                        RETENTION_ACTOR,
+                        organisation=due.organisation,
+                        collection=due.collection,
+                        face_id=face_id,
+                        reason=f"retention: {due.reason}",
+                        basis=due.rule.get("basis", "collection rule"),
+                    )
+            report.append(
+                {
+                    "organisation": due.organisation,
+                    "collection": due.collection,
+                    "rule": due.rule,
+                    "reason": due.reason,
+                    "deleted": deleted,
+                    "dry_run": dry_run,
+                }
+            )
+        return report
+
+    def _decide(
+        self, principal: Principal, operation: str, params: dict, context: RequestContext, facts: dict
+    ) -> GateOutcome:
+        """The gate's decision; a denial (or a gate that fails) is audited and raised."""
+        try:
+            outcome = self.governance.gate(
+                principal,
+                operation,
+                params,
+                case_reference=context.case_reference,
+                consent_reference=context.consent_reference,
+            )
+        except Exception as raised:
+            raise self._failed(raised, None, principal, operation, context, facts, None) from None
+        if not outcome.decision.allowed:
+            self.governance.record_request(
+                outcome,
+                principal,
+                operation,
+                decision="deny",
+                reason=outcome.decision.reason,
+                latency_ms=_ms(context.started),
+                **facts,
+            )
+            raise AccessDeniedException(
+                f"Denied by policy {', '.join(outcome.decision.policies) or '(none)'}: {outcome.decision.reason}.",
+                audited=True,
+            )
+        return outcome
+
+    def _intent(self, outcome: GateOutcome, principal: Principal, operation: str, facts: dict) -> int:
+        entry = self.governance.record_request(outcome, principal, operation, event="intent", **facts)
+        return entry["seq"]
+
+    def _failed(
+        self,
+        raised: Exception,
+        outcome: GateOutcome | None,
+        principal: Principal,
+        operation: str,
+        context: RequestContext,
+        facts: dict,
+        intent: int | None,
+    ) -> FacegateError:
+        """Audit a failed request; returns the error to raise (an unexpected one as InternalServerError)."""
+        if isinstance(raised, FacegateError):
+            error = raised
+        else:
+            log.error("%s failed", operation, exc_info=raised)
+            error = InternalServerError("facegate failed to process the request; it has been logged.")
+        self.governance.record_request(outcome, principal, operation, **_error_facts(error, context, facts, intent))
+        error.audited = True
+        return error
+
+
+def _error_facts(error: FacegateError, context: RequestContext, facts: dict, intent: int | None) -> dict:
+    return {
+        **facts,
+        "decision": "error",
+        "error_code": error.code,
+        "reason": error.message[:500],
+        "latency_ms": _ms(context.started),
+        "intent_seq": intent,
+    }
+
+
+def _digests(params: dict) -> list[str] | None:
+    """SHA-256 of each image in decoded params (the audit keeps these, never the image)."""
+    images = [
+        params[m]["Bytes"]
+        for m in ("Image", "SourceImage", "TargetImage")
+        if isinstance(params.get(m), dict) and isinstance(params[m].get("Bytes"), bytes | bytearray)
+    ]
+    return [hashlib.sha256(b).hexdigest() for b in images] or None
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
