@@ -32,6 +32,7 @@ from facegate.errors import (
 )
 from facegate.quality import filter_reasons
 from facegate.store import Collection, Store, StoredFace
+from facegate.store.search import FaceSearch, distances
 from facegate.validation import validate_request
 
 DEFAULT_THRESHOLD = 80.0  # FaceMatchThreshold, SimilarityThreshold, UserMatchThreshold
@@ -61,6 +62,7 @@ class FaceService:
 
     def __init__(self, store: Store, engine: FaceEngine, region: str = REGION) -> None:
         self.store = store
+        self.search = FaceSearch(store)
         self.engine = engine
         self.region = region
         self._operations: dict[str, Callable[[str, dict], Response]] = {
@@ -335,10 +337,7 @@ class FaceService:
         targets = [f for f in target.faces if not filter_reasons(f, level)]
         matches, unmatched = [], []
         if targets:
-            distances = np.linalg.norm(
-                np.stack([f.embedding for f in targets]) - source_face.embedding[None, :], axis=1
-            )
-            similarities = self.engine.similarity.similarity(distances)
+            similarities = self._similarities(np.stack([f.embedding for f in targets]), source_face.embedding)
             for face, similarity in zip(targets, similarities, strict=True):
                 if similarity >= threshold:
                     matches.append({"Similarity": float(similarity), "Face": compared_face(face, target)})
@@ -361,54 +360,16 @@ class FaceService:
     def _search(
         self, collection: Collection, probe: np.ndarray, threshold: float, limit: int, exclude: str | None = None
     ) -> list[dict]:
-        # Enough candidates for ``limit`` hits after the probe itself and faces deleted since the index caught up.
-        candidates = self.store.nearest_faces(collection, probe, 2 * limit + 16)
-        if candidates is not None:
-            return self._reranked(candidates, probe, threshold, limit, exclude)
-        gallery = self.store.gallery(collection)
-        if not gallery.face_ids:
-            return []
-        # Exact: one matrix product, then only the rows within the threshold's distance are ranked.
-        probe = np.asarray(probe, dtype=np.float32)
-        squared = gallery.squared_norms - 2.0 * (gallery.embeddings @ probe) + float(probe @ probe)
-        if threshold > 0:
-            within = self.engine.similarity.max_distance(threshold) ** 2 + 1e-6
-            rows = np.nonzero(squared <= within)[0]
-        else:
-            rows = np.arange(len(squared))
-        wanted = limit + 1  # one more, in case the probe itself is among them
-        if len(rows) > wanted:
-            rows = rows[np.argpartition(squared[rows], wanted - 1)[:wanted]]
-        rows = rows[np.argsort(squared[rows], kind="stable")]
-        similarities = self.engine.similarity.similarity(np.sqrt(np.maximum(squared[rows], 0.0)))
-        hits = [
-            (row, float(sim))
-            for row, sim in zip(rows.tolist(), np.atleast_1d(similarities).tolist(), strict=True)
-            if sim >= threshold and gallery.face_ids[row] != exclude
-        ][:limit]
-        faces = {f.face_id: f for f in self.store.get_faces(collection, [gallery.face_ids[row] for row, _ in hits])}
-        return [
-            {"Similarity": sim, "Face": _face_json(faces[gallery.face_ids[row]])}
-            for row, sim in hits
-            if gallery.face_ids[row] in faces  # deleted since the gallery was read
-        ]
+        found = self.search.nearest(collection, probe, self._max_distance(threshold), limit, exclude_face=exclude)
+        scored = [(float(self.engine.similarity.similarity(n.distance)), n.face) for n in found]
+        return [{"Similarity": s, "Face": _face_json(f)} for s, f in scored if s >= threshold]
 
-    def _reranked(
-        self, candidates: list[StoredFace], probe: np.ndarray, threshold: float, limit: int, exclude: str | None
-    ) -> list[dict]:
-        """Approximate candidates ranked by their exact similarity, recomputed from the stored embeddings."""
-        faces = [f for f in candidates if f.face_id != exclude]
-        if not faces:
-            return []
-        similarities = self._similarities(np.stack([f.embedding for f in faces]), probe)
-        ranked = sorted(zip(similarities.tolist(), faces, strict=True), key=lambda pair: -pair[0])
-        return [{"Similarity": s, "Face": _face_json(f)} for s, f in ranked if s >= threshold][:limit]
+    def _max_distance(self, threshold: float) -> float:
+        """The distance a threshold allows (with rounding slack; similarities are checked after)."""
+        return self.engine.similarity.max_distance(threshold) + 1e-6 if threshold > 0 else float("inf")
 
     def _similarities(self, embeddings: np.ndarray, probe: np.ndarray) -> np.ndarray:
-        """Similarity of every gallery row to the probe: one matrix product, exact."""
-        probe = np.asarray(probe, dtype=np.float32)
-        squared = np.einsum("ij,ij->i", embeddings, embeddings) - 2.0 * (embeddings @ probe) + float(probe @ probe)
-        return self.engine.similarity.similarity(np.sqrt(np.maximum(squared, 0.0)))
+        return self.engine.similarity.similarity(distances(embeddings, probe))
 
     # Users
 
@@ -590,28 +551,11 @@ class FaceService:
         exclude_user: str | None = None,
     ) -> list[dict]:
         """A user's similarity is the best similarity between any probe and any of the user's faces."""
-        gallery = self.store.gallery(collection)
-        best: dict[str, tuple[float, str]] = {}  # user → (similarity, the face that gave it)
-        if gallery.face_ids and probes:
-            rows = [i for i, u in enumerate(gallery.user_ids) if u is not None and u != exclude_user]
-            if rows:
-                sub = gallery.embeddings[rows]
-                scores = np.max(np.stack([self._similarities(sub, probe) for probe in probes]), axis=0)
-                for row, score in zip(rows, scores, strict=True):
-                    user = gallery.user_ids[row]
-                    if float(score) > best.get(user, (-1.0, ""))[0]:
-                        best[user] = (float(score), gallery.face_ids[row])
-        ranked = sorted(((s, u, f) for u, (s, f) in best.items() if s >= threshold), reverse=True)
-        # Nothing leaves without the store's word that the face is this collection's and still the user's.
-        confirmed: list[tuple[float, str]] = []
-        for start in range(0, len(ranked), 500):
-            if len(confirmed) >= limit:
-                break
-            chunk = ranked[start : start + 500]
-            current = {f.face_id: f.user_id for f in self.store.get_faces(collection, [f for _, _, f in chunk])}
-            confirmed += [(s, u) for s, u, f in chunk if current.get(f) == u]
-        confirmed = confirmed[:limit]
-        return [{"Similarity": s, "User": {"UserId": u, "UserStatus": "ACTIVE"}} for s, u in confirmed]
+        found = self.search.nearest_users(
+            collection, probes, self._max_distance(threshold), limit, exclude_user=exclude_user
+        )
+        scored = [(float(self.engine.similarity.similarity(n.distance)), n.user_id) for n in found]
+        return [{"Similarity": s, "User": {"UserId": u, "UserStatus": "ACTIVE"}} for s, u in scored if s >= threshold]
 
     # Tags
 

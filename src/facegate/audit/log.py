@@ -29,15 +29,22 @@ Export (JSON Lines, UTF-8), what an outside auditor verifies with only the file 
 What it proves: nobody without the signing key can alter, remove, insert or reorder entries covered by a
 checkpoint without verification failing; whoever keeps an earlier checkpoint can also catch a rewrite by the
 key holder (consistency proofs).
+
+Query columns: each row also keeps copies of the record's ``time``, ``event``, ``organisation``, ``purpose``
+and ``decision`` (and its ``seq`` and ``leaf_hash``) for SQL readers and proofs. They are not signed, so
+nothing trusts them alone: :meth:`AuditLog.verify` checks every one against the signed record bytes, and
+:meth:`AuditLog.entries` filters on the parsed record, using the ``time`` index only to narrow the scan.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import secrets
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -56,6 +63,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from facegate.audit import merkle
 from facegate.audit.canonical import GENESIS_PREV, canonical_json, checkpoint_message, key_id
+from facegate.audit.verify import VerificationReport, verify_export
 from facegate.errors import FacegateError
 
 DB_NAME = "audit.sqlite3"
@@ -98,8 +106,10 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-# Top-level record fields copied into indexed columns, so filtering does not parse every record.
+# Top-level record fields copied into columns of their own (string values only), for readers of the database.
+# They are unsigned copies: verify() checks them and entries() filters on the record itself.
 _FILTER_COLUMNS = ("event", "organisation", "purpose", "decision")
+_QUERY_COLUMNS = ("time", *_FILTER_COLUMNS)
 _PAGE = 500
 
 
@@ -256,13 +266,10 @@ class AuditLog:
                     entry["prev"] = last_leaf.hex() if last_leaf else GENESIS_PREV
                     data = canonical_json(entry)
                     leaf = merkle.leaf_hash(data)
-                    columns = [
-                        entry.get(name) if isinstance(entry.get(name), str) else None for name in _FILTER_COLUMNS
-                    ]
                     db.execute(
                         "INSERT INTO entries (seq, record, leaf_hash, time, event, organisation, purpose, decision) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (frontier.size, data, leaf, float(entry["time"]), *columns),
+                        (frontier.size, data, leaf, *_query_columns(entry)),
                     )
                     frontier.append(leaf)
                     last_leaf = leaf
@@ -271,7 +278,7 @@ class AuditLog:
                     "UPDATE tree SET size = ?, frontier = ?, last_leaf = ? WHERE id = 0",
                     (frontier.size, frontier.to_bytes(), last_leaf),
                 )
-        except (sqlite3.Error, OSError, ValueError, TypeError) as exc:
+        except Exception as exc:  # every failure must reach the waiting callers, or they would wait forever
             error = exc if isinstance(exc, ValueError | TypeError) else _unavailable(self.path, exc)
             for pending in batch:
                 pending.error = error
@@ -328,38 +335,77 @@ class AuditLog:
         limit: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """The entries, in ``seq`` order, whose top-level fields equal the given values and whose ``time`` is in
-        ``[since, until)`` (epoch seconds); at most ``limit`` of them."""
+        ``[since, until)`` (epoch seconds); at most ``limit`` of them.
+
+        The filters apply to the signed record, not to the query columns: an intruder who edits a row's
+        ``decision`` column cannot hide a denial from ``decision="deny"``. So every record in the time range is
+        parsed; the ``time`` index only narrows that range (and a ``time`` column edited to move a row out of
+        it is what :meth:`verify` reports)."""
+        wanted = {
+            name: value
+            for name, value in zip(_FILTER_COLUMNS, (event, organisation, purpose, decision), strict=True)
+            if value is not None
+        }
         where, params = [], []
-        for column, value in zip(_FILTER_COLUMNS, (event, organisation, purpose, decision), strict=True):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
         if since is not None:
             where.append("time >= ?")
             params.append(since)
         if until is not None:
             where.append("time < ?")
             params.append(until)
-        for _, record in self._records(where, params, limit):
-            yield json.loads(record)
+        if limit is not None and limit <= 0:
+            return
+        found = 0
+        for _, record in self._records(where, params):
+            entry = json.loads(record)
+            if not _in_time_range(entry.get("time"), since, until):
+                continue
+            if any(entry.get(name) != value for name, value in wanted.items()):
+                continue
+            yield entry
+            found += 1
+            if found == limit:
+                return
 
-    def _records(self, where: list[str], params: list[Any], limit: int | None) -> Iterator[tuple[int, str]]:
-        """(seq, canonical JSON text) in seq order, a page at a time so no read stays open between pages."""
+    def verify(self, public_key_pem: bytes | None = None) -> VerificationReport:
+        """Verify the live log: everything :func:`verify_export` checks on a fresh export (signed against
+        ``public_key_pem``, default this log's own public key), plus every row's query columns, ``seq`` and
+        ``leaf_hash`` against its signed record, since queries and proofs read those and no signature covers
+        them. Signs a checkpoint, as :meth:`export` does."""
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as exported:
+            self.export(exported)
+            exported.seek(0)
+            report = verify_export(exported, self.public_key_pem if public_key_pem is None else public_key_pem)
+        report.problems += self.column_problems()
+        report.ok = not report.problems
+        return report
+
+    def column_problems(self) -> list[str]:
+        """Each row whose unsigned copies disagree with its signed record, named by entry and column."""
+        problems: list[str] = []
+        for seq, data, leaf, *columns in self._rows(f"seq, record, leaf_hash, {', '.join(_QUERY_COLUMNS)}", [], []):
+            problems += _row_problems(seq, data, leaf, columns)
+        return problems
+
+    def _records(self, where: list[str], params: list[Any]) -> Iterator[tuple[int, str]]:
+        """(seq, canonical JSON text) in seq order."""
+        for seq, record in self._rows("seq, record", where, params):
+            yield seq, record.decode() if isinstance(record, bytes) else record
+
+    def _rows(self, columns: str, where: list[str], params: list[Any]) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``entries`` (``columns`` starts with ``seq``) in seq order, a page at a time so no read stays
+        open between pages."""
         condition = "".join(f" AND {clause}" for clause in where)
-        after, remaining = -1, limit
-        while remaining is None or remaining > 0:
-            page = _PAGE if remaining is None else min(_PAGE, remaining)
+        after = -1
+        while True:
             rows = self._db.execute(
-                f"SELECT seq, record FROM entries WHERE seq > ?{condition} ORDER BY seq LIMIT ?",
-                (after, *params, page),
+                f"SELECT {columns} FROM entries WHERE seq > ?{condition} ORDER BY seq LIMIT ?",
+                (after, *params, _PAGE),
             ).fetchall()
-            for seq, record in rows:
-                yield seq, record.decode() if isinstance(record, bytes) else record
-            if len(rows) < page:
+            yield from rows
+            if len(rows) < _PAGE:
                 return
             after = rows[-1][0]
-            if remaining is not None:
-                remaining -= len(rows)
 
     def _leaves(self, size: int) -> list[bytes]:
         rows = self._db.execute("SELECT leaf_hash FROM entries WHERE seq < ? ORDER BY seq", (size,)).fetchall()
@@ -408,7 +454,7 @@ class AuditLog:
         it; entries appended meanwhile wait for the next export. Returns the number of entries written."""
         checkpoint_id, head = self._checkpoint()
         count = 0
-        for _, record in self._records(["seq < ?"], [head["size"]], None):
+        for _, record in self._records(["seq < ?"], [head["size"]]):
             out.write('{"kind":"entry","entry":' + record + "}\n")
             count += 1
         for checkpoint in self._checkpoints(checkpoint_id):
@@ -473,14 +519,56 @@ def _publish_public_key(data_dir: Path, key: Ed25519PrivateKey) -> None:
     os.replace(tmp, path)
 
 
+def _query_columns(entry: dict[str, Any]) -> tuple[Any, ...]:
+    """The values of the ``time``, ``event``, ``organisation``, ``purpose`` and ``decision`` columns."""
+    return (float(entry["time"]), *(entry.get(n) if isinstance(entry.get(n), str) else None for n in _FILTER_COLUMNS))
+
+
+def _in_time_range(when: Any, since: float | None, until: float | None) -> bool:
+    if not _is_epoch(when):
+        return False
+    return (since is None or when >= since) and (until is None or when < until)
+
+
+def _row_problems(seq: int, data: bytes | str, leaf: bytes, columns: list[Any]) -> list[str]:
+    """What is wrong with one row's unsigned copies of its signed record ``data``."""
+    try:
+        entry = json.loads(data)
+        expected = _query_columns(entry)
+        expected_leaf = merkle.leaf_hash(canonical_json(entry))
+    except (ValueError, TypeError, KeyError, OverflowError):
+        return [f"entry {seq}: the stored record is not an audit entry (JSON with a numeric time)"]
+    problems = []
+    if entry.get("seq") != seq:
+        problems.append(f"entry {seq}: the seq column says {seq} but the signed record says {entry.get('seq')!r}")
+    if leaf != expected_leaf:
+        problems.append(f"entry {seq}: the leaf_hash column is not the hash of the signed record (proofs read it)")
+    for name, stored, signed in zip(_QUERY_COLUMNS, columns, expected, strict=True):
+        if stored != signed or type(stored) is not type(signed):
+            problems.append(
+                f"entry {seq}: the {name} column says {stored!r} but the signed record says {signed!r} "
+                "(queries read the column)"
+            )
+    return problems
+
+
 def _checked(record: dict[str, Any]) -> dict[str, Any]:
     entry = dict(record)
     for reserved in ("seq", "prev"):
         if reserved in entry:
             raise ValueError(f"the record sets {reserved!r}; the audit log assigns it")
-    if "time" in entry and (isinstance(entry["time"], bool) or not isinstance(entry["time"], int | float)):
-        raise ValueError(f"the record's time {entry['time']!r} is not epoch seconds (a number)")
+    if "time" in entry and not _is_epoch(entry["time"]):
+        raise ValueError(f"the record's time {entry['time']!r} is not epoch seconds (a finite number)")
     return entry
+
+
+def _is_epoch(when: Any) -> bool:
+    if isinstance(when, bool) or not isinstance(when, int | float):
+        return False
+    try:
+        return math.isfinite(when)  # also stored in a REAL column: an int past a double's range is refused
+    except OverflowError:
+        return False
 
 
 def _fsync_dir(path: Path) -> None:

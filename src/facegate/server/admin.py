@@ -8,6 +8,7 @@ Separate credentials from the Rekognition endpoint: requests are SigV4-signed (s
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import asdict
 
 from starlette.requests import Request
@@ -28,6 +29,7 @@ log = logging.getLogger("facegate.server")
 def admin_routes(governance: Governance, keys: KeyRing, read_body, regions: tuple[str, ...]) -> list[Route]:
     async def call(request: Request, action) -> Response:
         principal = None
+        request_id = str(uuid.uuid4())
         try:
             body = await read_body(request)
             principal = sigv4.verify(
@@ -44,14 +46,26 @@ def admin_routes(governance: Governance, keys: KeyRing, read_body, regions: tupl
                 raise AccessDeniedException("The admin API needs an administrator key.")
             payload = parse_json(body)
             actor = f"admin:{principal.access_key_id}"
-            return aws_json(action(request, payload, actor))
+            response = aws_json(action(request, payload, actor))
         except Exception as raised:
             exc = raised if isinstance(raised, FacegateError) else InternalServerError("The admin request failed.")
             if not isinstance(raised, FacegateError):
                 log.exception("admin %s failed", request.url.path[:200])
             if principal is None:
                 governance.tally_unauthenticated(request.client.host if request.client else "unknown", exc.code)
-            return error_response(exc, exc.status if exc.status != 400 else _status(exc))
+            else:
+                governance.record_request(
+                    None,
+                    principal,
+                    f"admin {request.method} {request.url.path[:200]}",
+                    decision="error",
+                    error_code=exc.code,
+                    reason=exc.message[:500],
+                    request_id=request_id,
+                )
+            response = error_response(exc, exc.status if exc.status != 400 else _status(exc))
+        response.headers["x-amzn-RequestId"] = request_id
+        return response
 
     def route(path: str, action, methods=("POST",)) -> Route:
         async def endpoint(request: Request) -> Response:

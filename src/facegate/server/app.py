@@ -21,7 +21,7 @@ import anyio
 import anyio.to_thread
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -41,6 +41,7 @@ from facegate.governance import GateOutcome
 from facegate.governed import RequestContext
 from facegate.server import sigv4
 from facegate.server.admin import admin_routes
+from facegate.server.protocol import GuardedH11Protocol
 from facegate.server.wire import aws_json, error_response, parse_json
 from facegate.server.workers import OperationRunner, prepare_search_indexes_in_background
 
@@ -186,22 +187,28 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    def refused(request: Request, error: FacegateError, status: int) -> Response:
+        """A request no route serves: AWS-shaped, counted with the other unauthenticated ones."""
+        governance.tally_unauthenticated(_source(request), error.code)
+        response = error_response(error, status)
+        response.headers["x-amzn-RequestId"] = str(uuid.uuid4())
+        metrics.errors.labels(error.code).inc()
+        return response
+
     async def not_found(request: Request) -> Response:
         path = request.url.path[:200]
-        if request.method == "HEAD":
-            return Response(status_code=404, headers={"x-amzn-ErrorType": "UnknownOperationException"})
-        return error_response(UnknownOperationException(f"No such endpoint: {request.method} {path}"), 404)
+        return refused(request, UnknownOperationException(f"No such endpoint: {request.method} {path}"), 404)
 
     async def not_allowed(request: Request) -> Response:
-        return error_response(
-            UnknownOperationException(f"{request.method} is not supported on /: send POST with X-Amz-Target."), 405
-        )
+        message = f"{request.method} is not supported on /: send POST with X-Amz-Target."
+        return refused(request, UnknownOperationException(message), 405)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         runner.warm_up()
         prepare_search_indexes_in_background(service)
         flusher = governance.start_tally_flusher()
+        GuardedH11Protocol.on_refusal = governance.tally_unauthenticated
         try:
             yield
         finally:
@@ -246,6 +253,10 @@ async def _read_body(request: Request) -> bytes:
                 chunk = await stream.__anext__()
             except StopAsyncIteration:
                 return b"".join(chunks)
+            except ClientDisconnect:
+                raise RequestTimeoutException(
+                    f"The client closed the connection after {size:,} bytes of the request body."
+                ) from None
         if chunk is None:
             raise RequestTimeoutException(
                 f"The request body did not arrive in time ({size:,} bytes received"

@@ -10,6 +10,8 @@ an AWS-shaped ThrottlingException at once. The body's deadline is the applicatio
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import ClassVar
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -21,7 +23,9 @@ MAX_AWAITING_HEADERS = 256
 class GuardedH11Protocol(H11Protocol):
     """h11 with a deadline for request headers and a bound on connections still sending them."""
 
-    awaiting: set[GuardedH11Protocol] = set()
+    awaiting: ClassVar[set[GuardedH11Protocol]] = set()
+    # Set by the application: counts each refusal made here (source, error code) with the unauthenticated ones.
+    on_refusal: ClassVar[Callable[[str, str], None] | None] = None
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -76,6 +80,8 @@ class GuardedH11Protocol(H11Protocol):
     def _refuse(self, status: int, reason: bytes, code: str, message: str) -> None:
         """Answer before (or instead of) reading a request, then close the connection."""
         self._disarm()
+        if self.on_refusal is not None:
+            self.on_refusal(self.client[0] if self.client else "unknown", code)
         body = json.dumps({"__type": code, "Message": message}).encode()
         head = (
             b"HTTP/1.1 %d %s\r\ncontent-type: application/x-amz-json-1.1\r\nx-amzn-errortype: %s\r\n"

@@ -43,11 +43,11 @@ def _start_worker(model_cache: str, detector: str, runtime: str, threads: int, s
 def _in_worker(method: str, args: tuple, kwargs: dict) -> tuple[str, Any]:
     try:
         return "ok", getattr(_worker_engine, method)(*args, **kwargs)
-    except FacegateError as exc:  # sent back as plain values: the exception classes need not pickle
-        return "error", (exc.code, exc.status, exc.message)
+    except FacegateError as exc:  # facegate's errors pickle with their class
+        return "error", exc
     except Exception:
         log.exception("%s failed in a worker", method)
-        return "error", ("InternalServerError", 500, "facegate failed to process the request; it has been logged.")
+        return "error", InternalServerError("facegate failed to process the request; it has been logged.")
 
 
 def _ready() -> int:
@@ -94,7 +94,7 @@ class PooledEngine:
             raise InternalServerError("facegate's face worker stopped while processing the request; retry.") from None
         if status == "ok":
             return result
-        raise _rebuild(*result)
+        raise result
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -171,11 +171,3 @@ def prepare_search_indexes_in_background(service: FaceService) -> threading.Thre
     thread = threading.Thread(target=prepare, name="facegate-search-indexes", daemon=True)
     thread.start()
     return thread
-
-
-def _rebuild(code: str, status: int, message: str) -> FacegateError:
-    if code == "InternalServerError":
-        return InternalServerError(message)
-    error = FacegateError(message)
-    error.code, error.status = code, status
-    return error
