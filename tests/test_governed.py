@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -195,3 +196,87 @@ def test_the_scan_would_catch_a_direct_call():
         "    return _searcher.call(DEFAULT_OWNER, 'SearchFacesByImage', params)\n"
     )
     assert len(_direct_calls(before, "cli.py")) == 2
+
+
+# Changes and their audit records cannot diverge.
+
+
+@pytest.fixture
+def governed(tmp_path, engine):
+    from facegate.audit import AuditLog
+    from facegate.governance import Governance
+    from facegate.governed import GovernedService
+    from facegate.keys import KeyRing
+    from facegate.service import FaceService
+    from facegate.store.sqlite import SqliteStore
+
+    home = tmp_path / "data"
+    store = SqliteStore(home)
+    audit = AuditLog(home, timeout=0.5)
+    governed = GovernedService(Governance(store, KeyRing(store, home), audit), FaceService(store, engine))
+    yield governed
+    audit.close()
+    store.close()
+
+
+def _records(governed) -> list[dict]:
+    return list(governed.governance.audit.entries())
+
+
+def test_a_change_whose_intent_cannot_be_audited_is_refused_before_it_happens(governed):
+    from facegate.audit import AuditUnavailable
+    from facegate.keys import Principal
+
+    operator = Principal.operator("org-a")
+    blocker = sqlite3.connect(governed.governance.audit.path, isolation_level=None, timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the log
+    try:
+        with pytest.raises(AuditUnavailable):
+            governed.execute(operator, "CreateCollection", {"CollectionId": "never"})
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert governed.service.store.get_collection("org-a", "never") is None
+    assert [r for r in _records(governed) if r.get("operation") == "CreateCollection"] == []
+
+
+def test_a_change_whose_outcome_cannot_be_audited_is_named_by_its_intent(governed, tmp_path):
+    from facegate.audit import AuditUnavailable
+    from facegate.audit.verify import verify_export
+    from facegate.keys import Principal
+
+    operator = Principal.operator("org-a")
+    audit = governed.governance.audit
+    real_append = audit.append
+
+    def refuse_outcomes(record):
+        if record.get("event") == "request":
+            raise AuditUnavailable("the disk is full")
+        return real_append(record)
+
+    with mock.patch.object(audit, "append", side_effect=refuse_outcomes), pytest.raises(AuditUnavailable):
+        governed.execute(operator, "CreateCollection", {"CollectionId": "made"})
+    assert governed.service.store.get_collection("org-a", "made") is not None  # the change happened...
+    (intent,) = [r for r in _records(governed) if r.get("event") == "intent"]
+    assert intent["operation"] == "CreateCollection" and intent["collection"] == "made"  # ...and is on record
+    export = tmp_path / "export.jsonl"
+    with export.open("w") as fh:
+        audit.export(fh)
+    with export.open() as lines:
+        report = verify_export(lines, audit.public_key_pem)
+    assert report.ok and report.unfinished == [intent["seq"]]
+
+
+def test_a_change_that_fails_closes_its_intent_with_the_error(governed):
+    from facegate.errors import ResourceAlreadyExistsException
+    from facegate.keys import Principal
+
+    operator = Principal.operator("org-a")
+    governed.execute(operator, "CreateCollection", {"CollectionId": "twice"})
+    with pytest.raises(ResourceAlreadyExistsException) as raised:
+        governed.execute(operator, "CreateCollection", {"CollectionId": "twice"})
+    assert raised.value.audited
+    records = _records(governed)
+    intents = [r["seq"] for r in records if r.get("event") == "intent"]
+    outcomes = [(r["decision"], r.get("intent_seq")) for r in records if r.get("event") == "request"]
+    assert outcomes == [("allow", intents[0]), ("error", intents[1])]

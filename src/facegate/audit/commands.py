@@ -79,6 +79,15 @@ def verify(
             audit = _open(data)
             report = audit.verify(key_path.read_bytes())
     _print_report(report, str(log) if log else str(data / DB_NAME))
+    if report.unfinished:
+        shown = ", ".join(map(str, report.unfinished[:20])) + (" ..." if len(report.unfinished) > 20 else "")
+        out.print(
+            f"{_count(len(report.unfinished), 'change')} announced without an outcome (intent entries {shown}): "
+            "the change may have happened unaudited, or was in flight; check the store",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     if not report.ok:
         raise typer.Exit(1)
 

@@ -4,6 +4,11 @@ Checks, naming what is wrong and where: each entry's leaf hash is recomputed fro
 runs 0, 1, 2, ... with no gap, repeat or reordering; each entry's ``prev`` is the previous entry's leaf hash;
 each checkpoint is signed by the given key and its root is the Merkle root of that many entries; and the
 newest valid checkpoint covers every entry. The export format is described in :mod:`facegate.audit.log`.
+
+It also lists the changes announced and never closed: an ``intent`` entry (written before a change) that no
+later ``request`` entry names in its ``intent_seq``. That is not tampering, so the log can still be intact: it
+marks a change whose outcome was never recorded (the process stopped, or the log refused the outcome), or one
+still in flight while the log was exported.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class VerificationReport:
     size: int | None = None  # of the newest checkpoint with a valid signature
     root: str | None = None
     key_id: str | None = None
+    unfinished: list[int] = field(default_factory=list)  # seq of each intent no outcome names
 
 
 @dataclass
@@ -61,6 +67,8 @@ def verify_export(lines: Iterable[str], public_key_pem: bytes) -> VerificationRe
     problems: list[str] = []
     entries: list[_Entry] = []
     checkpoints: list[tuple[int, dict[str, Any]]] = []
+    intents: set[int] = set()
+    closed: set[int] = set()
 
     for number, text in enumerate(lines, 1):
         if not text.strip():
@@ -83,6 +91,10 @@ def verify_export(lines: Iterable[str], public_key_pem: bytes) -> VerificationRe
                 problems.append(f"line {number}: the entry has no valid seq ({seq!r})")
                 seq = None
             entries.append(_Entry(number, leaf, seq, entry.get("prev")))
+            if entry.get("event") == "intent" and seq is not None:
+                intents.add(seq)
+            elif entry.get("event") == "request" and isinstance(entry.get("intent_seq"), int):
+                closed.add(entry["intent_seq"])
         elif kind == "checkpoint":
             checkpoints.append((number, item))
         else:
@@ -104,6 +116,7 @@ def verify_export(lines: Iterable[str], public_key_pem: bytes) -> VerificationRe
         size=newest["size"] if newest else None,
         root=newest["root"] if newest else None,
         key_id=expected_key_id,
+        unfinished=sorted(intents - closed),
     )
 
 
