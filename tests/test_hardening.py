@@ -71,19 +71,6 @@ def test_a_deleted_collections_users_never_reach_the_collection_created_after_it
     server.store.close()
 
 
-def test_collection_keys_are_never_reused(tmp_path):
-    store = SqliteStore(tmp_path / "data")
-    first = store.create_collection("org-a", "one", "m", {})
-    store.delete_collection(first)
-    second = store.create_collection("org-b", "two", "m", {})
-    assert second.pk > first.pk
-    store.close()
-    reopened = SqliteStore(tmp_path / "data")  # the high-water mark survives a restart
-    reopened.delete_collection(second)
-    assert reopened.create_collection("org-c", "three", "m", {}).pk > second.pk
-    reopened.close()
-
-
 # A server for the wire-level items (2–8 are about what one HTTP request can do).
 
 

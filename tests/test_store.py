@@ -1,4 +1,5 @@
-"""The embedded store: durability under kill -9, schema versioning, galleries derived from SQLite."""
+"""What is particular to the SQLite store: durability under kill -9, schema versioning, WAL. What every store must
+do is in test_store_contract.py."""
 
 from __future__ import annotations
 
@@ -10,9 +11,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
-
-from facegate.store import StoredFace
 from facegate.store.sqlite import MIGRATIONS, SqliteStore
 
 from .conftest import OWNER
@@ -73,21 +71,3 @@ def test_wal_mode(tmp_path):
     store = SqliteStore(tmp_path)
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.close()
-
-
-def _face(face_id: str, vector: np.ndarray) -> StoredFace:
-    return StoredFace(face_id, "img", None, (0.5, 0.5, 0.1, 0.1), 99.0, f"hash-{face_id}", "m", 0.0, embedding=vector)
-
-
-def test_gallery_follows_writes_from_another_process_connection(tmp_path):
-    writer, reader = SqliteStore(tmp_path), SqliteStore(tmp_path)
-    collection = writer.create_collection(OWNER, "g", "m", {})
-    writer.add_faces(collection, [_face("a", np.ones(128, np.float32))])
-    assert reader.gallery(collection).face_ids == ["a"]
-    writer.add_faces(collection, [_face("b", np.zeros(128, np.float32))])
-    gallery = reader.gallery(collection)
-    assert gallery.face_ids == ["a", "b"] and gallery.embeddings.shape == (2, 128)
-    writer.delete_faces(collection, ["a"])
-    assert reader.gallery(collection).face_ids == ["b"]
-    writer.close()
-    reader.close()
