@@ -169,15 +169,9 @@ def aclu(
 
 
 def _governance(data: Path | None):
-    from facegate.audit import AuditLog
-    from facegate.engine.models import EMBEDDING_MODEL_VERSION
-    from facegate.governance import Governance
-    from facegate.keys import KeyRing
-    from facegate.store.sqlite import SqliteStore
+    from facegate.compose import Settings, build
 
-    home = data_dir(data)
-    store = SqliteStore(home)
-    return Governance(store, KeyRing(store, home), AuditLog(home), model_version=EMBEDDING_MODEL_VERSION)
+    return build(Settings(data_dir(data))).governance
 
 
 @fairness_app.command()
