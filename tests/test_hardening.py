@@ -71,6 +71,34 @@ def test_a_deleted_collections_users_never_reach_the_collection_created_after_it
     server.store.close()
 
 
+def test_through_a_real_server_a_deleted_organisations_users_never_reach_another(tmp_path, people):
+    """The probe's sequence end to end: `facegate serve`, boto3 for two organisations, and the CLI deleting A's
+    collection from another process while the server holds A's gallery in memory."""
+    home = tmp_path / "data"
+    key_a = json.loads(facegate(home, "keys", "create", "--json"))  # organisation A: the CLI's default one
+    key_b = json.loads(facegate(home, "keys", "create", "--org", "org-b", "--json"))
+    with running_server(home, "--workers", "1") as endpoint:
+        a, b = boto_client(endpoint, key_a), boto_client(endpoint, key_b)
+        a.create_collection(CollectionId="a-people")
+        faces = []
+        for path in people["George_W_Bush"][:2]:
+            faces += a.index_faces(CollectionId="a-people", **_image(path))["FaceRecords"]
+        a.create_user(CollectionId="a-people", UserId="A-user-secret")
+        a.associate_faces(CollectionId="a-people", UserId="A-user-secret", FaceIds=[f["Face"]["FaceId"] for f in faces])
+        probe = _image(people["George_W_Bush"][2])
+        assert a.search_users_by_image(CollectionId="a-people", **probe)["UserMatches"]
+
+        facegate(home, "collections", "delete", "a-people")
+
+        b.create_collection(CollectionId="b-people")
+        own = []
+        for path in people["Colin_Powell"][:3]:
+            own += b.index_faces(CollectionId="b-people", **_image(path))["FaceRecords"]
+        assert b.search_users_by_image(CollectionId="b-people", **probe)["UserMatches"] == []
+        found = b.search_faces_by_image(CollectionId="b-people", **_image(people["Colin_Powell"][3]))["FaceMatches"]
+        assert {m["Face"]["FaceId"] for m in found} == {f["Face"]["FaceId"] for f in own}
+
+
 # A server for the wire-level items (2–8 are about what one HTTP request can do).
 
 
