@@ -68,7 +68,7 @@ def main() -> None:
         operator = Principal.operator("pd", actor="local-cli")
         params = {"CollectionId": "gallery"}
         governed.execute(operator, "CreateCollection", params)
-        arn = service.call("pd", "DescribeCollection", params)["CollectionARN"]
+        arn = service.call("pd", "DescribeCollection", params).arn
         tags = {"ResourceArn": arn, "Tags": {"bench": "1"}}
         case = RequestContext(case_reference="C-1")
 

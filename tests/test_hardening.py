@@ -41,16 +41,16 @@ def test_a_deleted_collections_users_never_reach_the_collection_created_after_it
     a_faces = []
     server.call("org-a", "CreateCollection", {"CollectionId": "a-people"})
     for path in people["George_W_Bush"][:2]:
-        a_faces += server.call("org-a", "IndexFaces", {"CollectionId": "a-people", **_image(path)})["FaceRecords"]
+        a_faces += server.call("org-a", "IndexFaces", {"CollectionId": "a-people", **_image(path)}).records
     server.call("org-a", "CreateUser", {"CollectionId": "a-people", "UserId": "A-user-secret"})
     server.call(
         "org-a",
         "AssociateFaces",
-        {"CollectionId": "a-people", "UserId": "A-user-secret", "FaceIds": [r["Face"]["FaceId"] for r in a_faces]},
+        {"CollectionId": "a-people", "UserId": "A-user-secret", "FaceIds": [r.face.face_id for r in a_faces]},
     )
     probe = _image(people["George_W_Bush"][2])
-    found = server.call("org-a", "SearchUsersByImage", {"CollectionId": "a-people", **probe})["UserMatches"]
-    assert [m["User"]["UserId"] for m in found] == ["A-user-secret"]  # the server now holds A's gallery
+    found = server.call("org-a", "SearchUsersByImage", {"CollectionId": "a-people", **probe}).matches
+    assert [m.user_id for m in found] == ["A-user-secret"]  # the server now holds A's gallery
 
     deleted = operator.get_collection("org-a", "a-people")
     operator.delete_collection(deleted)
@@ -58,15 +58,13 @@ def test_a_deleted_collections_users_never_reach_the_collection_created_after_it
     server.call("org-b", "CreateCollection", {"CollectionId": "b-people"})
     b_faces = []
     for path in people["Colin_Powell"][:3]:  # three writes: the generation A's cached gallery was labelled with
-        b_faces += server.call("org-b", "IndexFaces", {"CollectionId": "b-people", **_image(path)})["FaceRecords"]
+        b_faces += server.call("org-b", "IndexFaces", {"CollectionId": "b-people", **_image(path)}).records
     assert server.store.get_collection("org-b", "b-people").pk != deleted.pk
 
-    leaked = server.call("org-b", "SearchUsersByImage", {"CollectionId": "b-people", **probe})["UserMatches"]
-    assert leaked == []
-    own = server.call("org-b", "SearchFacesByImage", {"CollectionId": "b-people", **_image(people["Colin_Powell"][3])})[
-        "FaceMatches"
-    ]
-    assert {m["Face"]["FaceId"] for m in own} == {r["Face"]["FaceId"] for r in b_faces}
+    leaked = server.call("org-b", "SearchUsersByImage", {"CollectionId": "b-people", **probe}).matches
+    assert leaked == ()
+    own = server.call("org-b", "SearchFacesByImage", {"CollectionId": "b-people", **_image(people["Colin_Powell"][3])})
+    assert {m.face.face_id for m in own.matches} == {r.face.face_id for r in b_faces}
     operator.close()
     server.store.close()
 

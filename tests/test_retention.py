@@ -41,7 +41,7 @@ def indexed(service, people, collection: str, tags: dict | None = None) -> list[
     ids = []
     for path in people["Tony_Blair"][:3]:
         response = service.call(OWNER, "IndexFaces", {"CollectionId": collection, "Image": image_of(path)})
-        ids += [r["Face"]["FaceId"] for r in response["FaceRecords"]]
+        ids += [r.face.face_id for r in response.records]
     return ids
 
 
@@ -56,15 +56,15 @@ def test_faces_past_max_days_are_purged_and_audited(service, governance, retenti
     later(governance, 31)
     dry = retention.purge_expired(dry_run=True)
     assert sorted(dry[0]["deleted"]) == sorted(ids)
-    assert service.call(OWNER, "DescribeCollection", {"CollectionId": "kept-30-days"})["FaceCount"] == 3
+    assert service.call(OWNER, "DescribeCollection", {"CollectionId": "kept-30-days"}).face_count == 3
     purged = retention.purge_expired()
     assert sorted(purged[0]["deleted"]) == sorted(ids)  # the user's face too: retention overrides association
-    assert service.call(OWNER, "DescribeCollection", {"CollectionId": "kept-30-days"})["FaceCount"] == 0
+    assert service.call(OWNER, "DescribeCollection", {"CollectionId": "kept-30-days"}).face_count == 0
     probe = image_of(people["Tony_Blair"][3])
     search = service.call(
         OWNER, "SearchFacesByImage", {"CollectionId": "kept-30-days", "Image": probe, "FaceMatchThreshold": 0}
     )
-    assert search["FaceMatches"] == []
+    assert search.matches == ()
     deletions = list(governance.audit.entries(event="deletion"))
     assert sorted(d["face_id"] for d in deletions) == sorted(ids)
     assert all("retention" in d["reason"] for d in deletions)
@@ -73,10 +73,10 @@ def test_faces_past_max_days_are_purged_and_audited(service, governance, retenti
     (purge,) = [r for r in governance.audit.entries(event="request") if r["operation"] == "PurgeFaces"]
     assert purge["actor"] == "retention" and purge["decision"] == "allow" and purge["intent_seq"] == intent["seq"]
     assert sorted(purge["deleted_face_ids"]) == sorted(ids)
-    user = service.call(OWNER, "ListUsers", {"CollectionId": "kept-30-days"})["Users"]
-    assert [u["UserId"] for u in user] == ["tony"]  # the user stays, with no faces left
-    faces = service.call(OWNER, "ListFaces", {"CollectionId": "kept-30-days", "UserId": "tony"})["Faces"]
-    assert faces == []
+    user = service.call(OWNER, "ListUsers", {"CollectionId": "kept-30-days"}).users
+    assert [u.user_id for u in user] == ["tony"]  # the user stays, with no faces left
+    faces = service.call(OWNER, "ListFaces", {"CollectionId": "kept-30-days", "UserId": "tony"}).faces
+    assert faces == ()
 
 
 def test_purpose_end_deletes_everything(service, governance, retention, people):
@@ -97,4 +97,4 @@ def test_bipa_limits_illinois_collections_to_three_years(service, governance, re
     later(governance, 3 * 365 + 1)
     report = {item["collection"]: item for item in retention.purge_expired()}
     assert sorted(report["chicago"]["deleted"]) == sorted(ids) and "new-york" not in report
-    assert service.call(OWNER, "DescribeCollection", {"CollectionId": "new-york"})["FaceCount"] == 3
+    assert service.call(OWNER, "DescribeCollection", {"CollectionId": "new-york"}).face_count == 3

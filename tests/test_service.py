@@ -16,23 +16,29 @@ from facegate.errors import (
     ResourceNotFoundException,
     ValidationException,
 )
+from facegate.wire import to_wire
 
 from .conftest import OWNER, image_of
 
 OTHER = "org-b"
 
 
+def call(service, owner: str, operation: str, params: dict) -> dict:
+    """The operation's answer as Rekognition's response, exactly as the HTTP API sends it."""
+    return to_wire(operation, service.call(owner, operation, params))
+
+
 def index(service, collection, path, external=None, **extra):
     params = {"CollectionId": collection, "Image": image_of(path), **extra}
     if external:
         params["ExternalImageId"] = external
-    return service.call(OWNER, "IndexFaces", params)
+    return call(service, OWNER, "IndexFaces", params)
 
 
 @pytest.fixture
 def gallery(service, people):
     """A collection with three photos of each of four people; the fourth photo of each is kept as a probe."""
-    service.call(OWNER, "CreateCollection", {"CollectionId": "gallery"})
+    call(service, OWNER, "CreateCollection", {"CollectionId": "gallery"})
     ids: dict[str, list[str]] = {}
     for name, photos in people.items():
         for i, path in enumerate(photos[:3]):
@@ -42,26 +48,26 @@ def gallery(service, people):
 
 
 def test_collection_lifecycle(service):
-    created = service.call(OWNER, "CreateCollection", {"CollectionId": "c1", "Tags": {"team": "a"}})
+    created = call(service, OWNER, "CreateCollection", {"CollectionId": "c1", "Tags": {"team": "a"}})
     assert created["StatusCode"] == 200
     assert created["CollectionArn"] == f"aws:rekognition:us-east-1:{OWNER}:collection/c1"
     assert created["FaceModelVersion"] == service.engine.model_version
     with pytest.raises(ResourceAlreadyExistsException):
-        service.call(OWNER, "CreateCollection", {"CollectionId": "c1"})
-    described = service.call(OWNER, "DescribeCollection", {"CollectionId": "c1"})
+        call(service, OWNER, "CreateCollection", {"CollectionId": "c1"})
+    described = call(service, OWNER, "DescribeCollection", {"CollectionId": "c1"})
     assert described["FaceCount"] == 0 and described["UserCount"] == 0
     assert described["CollectionARN"] == created["CollectionArn"]
-    assert service.call(OWNER, "ListCollections", {})["CollectionIds"] == ["c1"]
-    assert service.call(OWNER, "DeleteCollection", {"CollectionId": "c1"}) == {"StatusCode": 200}
+    assert call(service, OWNER, "ListCollections", {})["CollectionIds"] == ["c1"]
+    assert call(service, OWNER, "DeleteCollection", {"CollectionId": "c1"}) == {"StatusCode": 200}
     with pytest.raises(ResourceNotFoundException):
-        service.call(OWNER, "DescribeCollection", {"CollectionId": "c1"})
+        call(service, OWNER, "DescribeCollection", {"CollectionId": "c1"})
 
 
 def test_owners_never_see_each_others_collections(service, people):
-    service.call(OWNER, "CreateCollection", {"CollectionId": "shared-name"})
+    call(service, OWNER, "CreateCollection", {"CollectionId": "shared-name"})
     index(service, "shared-name", people["Tony_Blair"][0], "tb")
     # The other owner sees nothing, can create the same id independently, and cannot reach ours by ARN.
-    assert service.call(OTHER, "ListCollections", {})["CollectionIds"] == []
+    assert call(service, OTHER, "ListCollections", {})["CollectionIds"] == []
     for operation, params in [
         ("DescribeCollection", {"CollectionId": "shared-name"}),
         ("ListFaces", {"CollectionId": "shared-name"}),
@@ -70,14 +76,14 @@ def test_owners_never_see_each_others_collections(service, people):
         ("ListTagsForResource", {"ResourceArn": f"aws:rekognition:us-east-1:{OWNER}:collection/shared-name"}),
     ]:
         with pytest.raises(ResourceNotFoundException):
-            service.call(OTHER, operation, params)
-    service.call(OTHER, "CreateCollection", {"CollectionId": "shared-name"})
-    assert service.call(OTHER, "DescribeCollection", {"CollectionId": "shared-name"})["FaceCount"] == 0
-    assert service.call(OWNER, "DescribeCollection", {"CollectionId": "shared-name"})["FaceCount"] == 1
+            call(service, OTHER, operation, params)
+    call(service, OTHER, "CreateCollection", {"CollectionId": "shared-name"})
+    assert call(service, OTHER, "DescribeCollection", {"CollectionId": "shared-name"})["FaceCount"] == 0
+    assert call(service, OWNER, "DescribeCollection", {"CollectionId": "shared-name"})["FaceCount"] == 1
 
 
 def test_index_faces_response_shape(service, people):
-    service.call(OWNER, "CreateCollection", {"CollectionId": "c"})
+    call(service, OWNER, "CreateCollection", {"CollectionId": "c"})
     response = index(service, "c", people["Colin_Powell"][0], "colin.jpg")
     assert response["FaceModelVersion"] == service.engine.model_version
     (record,) = response["FaceRecords"]
@@ -93,20 +99,20 @@ def test_index_faces_response_shape(service, people):
 
 
 def test_index_same_image_twice_stores_no_duplicates(service, people):
-    service.call(OWNER, "CreateCollection", {"CollectionId": "c"})
+    call(service, OWNER, "CreateCollection", {"CollectionId": "c"})
     first = index(service, "c", people["Colin_Powell"][0], "colin")
     again = index(service, "c", people["Colin_Powell"][0], "colin")
     assert [r["Face"]["FaceId"] for r in again["FaceRecords"]] == [r["Face"]["FaceId"] for r in first["FaceRecords"]]
-    assert service.call(OWNER, "DescribeCollection", {"CollectionId": "c"})["FaceCount"] == 1
+    assert call(service, OWNER, "DescribeCollection", {"CollectionId": "c"})["FaceCount"] == 1
     # Another ExternalImageId for the same bytes is a separate indexing, as in Rekognition.
     index(service, "c", people["Colin_Powell"][0], "colin-copy")
-    assert service.call(OWNER, "DescribeCollection", {"CollectionId": "c"})["FaceCount"] == 2
+    assert call(service, OWNER, "DescribeCollection", {"CollectionId": "c"})["FaceCount"] == 2
 
 
 def test_index_multi_face_image_max_faces_and_quality_filter(service, group_photo):
-    service.call(OWNER, "CreateCollection", {"CollectionId": "c"})
+    call(service, OWNER, "CreateCollection", {"CollectionId": "c"})
     params = {"CollectionId": "c", "Image": {"Bytes": group_photo}, "MaxFaces": 2}
-    response = service.call(OWNER, "IndexFaces", params)
+    response = call(service, OWNER, "IndexFaces", params)
     assert len(response["FaceRecords"]) == 2
     reasons = [u["Reasons"] for u in response["UnindexedFaces"]]
     assert len(reasons) == 4 and all(r == ["EXCEEDS_MAX_FACES"] for r in reasons)
@@ -124,24 +130,33 @@ def test_quality_filter_high_rejects_a_blurred_face(service, people):
 
     from PIL import Image, ImageFilter
 
-    service.call(OWNER, "CreateCollection", {"CollectionId": "c"})
+    call(service, OWNER, "CreateCollection", {"CollectionId": "c"})
     blurred = io.BytesIO()
     Image.open(people["Tony_Blair"][0]).filter(ImageFilter.GaussianBlur(3)).save(blurred, "PNG")
-    response = service.call(
-        OWNER, "IndexFaces", {"CollectionId": "c", "Image": {"Bytes": blurred.getvalue()}, "QualityFilter": "HIGH"}
+    response = call(
+        service,
+        OWNER,
+        "IndexFaces",
+        {"CollectionId": "c", "Image": {"Bytes": blurred.getvalue()}, "QualityFilter": "HIGH"},
     )
     assert response["FaceRecords"] == []
     assert "LOW_SHARPNESS" in response["UnindexedFaces"][0]["Reasons"]
-    kept = service.call(
-        OWNER, "IndexFaces", {"CollectionId": "c", "Image": {"Bytes": blurred.getvalue()}, "QualityFilter": "NONE"}
+    kept = call(
+        service,
+        OWNER,
+        "IndexFaces",
+        {"CollectionId": "c", "Image": {"Bytes": blurred.getvalue()}, "QualityFilter": "NONE"},
     )
     assert len(kept["FaceRecords"]) == 1
 
 
 def test_search_faces_by_image_finds_the_same_person_first(service, people, gallery):
     for name, photos in people.items():
-        response = service.call(
-            OWNER, "SearchFacesByImage", {"CollectionId": "gallery", "Image": image_of(photos[3]), "MaxFaces": 3}
+        response = call(
+            service,
+            OWNER,
+            "SearchFacesByImage",
+            {"CollectionId": "gallery", "Image": image_of(photos[3]), "MaxFaces": 3},
         )
         assert response["FaceMatches"], f"no match for {name}"
         best = response["FaceMatches"][0]
@@ -154,31 +169,32 @@ def test_search_faces_by_image_finds_the_same_person_first(service, people, gall
 
 def test_search_threshold_and_max_faces(service, people, gallery):
     probe = image_of(people["George_W_Bush"][3])
-    everyone = service.call(
+    everyone = call(
+        service,
         OWNER,
         "SearchFacesByImage",
         {"CollectionId": "gallery", "Image": probe, "FaceMatchThreshold": 0, "MaxFaces": 50},
     )
     assert len(everyone["FaceMatches"]) == 12  # threshold 0 admits every face
-    strict = service.call(
-        OWNER, "SearchFacesByImage", {"CollectionId": "gallery", "Image": probe, "FaceMatchThreshold": 99}
+    strict = call(
+        service, OWNER, "SearchFacesByImage", {"CollectionId": "gallery", "Image": probe, "FaceMatchThreshold": 99}
     )
     assert all(m["Similarity"] >= 99 for m in strict["FaceMatches"])
     assert all(m["Face"]["ExternalImageId"].startswith("George_W_Bush") for m in strict["FaceMatches"])
-    one = service.call(OWNER, "SearchFacesByImage", {"CollectionId": "gallery", "Image": probe, "MaxFaces": 1})
+    one = call(service, OWNER, "SearchFacesByImage", {"CollectionId": "gallery", "Image": probe, "MaxFaces": 1})
     assert len(one["FaceMatches"]) == 1
 
 
 def test_search_faces_by_face_id_excludes_the_probe(service, gallery):
     probe = gallery["Serena_Williams"][0]
-    response = service.call(OWNER, "SearchFaces", {"CollectionId": "gallery", "FaceId": probe})
+    response = call(service, OWNER, "SearchFaces", {"CollectionId": "gallery", "FaceId": probe})
     assert response["SearchedFaceId"] == probe
     ids = [m["Face"]["FaceId"] for m in response["FaceMatches"]]
     assert probe not in ids
     assert set(gallery["Serena_Williams"][1:]) <= set(ids)
     with pytest.raises(ResourceNotFoundException):
-        service.call(
-            OWNER, "SearchFaces", {"CollectionId": "gallery", "FaceId": "00000000-0000-0000-0000-000000000000"}
+        call(
+            service, OWNER, "SearchFaces", {"CollectionId": "gallery", "FaceId": "00000000-0000-0000-0000-000000000000"}
         )
 
 
@@ -190,20 +206,23 @@ def test_search_with_no_face_in_the_image(service, gallery):
     blank = io.BytesIO()
     Image.new("RGB", (200, 200), (120, 130, 140)).save(blank, "PNG")
     with pytest.raises(InvalidParameterException, match="no faces"):
-        service.call(OWNER, "SearchFacesByImage", {"CollectionId": "gallery", "Image": {"Bytes": blank.getvalue()}})
+        call(service, OWNER, "SearchFacesByImage", {"CollectionId": "gallery", "Image": {"Bytes": blank.getvalue()}})
 
 
 def test_deleted_faces_disappear_from_search(service, people, gallery):
     bush = gallery["George_W_Bush"]
-    response = service.call(
-        OWNER, "DeleteFaces", {"CollectionId": "gallery", "FaceIds": [*bush, "11111111-1111-1111-1111-111111111111"]}
+    response = call(
+        service,
+        OWNER,
+        "DeleteFaces",
+        {"CollectionId": "gallery", "FaceIds": [*bush, "11111111-1111-1111-1111-111111111111"]},
     )
     assert sorted(response["DeletedFaces"]) == sorted(bush)
     assert response["UnsuccessfulFaceDeletions"] == [
         {"FaceId": "11111111-1111-1111-1111-111111111111", "Reasons": ["FACE_NOT_FOUND"]}
     ]
-    matches = service.call(
-        OWNER, "SearchFacesByImage", {"CollectionId": "gallery", "Image": image_of(people["George_W_Bush"][3])}
+    matches = call(
+        service, OWNER, "SearchFacesByImage", {"CollectionId": "gallery", "Image": image_of(people["George_W_Bush"][3])}
     )["FaceMatches"]
     assert not any(m["Face"]["FaceId"] in bush for m in matches)
 
@@ -215,7 +234,7 @@ def test_list_faces_pagination(service, gallery):
         params = {"CollectionId": "gallery", "MaxResults": 5}
         if token:
             params["NextToken"] = token
-        page = service.call(OWNER, "ListFaces", params)
+        page = call(service, OWNER, "ListFaces", params)
         seen += [f["FaceId"] for f in page["Faces"]]
         pages += 1
         token = page.get("NextToken")
@@ -223,26 +242,27 @@ def test_list_faces_pagination(service, gallery):
             break
     assert seen == all_ids and pages == 3
     with pytest.raises(InvalidPaginationTokenException):
-        service.call(OWNER, "ListFaces", {"CollectionId": "gallery", "NextToken": "not-a-token"})
+        call(service, OWNER, "ListFaces", {"CollectionId": "gallery", "NextToken": "not-a-token"})
     # A token from one listing cannot continue another.
-    first = service.call(OWNER, "ListFaces", {"CollectionId": "gallery", "MaxResults": 1})
+    first = call(service, OWNER, "ListFaces", {"CollectionId": "gallery", "MaxResults": 1})
     with pytest.raises(InvalidPaginationTokenException):
-        service.call(OWNER, "ListUsers", {"CollectionId": "gallery", "NextToken": first["NextToken"]})
+        call(service, OWNER, "ListUsers", {"CollectionId": "gallery", "NextToken": first["NextToken"]})
 
 
 def test_list_collections_pagination(service):
     for i in range(7):
-        service.call(OWNER, "CreateCollection", {"CollectionId": f"col-{i}"})
-    first = service.call(OWNER, "ListCollections", {"MaxResults": 4})
+        call(service, OWNER, "CreateCollection", {"CollectionId": f"col-{i}"})
+    first = call(service, OWNER, "ListCollections", {"MaxResults": 4})
     assert first["CollectionIds"] == [f"col-{i}" for i in range(4)]
-    second = service.call(OWNER, "ListCollections", {"MaxResults": 4, "NextToken": first["NextToken"]})
+    second = call(service, OWNER, "ListCollections", {"MaxResults": 4, "NextToken": first["NextToken"]})
     assert second["CollectionIds"] == [f"col-{i}" for i in range(4, 7)] and "NextToken" not in second
     with pytest.raises(InvalidPaginationTokenException):  # another owner cannot replay our token
-        service.call(OTHER, "ListCollections", {"NextToken": first["NextToken"]})
+        call(service, OTHER, "ListCollections", {"NextToken": first["NextToken"]})
 
 
 def test_compare_faces(service, people, group_photo):
-    same = service.call(
+    same = call(
+        service,
         OWNER,
         "CompareFaces",
         {"SourceImage": image_of(people["Tony_Blair"][0]), "TargetImage": image_of(people["Tony_Blair"][1])},
@@ -250,7 +270,8 @@ def test_compare_faces(service, people, group_photo):
     assert len(same["FaceMatches"]) == 1 and same["FaceMatches"][0]["Similarity"] >= 80
     assert same["UnmatchedFaces"] == []
     assert same["SourceImageFace"]["Confidence"] > 50
-    different = service.call(
+    different = call(
+        service,
         OWNER,
         "CompareFaces",
         {"SourceImage": image_of(people["Tony_Blair"][0]), "TargetImage": {"Bytes": group_photo}},
@@ -260,7 +281,8 @@ def test_compare_faces(service, people, group_photo):
 
 
 def test_compare_threshold_zero_matches_everything(service, people, group_photo):
-    response = service.call(
+    response = call(
+        service,
         OWNER,
         "CompareFaces",
         {
@@ -273,7 +295,7 @@ def test_compare_threshold_zero_matches_everything(service, people, group_photo)
 
 
 def test_detect_faces(service, group_photo):
-    response = service.call(OWNER, "DetectFaces", {"Image": {"Bytes": group_photo}, "Attributes": ["DEFAULT"]})
+    response = call(service, OWNER, "DetectFaces", {"Image": {"Bytes": group_photo}, "Attributes": ["DEFAULT"]})
     assert len(response["FaceDetails"]) == 6
     for detail in response["FaceDetails"]:
         box = detail["BoundingBox"]
@@ -288,90 +310,101 @@ def test_detect_faces(service, group_photo):
 
 def test_users_lifecycle(service, gallery):
     blair = gallery["Tony_Blair"]
-    service.call(OWNER, "CreateUser", {"CollectionId": "gallery", "UserId": "tony"})
+    call(service, OWNER, "CreateUser", {"CollectionId": "gallery", "UserId": "tony"})
     with pytest.raises(ConflictException):
-        service.call(OWNER, "CreateUser", {"CollectionId": "gallery", "UserId": "tony"})
-    associated = service.call(OWNER, "AssociateFaces", {"CollectionId": "gallery", "UserId": "tony", "FaceIds": blair})
+        call(service, OWNER, "CreateUser", {"CollectionId": "gallery", "UserId": "tony"})
+    associated = call(service, OWNER, "AssociateFaces", {"CollectionId": "gallery", "UserId": "tony", "FaceIds": blair})
     assert sorted(f["FaceId"] for f in associated["AssociatedFaces"]) == sorted(blair)
     assert associated["UserStatus"] == "ACTIVE"
 
     # Someone else's face does not match the user's faces well enough to join.
     powell = gallery["Colin_Powell"][0]
-    refused = service.call(OWNER, "AssociateFaces", {"CollectionId": "gallery", "UserId": "tony", "FaceIds": [powell]})
+    refused = call(service, OWNER, "AssociateFaces", {"CollectionId": "gallery", "UserId": "tony", "FaceIds": [powell]})
     assert refused["AssociatedFaces"] == []
     assert refused["UnsuccessfulFaceAssociations"][0]["Reasons"] == ["LOW_MATCH_CONFIDENCE"]
 
     # A face of a user cannot be deleted, nor taken by another user.
-    deleted = service.call(OWNER, "DeleteFaces", {"CollectionId": "gallery", "FaceIds": [blair[0]]})
+    deleted = call(service, OWNER, "DeleteFaces", {"CollectionId": "gallery", "FaceIds": [blair[0]]})
     assert deleted["UnsuccessfulFaceDeletions"][0]["Reasons"] == ["ASSOCIATED_TO_AN_EXISTING_USER"]
-    service.call(OWNER, "CreateUser", {"CollectionId": "gallery", "UserId": "other"})
-    taken = service.call(OWNER, "AssociateFaces", {"CollectionId": "gallery", "UserId": "other", "FaceIds": [blair[0]]})
+    call(service, OWNER, "CreateUser", {"CollectionId": "gallery", "UserId": "other"})
+    taken = call(
+        service, OWNER, "AssociateFaces", {"CollectionId": "gallery", "UserId": "other", "FaceIds": [blair[0]]}
+    )
     assert taken["UnsuccessfulFaceAssociations"][0]["Reasons"] == ["ASSOCIATED_TO_A_DIFFERENT_USER"]
 
-    listed = service.call(OWNER, "ListFaces", {"CollectionId": "gallery", "UserId": "tony"})
+    listed = call(service, OWNER, "ListFaces", {"CollectionId": "gallery", "UserId": "tony"})
     assert sorted(f["FaceId"] for f in listed["Faces"]) == sorted(blair)
     assert all(f["UserId"] == "tony" for f in listed["Faces"])
-    users = service.call(OWNER, "ListUsers", {"CollectionId": "gallery"})["Users"]
+    users = call(service, OWNER, "ListUsers", {"CollectionId": "gallery"})["Users"]
     assert [u["UserId"] for u in users] == ["other", "tony"]
-    described = service.call(OWNER, "DescribeCollection", {"CollectionId": "gallery"})
+    described = call(service, OWNER, "DescribeCollection", {"CollectionId": "gallery"})
     assert described["UserCount"] == 2 and described["FaceCount"] == 12
 
-    by_face = service.call(OWNER, "SearchUsers", {"CollectionId": "gallery", "FaceId": gallery["Tony_Blair"][0]})
+    by_face = call(service, OWNER, "SearchUsers", {"CollectionId": "gallery", "FaceId": gallery["Tony_Blair"][0]})
     assert by_face["UserMatches"][0]["User"]["UserId"] == "tony"
 
-    out = service.call(OWNER, "DisassociateFaces", {"CollectionId": "gallery", "UserId": "tony", "FaceIds": [blair[0]]})
+    out = call(
+        service, OWNER, "DisassociateFaces", {"CollectionId": "gallery", "UserId": "tony", "FaceIds": [blair[0]]}
+    )
     assert out["DisassociatedFaces"] == [{"FaceId": blair[0]}]
-    service.call(OWNER, "DeleteUser", {"CollectionId": "gallery", "UserId": "tony"})
-    assert service.call(OWNER, "DeleteFaces", {"CollectionId": "gallery", "FaceIds": blair[1:]})["DeletedFaces"]
-    described = service.call(OWNER, "DescribeCollection", {"CollectionId": "gallery"})
+    call(service, OWNER, "DeleteUser", {"CollectionId": "gallery", "UserId": "tony"})
+    assert call(service, OWNER, "DeleteFaces", {"CollectionId": "gallery", "FaceIds": blair[1:]})["DeletedFaces"]
+    described = call(service, OWNER, "DescribeCollection", {"CollectionId": "gallery"})
     assert described["UserCount"] == 1 and described["FaceCount"] == 12 - len(blair[1:])
 
 
 def test_search_users_by_image(service, people, gallery):
-    service.call(OWNER, "CreateUser", {"CollectionId": "gallery", "UserId": "serena"})
-    service.call(
-        OWNER, "AssociateFaces", {"CollectionId": "gallery", "UserId": "serena", "FaceIds": gallery["Serena_Williams"]}
+    call(service, OWNER, "CreateUser", {"CollectionId": "gallery", "UserId": "serena"})
+    call(
+        service,
+        OWNER,
+        "AssociateFaces",
+        {"CollectionId": "gallery", "UserId": "serena", "FaceIds": gallery["Serena_Williams"]},
     )
-    response = service.call(
-        OWNER, "SearchUsersByImage", {"CollectionId": "gallery", "Image": image_of(people["Serena_Williams"][3])}
+    response = call(
+        service,
+        OWNER,
+        "SearchUsersByImage",
+        {"CollectionId": "gallery", "Image": image_of(people["Serena_Williams"][3])},
     )
     assert response["UserMatches"][0]["User"] == {"UserId": "serena", "UserStatus": "ACTIVE"}
     assert "BoundingBox" in response["SearchedFace"]["FaceDetail"]
-    nobody = service.call(
-        OWNER, "SearchUsersByImage", {"CollectionId": "gallery", "Image": image_of(people["Colin_Powell"][3])}
+    nobody = call(
+        service, OWNER, "SearchUsersByImage", {"CollectionId": "gallery", "Image": image_of(people["Colin_Powell"][3])}
     )
     assert nobody["UserMatches"] == []
 
 
 def test_client_request_token_idempotency(service, gallery):
     params = {"CollectionId": "gallery", "UserId": "u1", "ClientRequestToken": "token-1"}
-    service.call(OWNER, "CreateUser", params)
-    assert service.call(OWNER, "CreateUser", params) == {}  # a retry, not a conflict
+    call(service, OWNER, "CreateUser", params)
+    assert call(service, OWNER, "CreateUser", params) == {}  # a retry, not a conflict
     with pytest.raises(IdempotentParameterMismatchException):
-        service.call(OWNER, "CreateUser", {**params, "UserId": "u2"})
+        call(service, OWNER, "CreateUser", {**params, "UserId": "u2"})
 
 
 def test_tags(service):
-    arn = service.call(OWNER, "CreateCollection", {"CollectionId": "t", "Tags": {"a": "1"}})["CollectionArn"]
-    service.call(OWNER, "TagResource", {"ResourceArn": arn, "Tags": {"b": "2"}})
-    assert service.call(OWNER, "ListTagsForResource", {"ResourceArn": arn})["Tags"] == {"a": "1", "b": "2"}
-    service.call(OWNER, "UntagResource", {"ResourceArn": arn, "TagKeys": ["a"]})
-    assert service.call(OWNER, "ListTagsForResource", {"ResourceArn": arn})["Tags"] == {"b": "2"}
+    arn = call(service, OWNER, "CreateCollection", {"CollectionId": "t", "Tags": {"a": "1"}})["CollectionArn"]
+    call(service, OWNER, "TagResource", {"ResourceArn": arn, "Tags": {"b": "2"}})
+    assert call(service, OWNER, "ListTagsForResource", {"ResourceArn": arn})["Tags"] == {"a": "1", "b": "2"}
+    call(service, OWNER, "UntagResource", {"ResourceArn": arn, "TagKeys": ["a"]})
+    assert call(service, OWNER, "ListTagsForResource", {"ResourceArn": arn})["Tags"] == {"b": "2"}
 
 
 def test_validation_errors_carry_rekognition_codes(service, people):
     with pytest.raises(ValidationException, match="regular expression"):
-        service.call(OWNER, "CreateCollection", {"CollectionId": "has spaces"})
+        call(service, OWNER, "CreateCollection", {"CollectionId": "has spaces"})
     with pytest.raises(ValidationException, match="4096"):
-        service.call(
+        call(
+            service,
             OWNER,
             "SearchFacesByImage",
             {"CollectionId": "c", "Image": image_of(people["Tony_Blair"][0]), "MaxFaces": 5000},
         )
     with pytest.raises(InvalidS3ObjectException, match="Bytes"):
-        service.call(OWNER, "DetectFaces", {"Image": {"S3Object": {"Bucket": "my-bucket", "Name": "photo.jpg"}}})
+        call(service, OWNER, "DetectFaces", {"Image": {"S3Object": {"Bucket": "my-bucket", "Name": "photo.jpg"}}})
     with pytest.raises(FacegateError) as info:
-        service.call(OWNER, "DetectFaces", {"Image": {"Bytes": b"not an image"}})
+        call(service, OWNER, "DetectFaces", {"Image": {"Bytes": b"not an image"}})
     assert info.value.code == "InvalidImageFormatException"
 
 
@@ -385,8 +418,8 @@ def test_index_many_answers_each_image_as_index_would(service, people, group_pho
     """Bulk indexing batches the network across images; each image is still checked and stored on its own."""
     from facegate.errors import InvalidImageFormatException
 
-    service.call(OWNER, "CreateCollection", {"CollectionId": "bulk"})
-    service.call(OWNER, "CreateCollection", {"CollectionId": "single"})
+    call(service, OWNER, "CreateCollection", {"CollectionId": "bulk"})
+    call(service, OWNER, "CreateCollection", {"CollectionId": "single"})
     blair, powell = people["Tony_Blair"][0], people["Colin_Powell"][0]
     images = [blair.read_bytes(), group_photo, blair.read_bytes()[:200], powell.read_bytes(), blair.read_bytes()]
 
@@ -397,22 +430,22 @@ def test_index_many_answers_each_image_as_index_would(service, people, group_pho
     singles = []
     for i in range(len(images)):
         try:
-            singles.append(service.index(OWNER, request("single", i)))
+            singles.append(service.call(OWNER, "IndexFaces", request("single", i)))
         except InvalidImageFormatException as exc:
             singles.append(exc)
 
     assert isinstance(results[2], InvalidImageFormatException)  # the truncated image fails alone
-    assert results[4][1] is True  # the same image and ExternalImageId again: a repeat, nothing new stored
-    assert results[4][0]["FaceRecords"][0]["Face"]["FaceId"] == results[0][0]["FaceRecords"][0]["Face"]["FaceId"]
+    assert results[4].repeated is True  # the same image and ExternalImageId again: a repeat, nothing new stored
+    assert results[4].records[0].face.face_id == results[0].records[0].face.face_id
     for batched, single in zip(results, singles, strict=True):
         if isinstance(single, Exception):
             assert type(batched) is type(single)
             continue
-        assert batched[1] == single[1]
-        assert len(batched[0]["FaceRecords"]) == len(single[0]["FaceRecords"])
-        for a, b in zip(batched[0]["FaceRecords"], single[0]["FaceRecords"], strict=True):
-            assert a["FaceDetail"]["BoundingBox"] == b["FaceDetail"]["BoundingBox"]
-    assert len(results[1][0]["FaceRecords"]) > 1  # the group photo's faces went through the same network run
+        assert batched.repeated == single.repeated
+        assert len(batched.records) == len(single.records)
+        for a, b in zip(batched.records, single.records, strict=True):
+            assert a.face.box == b.face.box  # where each face was found (or, for a repeat, was stored)
+    assert len(results[1].records) > 1  # the group photo's faces went through the same network run
     bulk = service.store.get_collection(OWNER, "bulk")
     single = service.store.get_collection(OWNER, "single")
     assert bulk.face_count == single.face_count

@@ -46,7 +46,7 @@ def gallery(ann_store: SqliteStore, engine: FaceEngine, people: dict[str, list[P
     for name, paths in people.items():
         for path in paths:
             response = service.call(OWNER, "IndexFaces", {"CollectionId": "c", "Image": {"Bytes": path.read_bytes()}})
-            ids.setdefault(name, []).append(response["FaceRecords"][0]["Face"]["FaceId"])
+            ids.setdefault(name, []).append(response.records[0].face.face_id)
     add_synthetic(ann_store, SYNTHETIC, seed=0)
     return ids
 
@@ -74,7 +74,7 @@ def add_synthetic(store: SqliteStore, count: int, seed: int) -> list[str]:
 
 def search(store: SqliteStore, engine: FaceEngine, face_id: str) -> list[tuple[str, float]]:
     response = FaceService(store, engine).call(OWNER, "SearchFaces", {"CollectionId": "c", "FaceId": face_id})
-    return [(m["Face"]["FaceId"], round(m["Similarity"], 4)) for m in response["FaceMatches"]]
+    return [(m.face.face_id, round(m.similarity, 4)) for m in response.matches]
 
 
 def pointer(data_dir: Path) -> Path:
@@ -122,7 +122,7 @@ def test_faces_added_by_another_process_are_found(ann_store, engine, gallery, da
                 "ExternalImageId": "again",
             },
         )
-        added = response["FaceRecords"][0]["Face"]["FaceId"]
+        added = response.records[0].face.face_id
         add_synthetic(other, 50, seed=1)
     finally:
         other.close()
@@ -168,7 +168,7 @@ def test_rebuild_on_request_covers_every_face_and_skips_small_collections(ann_st
     service = FaceService(ann_store, engine)
     assert service.rebuild_index(OWNER, "c") == 16 + SYNTHETIC
     probe = {"CollectionId": "c", "Image": {"Bytes": people["Tony_Blair"][3].read_bytes()}, "MaxFaces": 3}
-    assert service.call(OWNER, "SearchFacesByImage", probe)["FaceMatches"][0]["Face"]["FaceId"] in gallery["Tony_Blair"]
+    assert service.call(OWNER, "SearchFacesByImage", probe).matches[0].face.face_id in gallery["Tony_Blair"]
     service.call(OWNER, "CreateCollection", {"CollectionId": "small"})
     assert service.rebuild_index(OWNER, "small") == 0  # below the ANN threshold: exact search, no index
 

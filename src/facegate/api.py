@@ -16,26 +16,24 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from facegate.compose import Facegate, Settings, build
 from facegate.config import DEFAULT_OWNER
 from facegate.keys import Principal
+from facegate.results import (
+    BoundingBox,
+    CollectionCreated,
+    CollectionPage,
+    Comparison,
+    Detection,
+    FaceMatches,
+    FoundFace,
+    IndexResult,
+)
+from facegate.store import StoredFace
 
 ImageInput = str | os.PathLike | bytes
-
-
-@dataclass(frozen=True)
-class BoundingBox:
-    """Ratios of the image's width and height, origin top-left (as Rekognition reports them)."""
-
-    width: float
-    height: float
-    left: float
-    top: float
-
-    @classmethod
-    def of(cls, wire: dict) -> BoundingBox:
-        return cls(wire["Width"], wire["Height"], wire["Left"], wire["Top"])
 
 
 @dataclass(frozen=True)
@@ -50,16 +48,17 @@ class DetectedFace:
     sharpness: float
 
     @classmethod
-    def of(cls, wire: dict) -> DetectedFace:
+    def of(cls, found: FoundFace) -> DetectedFace:
+        face = found.face
         return cls(
-            bounding_box=BoundingBox.of(wire["BoundingBox"]),
-            confidence=wire["Confidence"],
-            landmarks={lm["Type"]: (lm["X"], lm["Y"]) for lm in wire["Landmarks"]},
-            roll=wire["Pose"]["Roll"],
-            yaw=wire["Pose"]["Yaw"],
-            pitch=wire["Pose"]["Pitch"],
-            brightness=wire["Quality"]["Brightness"],
-            sharpness=wire["Quality"]["Sharpness"],
+            bounding_box=found.bounding_box,
+            confidence=found.confidence,
+            landmarks=found.landmarks,
+            roll=face.pose.roll,
+            yaw=face.pose.yaw,
+            pitch=face.pose.pitch,
+            brightness=face.quality.brightness,
+            sharpness=face.quality.sharpness,
         )
 
 
@@ -73,14 +72,14 @@ class IndexedFace:
     user_id: str | None = None
 
     @classmethod
-    def of(cls, wire: dict) -> IndexedFace:
+    def of(cls, face: StoredFace) -> IndexedFace:
         return cls(
-            face_id=wire["FaceId"],
-            image_id=wire["ImageId"],
-            external_image_id=wire.get("ExternalImageId"),
-            bounding_box=BoundingBox.of(wire["BoundingBox"]),
-            confidence=wire["Confidence"],
-            user_id=wire.get("UserId"),
+            face_id=face.face_id,
+            image_id=face.image_id,
+            external_image_id=face.external_image_id,
+            bounding_box=BoundingBox(*face.box),
+            confidence=face.confidence,
+            user_id=face.user_id,
         )
 
 
@@ -109,7 +108,8 @@ class FaceGate:
         self.owner = owner
         self.principal = Principal.operator(owner, actor="local-python-api")
 
-    def _call(self, operation: str, params: dict) -> dict:
+    def _call(self, operation: str, params: dict) -> Any:
+        """The operation's typed result (``facegate.results``), gated and audited."""
         return self.facegate.governed.execute(self.principal, operation, params).result
 
     def create_collection(self, collection_id: str, tags: dict[str, str] | None = None) -> str:
@@ -117,14 +117,17 @@ class FaceGate:
         params: dict = {"CollectionId": collection_id}
         if tags:
             params["Tags"] = tags
-        return self._call("CreateCollection", params)["CollectionArn"]
+        created: CollectionCreated = self._call("CreateCollection", params)
+        return created.arn
 
     def collections(self) -> list[str]:
-        ids, token = [], None
+        """This organisation's collection ids."""
+        ids: list[str] = []
+        token = None
         while True:
-            page = self._call("ListCollections", {"NextToken": token} if token else {})
-            ids += page["CollectionIds"]
-            token = page.get("NextToken")
+            page: CollectionPage = self._call("ListCollections", {"NextToken": token} if token else {})
+            ids += [c.collection_id for c in page.collections]
+            token = page.next_token
             if not token:
                 return ids
 
@@ -150,13 +153,14 @@ class FaceGate:
             params["ExternalImageId"] = external_image_id
         if max_faces is not None:
             params["MaxFaces"] = max_faces
-        return [IndexedFace.of(r["Face"]) for r in self._call("IndexFaces", params)["FaceRecords"]]
+        indexed: IndexResult = self._call("IndexFaces", params)
+        return [IndexedFace.of(record.face) for record in indexed.records]
 
     def search(
         self, image: ImageInput, collection_id: str, *, threshold: float = 80.0, max_faces: int = 10
     ) -> list[FaceMatch]:
         """Faces of the collection that match the image's largest face, most similar first."""
-        response = self._call(
+        found: FaceMatches = self._call(
             "SearchFacesByImage",
             {
                 "CollectionId": collection_id,
@@ -165,11 +169,11 @@ class FaceGate:
                 "MaxFaces": max_faces,
             },
         )
-        return [FaceMatch(m["Similarity"], IndexedFace.of(m["Face"])) for m in response["FaceMatches"]]
+        return [FaceMatch(m.similarity, IndexedFace.of(m.face)) for m in found.matches]
 
     def compare(self, source: ImageInput, target: ImageInput, *, threshold: float = 80.0) -> list[ComparedFace]:
         """Every face of ``target``, matches (best first) then the rest, against the largest face of ``source``."""
-        response = self._call(
+        comparison: Comparison = self._call(
             "CompareFaces",
             {
                 "SourceImage": {"Bytes": _read(source)},
@@ -177,17 +181,14 @@ class FaceGate:
                 "SimilarityThreshold": threshold,
             },
         )
-        matched = [
-            ComparedFace(m["Similarity"], BoundingBox.of(m["Face"]["BoundingBox"]), True)
-            for m in response["FaceMatches"]
-        ]
-        unmatched = [ComparedFace(None, BoundingBox.of(f["BoundingBox"]), False) for f in response["UnmatchedFaces"]]
+        matched = [ComparedFace(m.similarity, m.face.bounding_box, True) for m in comparison.matches]
+        unmatched = [ComparedFace(None, f.bounding_box, False) for f in comparison.unmatched]
         return matched + unmatched
 
     def detect(self, image: ImageInput) -> list[DetectedFace]:
         """The faces of an image, largest first, with landmarks, pose and quality."""
-        response = self._call("DetectFaces", {"Image": {"Bytes": _read(image)}})
-        return [DetectedFace.of(d) for d in response["FaceDetails"]]
+        detection: Detection = self._call("DetectFaces", {"Image": {"Bytes": _read(image)}})
+        return [DetectedFace.of(found) for found in detection.faces]
 
     def close(self) -> None:
         self.facegate.close()

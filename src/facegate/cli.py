@@ -1,6 +1,7 @@
 """The `facegate` command line: the same service operations as the HTTP API, for people and scripts.
 
-With ``--json``, compare, search, detect and index print exactly the JSON of the Rekognition operation.
+With ``--json``, compare, search, detect and index print exactly the JSON of the Rekognition operation
+(``facegate/wire.py``'s, as the HTTP API sends it); without, they print what they read from the typed result.
 Errors print one line naming the problem and its Rekognition code, and exit non-zero.
 """
 
@@ -37,6 +38,22 @@ from facegate.errors import FacegateError
 from facegate.fairness.commands import fairness_app
 from facegate.governance import Governance
 from facegate.keys import Principal
+from facegate.results import (
+    Association,
+    CollectionCreated,
+    CollectionPage,
+    Comparison,
+    Detection,
+    FaceMatches,
+    FacePage,
+    FacesDeleted,
+    FoundFace,
+    Result,
+    UserMatches,
+    UserPage,
+)
+from facegate.store import Collection, StoredFace, StoredUser
+from facegate.wire import to_wire
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="facegate: accountable face recognition.")
 collections_app = typer.Typer(no_args_is_help=True, help="Create, list, describe and delete collections.")
@@ -95,12 +112,18 @@ def main_options(
         os.environ["FACEGATE_HOME"] = str(data)  # sub-apps (audit) read their data directory from it
 
 
-def call(operation: str, params: dict) -> dict:
-    """Run a face operation as the local operator, through the policy gate and into the audit log."""
+def call(operation: str, params: dict) -> Any:
+    """Run a face operation as the local operator, through the policy gate and into the audit log; returns
+    its typed result (``facegate.results``)."""
     return state.facegate.governed.execute(state.principal, operation, params).result
 
 
-def emit(response: dict[str, Any]) -> None:
+def emit(operation: str, result: Result) -> None:
+    """Print ``result`` as the operation's Rekognition JSON."""
+    _print_json(to_wire(operation, result))
+
+
+def _print_json(response: dict[str, Any]) -> None:
     out.print_json(json.dumps(response), highlight=False) if out.is_terminal else print(json.dumps(response, indent=2))
 
 
@@ -118,36 +141,36 @@ def _percent(value: float) -> str:
 @collections_app.command("create")
 def collections_create(collection_id: str, as_json: JsonOption = False) -> None:
     """Create a collection."""
-    response = call("CreateCollection", {"CollectionId": collection_id})
-    emit(response) if as_json else out.print(f"created {collection_id} ({response['CollectionArn']})")
+    created: CollectionCreated = call("CreateCollection", {"CollectionId": collection_id})
+    emit("CreateCollection", created) if as_json else out.print(f"created {collection_id} ({created.arn})")
 
 
 @collections_app.command("list")
 def collections_list(as_json: JsonOption = False) -> None:
     """List this organisation's collections."""
-    ids, versions, token = [], [], None
+    collections: list[Collection] = []
+    token = None
     while True:
-        page = call("ListCollections", {"NextToken": token} if token else {})
-        ids += page["CollectionIds"]
-        versions += page["FaceModelVersions"]
-        token = page.get("NextToken")
+        page: CollectionPage = call("ListCollections", {"NextToken": token} if token else {})
+        collections += page.collections
+        token = page.next_token
         if not token:
             break
     if as_json:
-        emit({"CollectionIds": ids, "FaceModelVersions": versions})
+        emit("ListCollections", CollectionPage(tuple(collections)))  # every page as one
         return
-    for cid in ids:
-        out.print(cid)
+    for collection in collections:
+        out.print(collection.collection_id)
 
 
 @collections_app.command("describe")
 def collections_describe(collection_id: str, as_json: JsonOption = False) -> None:
     """Show a collection's face count, user count, model and ARN."""
-    response = call("DescribeCollection", {"CollectionId": collection_id})
+    response = to_wire("DescribeCollection", call("DescribeCollection", {"CollectionId": collection_id}))
     if as_json:
-        emit(response)
+        _print_json(response)
         return
-    for key, value in response.items():
+    for key, value in response.items():  # named as in Rekognition's answer
         out.print(f"{key}: {value}")
 
 
@@ -244,7 +267,7 @@ def index(
     processes = workers or os.cpu_count() or 1
     counts: Counter[str] = Counter()
     failures: list[str] = []
-    responses = []
+    responses: list[dict[str, Any]] = []
     call("DescribeCollection", {"CollectionId": collection})  # fail before the loop, not once per file
     columns = (
         TextColumn("{task.description}"),
@@ -296,19 +319,19 @@ def index(
                     counts[f"failed: {label}"] += 1
                     failures.append(f"{outcome.path}: {outcome.error_code}: {outcome.error}")
                     continue
-                response = outcome.response
+                result = outcome.result
                 if as_json:  # otherwise nothing per image is kept: memory stays bounded for any directory
-                    responses.append(response)
-                if outcome.repeated:
+                    responses.append(to_wire("IndexFaces", result))
+                if result.repeated:
                     counts["skipped: already indexed"] += 1
-                elif response["FaceRecords"]:
+                elif result.records:
                     counts["indexed"] += 1
-                    counts["faces"] += len(response["FaceRecords"])
+                    counts["faces"] += len(result.records)
                 else:
                     no_pass = "skipped: no face passed the quality filter"
-                    counts[no_pass if response["UnindexedFaces"] else "skipped: no face found"] += 1
+                    counts[no_pass if result.unindexed else "skipped: no face found"] += 1
     if as_json:
-        emit(responses[0] if len(responses) == 1 else {"Responses": responses})
+        _print_json(responses[0] if len(responses) == 1 else {"Responses": responses})
         return
     table = Table(title=f"{len(files)} files → {collection}")
     table.add_column("outcome")
@@ -334,7 +357,7 @@ def search(
     as_json: JsonOption = False,
 ) -> None:
     """Search a collection with the largest face of an image."""
-    response = call(
+    found: FaceMatches = call(
         "SearchFacesByImage",
         {
             "CollectionId": collection,
@@ -344,15 +367,14 @@ def search(
         },
     )
     if as_json:
-        emit(response)
+        emit("SearchFacesByImage", found)
         return
-    table = Table(title=f"{len(response['FaceMatches'])} matches at similarity ≥ {threshold}")
+    table = Table(title=f"{len(found.matches)} matches at similarity ≥ {threshold}")
     _expected_false_candidates(collection, threshold)
     for column in ("similarity", "external image id", "face id"):
         table.add_column(column)
-    for match in response["FaceMatches"]:
-        face = match["Face"]
-        table.add_row(_percent(match["Similarity"]), face.get("ExternalImageId", ""), face["FaceId"])
+    for match in found.matches:
+        table.add_row(_percent(match.similarity), match.face.external_image_id or "", match.face.face_id)
     out.print(table)
 
 
@@ -361,7 +383,7 @@ def _expected_false_candidates(collection: str, threshold: float) -> None:
     curves = _governance().active_audit()
     if curves is None:
         return
-    size = call("DescribeCollection", {"CollectionId": collection})["FaceCount"]
+    size = call("DescribeCollection", {"CollectionId": collection}).face_count
     worst = curves.worst_group(threshold)
     err.print(
         f"expected false candidates per search: {size * worst.fmr:.2f} at similarity {threshold:g} in {size:,} faces "
@@ -378,18 +400,17 @@ def compare(
     as_json: JsonOption = False,
 ) -> None:
     """Compare the largest face of SOURCE with every face of TARGET."""
-    response = call(
+    comparison: Comparison = call(
         "CompareFaces", {"SourceImage": image(source), "TargetImage": image(target), "SimilarityThreshold": threshold}
     )
     if as_json:
-        emit(response)
+        emit("CompareFaces", comparison)
         return
-    for match in response["FaceMatches"]:
-        box = match["Face"]["BoundingBox"]
-        out.print(f"match  similarity {_percent(match['Similarity'])}  at left {box['Left']:.2f} top {box['Top']:.2f}")
+    for match in comparison.matches:
+        box = match.face.bounding_box
+        out.print(f"match  similarity {_percent(match.similarity)}  at left {box.left:.2f} top {box.top:.2f}")
     out.print(
-        f"{len(response['FaceMatches'])} matching, {len(response['UnmatchedFaces'])} not matching "
-        f"at similarity ≥ {threshold}"
+        f"{len(comparison.matches)} matching, {len(comparison.unmatched)} not matching at similarity ≥ {threshold}"
     )
 
 
@@ -401,33 +422,33 @@ def detect(
 ) -> None:
     """Detect faces with landmarks, pose and quality."""
     data = image_path.read_bytes()
-    response = call("DetectFaces", {"Image": {"Bytes": data}})
+    detection: Detection = call("DetectFaces", {"Image": {"Bytes": data}})
     if draw is not None:
-        _draw(data, response["FaceDetails"], draw)
+        _draw(data, detection.faces, draw)
     if as_json:
-        emit(response)
+        emit("DetectFaces", detection)
         return
-    table = Table(title=f"{len(response['FaceDetails'])} faces")
+    table = Table(title=f"{len(detection.faces)} faces")
     for column in ("left", "top", "width", "height", "confidence", "roll/yaw/pitch", "brightness", "sharpness"):
         table.add_column(column, justify="right")
-    for face in response["FaceDetails"]:
-        box, pose, quality = face["BoundingBox"], face["Pose"], face["Quality"]
+    for found in detection.faces:
+        box, pose, quality = found.bounding_box, found.face.pose, found.face.quality
         table.add_row(
-            f"{box['Left']:.3f}",
-            f"{box['Top']:.3f}",
-            f"{box['Width']:.3f}",
-            f"{box['Height']:.3f}",
-            _percent(face["Confidence"]),
-            f"{pose['Roll']:.0f}/{pose['Yaw']:.0f}/{pose['Pitch']:.0f}",
-            f"{quality['Brightness']:.0f}",
-            f"{quality['Sharpness']:.0f}",
+            f"{box.left:.3f}",
+            f"{box.top:.3f}",
+            f"{box.width:.3f}",
+            f"{box.height:.3f}",
+            _percent(found.confidence),
+            f"{pose.roll:.0f}/{pose.yaw:.0f}/{pose.pitch:.0f}",
+            f"{quality.brightness:.0f}",
+            f"{quality.sharpness:.0f}",
         )
     out.print(table)
     if draw is not None:
         out.print(f"drawn to {draw}")
 
 
-def _draw(data: bytes, details: list[dict], path: Path) -> None:
+def _draw(data: bytes, faces: tuple[FoundFace, ...], path: Path) -> None:
     from PIL import Image, ImageDraw
 
     pixels = state.facegate.engine.decode(data)
@@ -435,14 +456,14 @@ def _draw(data: bytes, details: list[dict], path: Path) -> None:
     pen = ImageDraw.Draw(picture)
     width, height = picture.size
     stroke = max(2, round(min(width, height) / 200))
-    for face in details:
-        box = face["BoundingBox"]
-        left, top = box["Left"] * width, box["Top"] * height
+    for found in faces:
+        box = found.bounding_box
+        left, top = box.left * width, box.top * height
         pen.rectangle(
-            (left, top, left + box["Width"] * width, top + box["Height"] * height), outline=(0, 255, 0), width=stroke
+            (left, top, left + box.width * width, top + box.height * height), outline=(0, 255, 0), width=stroke
         )
-        for mark in face["Landmarks"]:
-            x, y = mark["X"] * width, mark["Y"] * height
+        for mark_x, mark_y in found.landmarks.values():
+            x, y = mark_x * width, mark_y * height
             pen.ellipse((x - stroke, y - stroke, x + stroke, y + stroke), fill=(255, 0, 0))
     picture.save(path)
 
@@ -457,42 +478,40 @@ def faces_list(
     as_json: JsonOption = False,
 ) -> None:
     """List every face of a collection."""
-    faces, token, version = [], None, None
+    faces: list[StoredFace] = []
+    token = None
     while True:
         params: dict = {"CollectionId": collection}
         if token:
             params["NextToken"] = token
         if user:
             params["UserId"] = user
-        page = call("ListFaces", params)
-        faces += page["Faces"]
-        version = page["FaceModelVersion"]
-        token = page.get("NextToken")
+        page: FacePage = call("ListFaces", params)
+        faces += page.faces
+        token = page.next_token
         if not token:
             break
     if as_json:
-        emit({"Faces": faces, "FaceModelVersion": version})
+        emit("ListFaces", FacePage(tuple(faces), page.model_version))  # every page as one
         return
     table = Table(title=f"{len(faces)} faces in {collection}")
     for column in ("face id", "external image id", "user", "confidence"):
         table.add_column(column)
     for face in faces:
-        table.add_row(
-            face["FaceId"], face.get("ExternalImageId", ""), face.get("UserId", ""), _percent(face["Confidence"])
-        )
+        table.add_row(face.face_id, face.external_image_id or "", face.user_id or "", _percent(face.confidence))
     out.print(table)
 
 
 @faces_app.command("delete")
 def faces_delete(collection: CollectionOption, face_ids: list[str], as_json: JsonOption = False) -> None:
     """Delete faces by FaceId."""
-    response = call("DeleteFaces", {"CollectionId": collection, "FaceIds": face_ids})
+    deleted: FacesDeleted = call("DeleteFaces", {"CollectionId": collection, "FaceIds": face_ids})
     if as_json:
-        emit(response)
+        emit("DeleteFaces", deleted)
         return
-    out.print(f"deleted {len(response['DeletedFaces'])} faces")
-    for failure in response["UnsuccessfulFaceDeletions"]:
-        out.print(f"not deleted {failure['FaceId']}: {', '.join(failure['Reasons'])}")
+    out.print(f"deleted {len(deleted.deleted)} faces")
+    for refusal in deleted.refused:
+        out.print(f"not deleted {refusal.face_id}: {', '.join(refusal.reasons)}")
 
 
 # Users
@@ -515,18 +534,19 @@ def users_delete(collection: CollectionOption, user_id: str) -> None:
 @users_app.command("list")
 def users_list(collection: CollectionOption, as_json: JsonOption = False) -> None:
     """List the users of a collection."""
-    users, token = [], None
+    users: list[StoredUser] = []
+    token = None
     while True:
-        page = call("ListUsers", {"CollectionId": collection, **({"NextToken": token} if token else {})})
-        users += page["Users"]
-        token = page.get("NextToken")
+        page: UserPage = call("ListUsers", {"CollectionId": collection, **({"NextToken": token} if token else {})})
+        users += page.users
+        token = page.next_token
         if not token:
             break
     if as_json:
-        emit({"Users": users})
+        emit("ListUsers", UserPage(tuple(users)))  # every page as one
         return
     for user in users:
-        out.print(f"{user['UserId']}  {user['UserStatus']}")
+        out.print(f"{user.user_id}  {user.status}")
 
 
 @users_app.command("associate")
@@ -548,14 +568,13 @@ def users_disassociate(
 def _change_user_faces(
     operation: str, verb: str, preposition: str, collection: str, user_id: str, face_ids: list[str], as_json: bool
 ) -> None:
-    response = call(operation, {"CollectionId": collection, "UserId": user_id, "FaceIds": face_ids})
+    changed: Association = call(operation, {"CollectionId": collection, "UserId": user_id, "FaceIds": face_ids})
     if as_json:
-        emit(response)
+        emit(operation, changed)
         return
-    noun = "Associat" if operation == "AssociateFaces" else "Disassociat"  # AssociatedFaces, …Associations
-    out.print(f"{verb} {len(response[noun + 'edFaces'])} faces {preposition} {user_id}")
-    for failure in response[f"UnsuccessfulFace{noun}ions"]:
-        out.print(f"not {verb} {failure['FaceId']}: {', '.join(failure['Reasons'])}")
+    out.print(f"{verb} {len(changed.face_ids)} faces {preposition} {user_id}")
+    for refusal in changed.refused:
+        out.print(f"not {verb} {refusal.face_id}: {', '.join(refusal.reasons)}")
 
 
 @users_app.command("search")
@@ -574,15 +593,16 @@ def users_search(
         raise typer.BadParameter("give exactly one of --image, --user or --face")
     params: dict = {"CollectionId": collection, "UserMatchThreshold": threshold}
     if image_path is not None:
-        response = call("SearchUsersByImage", {**params, "Image": image(image_path)})
+        operation, params = "SearchUsersByImage", {**params, "Image": image(image_path)}
     else:
-        response = call("SearchUsers", {**params, **({"UserId": user_id} if user_id else {"FaceId": face_id})})
+        operation, params = "SearchUsers", {**params, **({"UserId": user_id} if user_id else {"FaceId": face_id})}
+    found: UserMatches = call(operation, params)
     if as_json:
-        emit(response)
+        emit(operation, found)
         return
-    for match in response["UserMatches"]:
-        out.print(f"{_percent(match['Similarity'])}  {match['User']['UserId']}")
-    out.print(f"{len(response['UserMatches'])} users at similarity ≥ {threshold}")
+    for match in found.matches:
+        out.print(f"{_percent(match.similarity)}  {match.user_id}")
+    out.print(f"{len(found.matches)} users at similarity ≥ {threshold}")
 
 
 # Governance: organisations, use cases, keys, policies

@@ -27,6 +27,16 @@ from facegate.fairness.calibrated import AuditCurves
 from facegate.keys import IssuedKey, KeyRing, Principal
 from facegate.policy.gate import Circumstances, CompiledPolicies, Decision, PolicyInvalid, Subject, Target, decide
 from facegate.policy.templates import CATEGORIES, PURPOSES, TEMPLATES, parse_params
+from facegate.results import (
+    Comparison,
+    Detection,
+    FaceMatches,
+    FacesDeleted,
+    FacesPurged,
+    IndexResult,
+    Result,
+    UserMatches,
+)
 from facegate.store import AccessKey, Organisation, PolicyState, Store, UseCase
 
 OPERATOR = "operator"
@@ -568,26 +578,26 @@ class Governance:
         return stop
 
     @staticmethod
-    def summarise_result(operation: str, result: dict) -> dict[str, Any]:
-        """What the audit keeps of a response: counts and matched ids with similarities, never images."""
+    def summarise_result(operation: str, result: Result) -> dict[str, Any]:
+        """What the audit keeps of a result: counts and matched ids with similarities, never images."""
         facts: dict[str, Any] = {}
-        if "FaceMatches" in result:
+        if isinstance(result, FaceMatches):
             facts["matches"] = [
-                {"face_id": m["Face"].get("FaceId"), "similarity": round(m["Similarity"], 4)}
-                for m in result["FaceMatches"]
+                {"face_id": m.face.face_id, "similarity": round(m.similarity, 4)} for m in result.matches
             ]
-            facts["faces_found"] = len(result["FaceMatches"]) + len(result.get("UnmatchedFaces", []))
-        if "UserMatches" in result:
-            facts["matches"] = [
-                {"user_id": m["User"]["UserId"], "similarity": round(m["Similarity"], 4)} for m in result["UserMatches"]
-            ]
-        if "FaceRecords" in result:
-            facts["faces_found"] = len(result["FaceRecords"]) + len(result.get("UnindexedFaces", []))
-            facts["indexed_face_ids"] = [r["Face"]["FaceId"] for r in result["FaceRecords"]]
-        if "FaceDetails" in result:
-            facts["faces_found"] = len(result["FaceDetails"])
-        if "DeletedFaces" in result:
-            facts["deleted_face_ids"] = list(result["DeletedFaces"])
+            facts["faces_found"] = len(result.matches)
+        elif isinstance(result, Comparison):  # the target's faces are not stored: they have no face id
+            facts["matches"] = [{"face_id": None, "similarity": round(m.similarity, 4)} for m in result.matches]
+            facts["faces_found"] = len(result.matches) + len(result.unmatched)
+        elif isinstance(result, UserMatches):
+            facts["matches"] = [{"user_id": m.user_id, "similarity": round(m.similarity, 4)} for m in result.matches]
+        elif isinstance(result, IndexResult):
+            facts["faces_found"] = len(result.records) + len(result.unindexed)
+            facts["indexed_face_ids"] = [r.face.face_id for r in result.records]
+        elif isinstance(result, Detection):
+            facts["faces_found"] = len(result.faces)
+        elif isinstance(result, FacesDeleted | FacesPurged):
+            facts["deleted_face_ids"] = list(result.deleted)
         return facts
 
     def record_event(self, event: str, actor: str, **facts: Any) -> None:

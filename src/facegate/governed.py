@@ -17,11 +17,11 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from facegate.errors import AccessDeniedException, FacegateError, InternalServerError
 from facegate.governance import GateOutcome, Governance
 from facegate.keys import Principal
+from facegate.results import FacesPurged, IndexResult, Result
 from facegate.service import FaceService
 
 log = logging.getLogger("facegate")
@@ -58,13 +58,12 @@ class RequestContext:
 
 @dataclass(frozen=True)
 class Outcome:
-    """An allowed, executed and audited request: the operation's result and what the gate applied."""
+    """An allowed, executed and audited request: the operation's typed result and what the gate applied."""
 
-    result: dict[str, Any]
+    result: Result
     gate: GateOutcome
     request_id: str
     audit_seq: int
-    repeated: bool = False  # IndexFaces: the image was already indexed, nothing new stored
 
 
 class GovernedService:
@@ -98,7 +97,7 @@ class GovernedService:
             operation,
             decision="allow",
             latency_ms=_ms(context.started),
-            model_version=result.get("FaceModelVersion"),
+            model_version=getattr(result, "model_version", None),  # where the operation reports the face model
             intent_seq=intent,
             **facts,
         )
@@ -123,7 +122,8 @@ class GovernedService:
             [(outcome, principal, "IndexFaces", {"event": "intent", **facts}) for _, outcome, facts in allowed]
         )
         done = self.service.index_many(principal.owner, [outcome.params for _, outcome, _ in allowed])
-        records, slots = [], []
+        records: list[tuple] = []
+        slots: list[tuple[int, GateOutcome, IndexResult] | None] = []
         for (i, outcome, facts), intent, result in zip(allowed, intents, done, strict=True):
             if isinstance(result, FacegateError):
                 result.audited = True
@@ -133,16 +133,15 @@ class GovernedService:
                 )
                 slots.append(None)
                 continue
-            response, repeated = result
-            summary = {**facts, **Governance.summarise_result("IndexFaces", response)}
+            summary = {**facts, **Governance.summarise_result("IndexFaces", result)}
             summary.update(decision="allow", latency_ms=_ms(contexts[i].started), intent_seq=intent["seq"])
-            summary.update(model_version=response.get("FaceModelVersion"), repeated=repeated or None)
+            summary.update(model_version=result.model_version, repeated=result.repeated or None)
             records.append((outcome, principal, "IndexFaces", summary))
-            slots.append((i, outcome, response, repeated))
+            slots.append((i, outcome, result))
         for slot, entry in zip(slots, self.governance.record_requests(records), strict=True):
             if slot is not None:
-                i, outcome, response, repeated = slot
-                results[i] = Outcome(response, outcome, contexts[i].request_id, entry["seq"], repeated)
+                i, outcome, result = slot
+                results[i] = Outcome(result, outcome, contexts[i].request_id, entry["seq"])
         return results  # type: ignore[return-value]
 
     def purge_expired(self, *, dry_run: bool = False) -> list[dict]:
@@ -155,7 +154,9 @@ class GovernedService:
             if deleted and not dry_run:
                 operator = Principal.operator(due.organisation, actor=RETENTION_ACTOR)
                 params = {"CollectionId": due.collection, "FaceIds": due.face_ids, "Reason": f"retention: {due.reason}"}
-                deleted = self.execute(operator, "PurgeFaces", params).result["DeletedFaces"]
+                purged = self.execute(operator, "PurgeFaces", params).result
+                assert isinstance(purged, FacesPurged)
+                deleted = list(purged.deleted)
                 for face_id in deleted:
                     self.governance.record_event(
                         "deletion",

@@ -23,19 +23,19 @@ from facegate.compose import Settings
 from facegate.errors import FacegateError
 from facegate.keys import Principal
 from facegate.lifetime import exit_with_parent
+from facegate.results import IndexResult
 
 _worker = None
 
 
 @dataclass(frozen=True)
 class Indexed:
-    """What happened to one file: the IndexFaces response, or the error that stopped it."""
+    """What happened to one file: the IndexFaces result, or the error that stopped it."""
 
     path: Path
     params: dict  # the request minus the image bytes (for the audit record)
     image_sha256: str | None = None
-    response: dict | None = None
-    repeated: bool = False
+    result: IndexResult | None = None
     error_code: str | None = None
     error: str | None = None
 
@@ -67,7 +67,7 @@ def _index_batch(tasks: list[tuple[str, dict]]) -> list[Indexed]:
         if isinstance(result, FacegateError):
             outcomes[i] = Indexed(Path(path), params, digest, error_code=result.code, error=result.message)
         else:
-            outcomes[i] = Indexed(Path(path), params, digest, result.result, result.repeated)
+            outcomes[i] = Indexed(Path(path), params, digest, result.result)
     return outcomes  # type: ignore[return-value]
 
 

@@ -1,8 +1,9 @@
 """The Rekognition face operations and their semantics — the one place where the rules live.
 
-The CLI, the Python API and the HTTP API all call ``FaceService.call(owner, operation, params)``: params and
-results are the operation's request and response shapes (blobs as bytes). ``owner`` is the organisation on
-whose behalf the call runs; no operation ever reads or changes another owner's collections.
+The CLI, the Python API and the HTTP API all call ``FaceService.call(owner, operation, params)`` (through the
+governed operation): params are the operation's Rekognition request shape (blobs as bytes), the answer is a
+typed result (``facegate.results``) that ``facegate.wire`` writes as the Rekognition response. ``owner`` is the
+organisation on whose behalf the call runs; no operation ever reads or changes another owner's collections.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -31,7 +31,35 @@ from facegate.errors import (
     ServiceQuotaExceededException,
 )
 from facegate.quality import filter_reasons
-from facegate.store import Collection, Store, StoredFace
+from facegate.results import (
+    Association,
+    CollectionCreated,
+    CollectionDeleted,
+    CollectionDescription,
+    CollectionPage,
+    Comparison,
+    Detection,
+    FaceMatch,
+    FaceMatches,
+    FacePage,
+    FaceRecord,
+    FaceRefusal,
+    FacesDeleted,
+    FacesPurged,
+    FoundFace,
+    IndexResult,
+    ResourceTags,
+    Result,
+    TagsChanged,
+    TargetMatch,
+    UnindexedFace,
+    UserCreated,
+    UserDeleted,
+    UserMatch,
+    UserMatches,
+    UserPage,
+)
+from facegate.store import Collection, Store, StoredFace, StoredUser
 from facegate.store.search import FaceSearch, distances
 from facegate.validation import validate_request
 
@@ -43,8 +71,6 @@ DEFAULT_USER_PAGE = 100
 MAX_FACES_PER_USER = 100
 MAX_COMPARE_TARGETS = 100
 REGION = "us-east-1"
-
-Response = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -65,7 +91,7 @@ class FaceService:
         self.search = FaceSearch(store)
         self.engine = engine
         self.region = region
-        self._operations: dict[str, Callable[[str, dict], Response]] = {
+        self._operations: dict[str, Callable[[str, dict], Result]] = {
             "CreateCollection": self.create_collection,
             "DescribeCollection": self.describe_collection,
             "ListCollections": self.list_collections,
@@ -89,14 +115,14 @@ class FaceService:
             "ListTagsForResource": self.list_tags_for_resource,
         }
         # facegate's own operations, beyond Rekognition's: checked here, not against botocore's model.
-        self._internal: dict[str, Callable[[str, dict], Response]] = {"PurgeFaces": self.purge_faces}
+        self._internal: dict[str, Callable[[str, dict], Result]] = {"PurgeFaces": self.purge_faces}
 
     @property
     def operations(self) -> frozenset[str]:
         """The Rekognition operations (what the HTTP API serves)."""
         return frozenset(self._operations)
 
-    def call(self, owner: str, operation: str, params: dict) -> Response:
+    def call(self, owner: str, operation: str, params: dict) -> Result:
         """Validate ``params`` against Rekognition's model and run ``operation`` for ``owner``."""
         if operation in self._internal:
             return self._internal[operation](owner, params)
@@ -107,37 +133,29 @@ class FaceService:
 
     # Collections
 
-    def create_collection(self, owner: str, p: dict) -> Response:
+    def create_collection(self, owner: str, p: dict) -> CollectionCreated:
         collection = self.store.create_collection(
             owner, p["CollectionId"], self.engine.model_version, p.get("Tags", {})
         )
-        return {
-            "StatusCode": 200,
-            "CollectionArn": self._arn(collection),
-            "FaceModelVersion": collection.model_version,
-        }
+        return CollectionCreated(self._arn(collection), collection.model_version)
 
-    def describe_collection(self, owner: str, p: dict) -> Response:
+    def describe_collection(self, owner: str, p: dict) -> CollectionDescription:
         collection = self._collection(owner, p["CollectionId"])
-        return {
-            "FaceCount": collection.face_count,
-            "UserCount": collection.user_count,
-            "FaceModelVersion": collection.model_version,
-            "CollectionARN": self._arn(collection),
-            "CreationTimestamp": collection.created_at,
-        }
+        return CollectionDescription(
+            arn=self._arn(collection),
+            model_version=collection.model_version,
+            face_count=collection.face_count,
+            user_count=collection.user_count,
+            created_at=collection.created_at,
+        )
 
-    def list_collections(self, owner: str, p: dict) -> Response:
+    def list_collections(self, owner: str, p: dict) -> CollectionPage:
         limit = p.get("MaxResults") or DEFAULT_PAGE  # the model allows 0; Rekognition reads it as unset
         after = _read_token(p.get("NextToken"), "ListCollections", owner)
         page = self.store.list_collections(owner, after, limit + 1)
-        response: Response = {
-            "CollectionIds": [c.collection_id for c in page[:limit]],
-            "FaceModelVersions": [c.model_version for c in page[:limit]],
-        }
-        if len(page) > limit:
-            response["NextToken"] = _make_token(page[limit - 1].collection_id, "ListCollections", owner)
-        return response
+        more = len(page) > limit
+        token = _make_token(page[limit - 1].collection_id, "ListCollections", owner) if more else None
+        return CollectionPage(tuple(page[:limit]), token)
 
     def rebuild_index(self, owner: str, collection_id: str) -> int:
         """Rebuild a collection's approximate-search index from the store (not a Rekognition operation)."""
@@ -147,26 +165,23 @@ class FaceService:
         """Load or build the approximate-search index of every collection that needs one (at startup)."""
         return self.store.prepare_vector_indexes()
 
-    def delete_collection(self, owner: str, p: dict) -> Response:
-        self.store.delete_collection(self._collection(owner, p["CollectionId"]))
-        return {"StatusCode": 200}
+    def delete_collection(self, owner: str, p: dict) -> CollectionDeleted:
+        collection = self._collection(owner, p["CollectionId"])
+        self.store.delete_collection(collection)
+        return CollectionDeleted(collection.collection_id)
 
     # Faces
 
-    def index(self, owner: str, params: dict) -> tuple[Response, bool]:
-        """IndexFaces, also telling whether the image was already indexed (nothing new stored)."""
-        return self._index(owner, validate_request("IndexFaces", params))
-
-    def index_many(self, owner: str, requests: list[dict]) -> list[tuple[Response, bool] | FacegateError]:
+    def index_many(self, owner: str, requests: list[dict]) -> list[IndexResult | FacegateError]:
         """IndexFaces for several images (bulk indexing): each checked, filtered and stored on its own, exactly as
-        ``index`` would, with one run of the embedding network over all their faces. Each result is
-        ``index``'s, or the error that stopped that image alone."""
-        results: list[tuple[Response, bool] | FacegateError | None] = [None] * len(requests)
+        IndexFaces would, with one run of the embedding network over all their faces. Each result is
+        IndexFaces', or the error that stopped that image alone."""
+        results: list[IndexResult | FacegateError | None] = [None] * len(requests)
         pending: list[tuple[int, _PendingIndex, np.ndarray]] = []
         for i, params in enumerate(requests):
             try:
                 prepared = self._prepare_index(owner, validate_request("IndexFaces", params))
-                if isinstance(prepared, tuple):
+                if isinstance(prepared, IndexResult):
                     results[i] = prepared
                 else:
                     pending.append((i, prepared, self.engine.decode(prepared.data)))
@@ -180,16 +195,13 @@ class FaceService:
                 results[i] = exc
         return results  # type: ignore[return-value]
 
-    def index_faces(self, owner: str, p: dict) -> Response:
-        return self._index(owner, p)[0]
-
-    def _index(self, owner: str, p: dict) -> tuple[Response, bool]:
+    def index_faces(self, owner: str, p: dict) -> IndexResult:
         prepared = self._prepare_index(owner, p)
-        if isinstance(prepared, tuple):
+        if isinstance(prepared, IndexResult):
             return prepared
         return self._store_index(prepared, self.engine.analyse_bytes(prepared.data))
 
-    def _prepare_index(self, owner: str, p: dict) -> _PendingIndex | tuple[Response, bool]:
+    def _prepare_index(self, owner: str, p: dict) -> _PendingIndex | IndexResult:
         """What IndexFaces checks before any face work; an image already indexed is answered here."""
         collection = self._collection(owner, p["CollectionId"])
         self._check_model(collection)
@@ -198,26 +210,25 @@ class FaceService:
         image_hash = hashlib.sha256(data).hexdigest()
         already = self.store.faces_of_image(collection, image_hash, external_id)
         if already:
-            return _repeat({"FaceModelVersion": collection.model_version}, already), True
+            return _repeat(collection, already)
         return _PendingIndex(collection, p, data, image_hash)
 
-    def _store_index(self, prepared: _PendingIndex, analysed: AnalysedImage) -> tuple[Response, bool]:
+    def _store_index(self, prepared: _PendingIndex, analysed: AnalysedImage) -> IndexResult:
         """IndexFaces after the face work: the quality filter and MaxFaces, then one write for the image."""
         collection, p = prepared.collection, prepared.params
         external_id = p.get("ExternalImageId")
-        response: Response = {"FaceModelVersion": collection.model_version}
         max_faces = p.get("MaxFaces")
         level = p.get("QualityFilter", "AUTO")
-        kept: list[Face] = []
-        unindexed = []
+        kept: list[FoundFace] = []
+        unindexed: list[UnindexedFace] = []
         for face in analysed.faces:  # largest first
             reasons = filter_reasons(face, level)
             if not reasons and max_faces is not None and len(kept) >= max_faces:
                 reasons = ["EXCEEDS_MAX_FACES"]
             if reasons:
-                unindexed.append({"Reasons": reasons, "FaceDetail": face_detail(face, analysed)})
+                unindexed.append(UnindexedFace(FoundFace.of(face, analysed), tuple(reasons)))
             else:
-                kept.append(face)
+                kept.append(FoundFace.of(face, analysed))
 
         image_id = str(uuid.uuid4())
         now = time.time()
@@ -226,60 +237,49 @@ class FaceService:
                 face_id=str(uuid.uuid4()),
                 image_id=image_id,
                 external_image_id=external_id,
-                box=_ratio_box(face, analysed),
-                confidence=face.confidence,
+                box=_ratios(found),
+                confidence=found.confidence,
                 image_hash=prepared.image_hash,
                 model_version=collection.model_version,
                 indexed_at=now,
-                embedding=face.embedding,
+                embedding=found.face.embedding,
             )
-            for face in kept
+            for found in kept
         ]
         stored = self.store.add_faces(collection, new)
         if stored and stored[0].face_id != (new[0].face_id if new else None):
             # A concurrent IndexFaces of the same image won the race; report its faces, as a repeat would.
-            return _repeat(response, stored), True
-        response["FaceRecords"] = [
-            {"Face": _face_json(record), "FaceDetail": face_detail(face, analysed)}
-            for record, face in zip(new, kept, strict=True)
-        ]
-        response["UnindexedFaces"] = unindexed
-        return response, False
+            return _repeat(collection, stored)
+        records = tuple(FaceRecord(record, found) for record, found in zip(new, kept, strict=True))
+        return IndexResult(collection.model_version, records, tuple(unindexed))
 
-    def list_faces(self, owner: str, p: dict) -> Response:
+    def list_faces(self, owner: str, p: dict) -> FacePage:
         collection = self._collection(owner, p["CollectionId"])
         limit = p.get("MaxResults") or DEFAULT_PAGE  # the model allows 0; Rekognition reads it as unset
         scope = f"{owner}/{collection.collection_id}/{p.get('UserId')}/{','.join(p.get('FaceIds', []))}"
         after = _read_token(p.get("NextToken"), "ListFaces", scope)
         page = self.store.list_faces(collection, after, limit + 1, user_id=p.get("UserId"), face_ids=p.get("FaceIds"))
-        response: Response = {
-            "Faces": [_face_json(f) for f in page[:limit]],
-            "FaceModelVersion": collection.model_version,
-        }
-        if len(page) > limit:
-            response["NextToken"] = _make_token(page[limit - 1].face_id, "ListFaces", scope)
-        return response
+        token = _make_token(page[limit - 1].face_id, "ListFaces", scope) if len(page) > limit else None
+        return FacePage(tuple(page[:limit]), collection.model_version, token)
 
-    def delete_faces(self, owner: str, p: dict) -> Response:
+    def delete_faces(self, owner: str, p: dict) -> FacesDeleted:
         collection = self._collection(owner, p["CollectionId"])
         requested = list(dict.fromkeys(p["FaceIds"]))
         found = {f.face_id: f for f in self.store.get_faces(collection, requested)}
-        unsuccessful = []
+        refused: list[FaceRefusal] = []
         deletable = []
         for face_id in requested:
             face = found.get(face_id)
             if face is None:
-                unsuccessful.append({"FaceId": face_id, "Reasons": ["FACE_NOT_FOUND"]})
+                refused.append(FaceRefusal(face_id, ("FACE_NOT_FOUND",)))
             elif face.user_id is not None:
-                unsuccessful.append(
-                    {"FaceId": face_id, "UserId": face.user_id, "Reasons": ["ASSOCIATED_TO_AN_EXISTING_USER"]}
-                )
+                refused.append(FaceRefusal(face_id, ("ASSOCIATED_TO_AN_EXISTING_USER",), user_id=face.user_id))
             else:
                 deletable.append(face_id)
         deleted = self.store.delete_faces(collection, deletable)
-        return {"DeletedFaces": deleted, "UnsuccessfulFaceDeletions": unsuccessful}
+        return FacesDeleted(tuple(deleted), tuple(refused))
 
-    def purge_faces(self, owner: str, p: dict) -> Response:
+    def purge_faces(self, owner: str, p: dict) -> FacesPurged:
         """Retention's deletion (not a Rekognition operation): the faces go even when associated with a user;
         the user stays, with the faces it has left."""
         face_ids = p.get("FaceIds")
@@ -291,11 +291,11 @@ class FaceService:
         deleted = []
         for start in range(0, len(face_ids), 500):
             deleted += self.store.delete_faces(collection, list(dict.fromkeys(face_ids[start : start + 500])))
-        return {"DeletedFaces": deleted}
+        return FacesPurged(tuple(deleted))
 
     # Search and compare
 
-    def search_faces(self, owner: str, p: dict) -> Response:
+    def search_faces(self, owner: str, p: dict) -> FaceMatches:
         collection = self._collection(owner, p["CollectionId"])
         face_id = p["FaceId"]
         probe = self.store.get_faces(collection, [face_id], with_embeddings=True)
@@ -308,9 +308,9 @@ class FaceService:
             p.get("MaxFaces", DEFAULT_SEARCH_MAX),
             exclude=face_id,
         )
-        return {"SearchedFaceId": face_id, "FaceMatches": matches, "FaceModelVersion": collection.model_version}
+        return FaceMatches(matches, collection.model_version, searched_face_id=face_id)
 
-    def search_faces_by_image(self, owner: str, p: dict) -> Response:
+    def search_faces_by_image(self, owner: str, p: dict) -> FaceMatches:
         collection = self._collection(owner, p["CollectionId"])
         self._check_model(collection)
         analysed = self.engine.analyse_bytes(_image_bytes(p["Image"]))
@@ -321,48 +321,37 @@ class FaceService:
             p.get("FaceMatchThreshold", DEFAULT_THRESHOLD),
             p.get("MaxFaces", DEFAULT_SEARCH_MAX),
         )
-        return {
-            "SearchedFaceBoundingBox": _bounding_box(face, analysed),
-            "SearchedFaceConfidence": face.confidence,
-            "FaceMatches": matches,
-            "FaceModelVersion": collection.model_version,
-        }
+        return FaceMatches(matches, collection.model_version, searched_face=FoundFace.of(face, analysed))
 
-    def compare_faces(self, owner: str, p: dict) -> Response:
+    def compare_faces(self, owner: str, p: dict) -> Comparison:
         level = p.get("QualityFilter", "NONE")
         source = self.engine.analyse_bytes(_image_bytes(p["SourceImage"], "SourceImage"))
         source_face = _largest_usable(source, level, "SourceImage")
         target = self.engine.analyse_bytes(_image_bytes(p["TargetImage"], "TargetImage"), max_faces=MAX_COMPARE_TARGETS)
         threshold = p.get("SimilarityThreshold", DEFAULT_THRESHOLD)
         targets = [f for f in target.faces if not filter_reasons(f, level)]
-        matches, unmatched = [], []
+        matches: list[TargetMatch] = []
+        unmatched: list[FoundFace] = []
         if targets:
             similarities = self._similarities(np.stack([f.embedding for f in targets]), source_face.embedding)
             for face, similarity in zip(targets, similarities, strict=True):
                 if similarity >= threshold:
-                    matches.append({"Similarity": float(similarity), "Face": compared_face(face, target)})
+                    matches.append(TargetMatch(float(similarity), FoundFace.of(face, target)))
                 else:
-                    unmatched.append(compared_face(face, target))
-        matches.sort(key=lambda m: m["Similarity"], reverse=True)
-        return {
-            "SourceImageFace": {
-                "BoundingBox": _bounding_box(source_face, source),
-                "Confidence": source_face.confidence,
-            },
-            "FaceMatches": matches,
-            "UnmatchedFaces": unmatched,
-        }
+                    unmatched.append(FoundFace.of(face, target))
+        matches.sort(key=lambda m: m.similarity, reverse=True)
+        return Comparison(FoundFace.of(source_face, source), tuple(matches), tuple(unmatched))
 
-    def detect_faces(self, owner: str, p: dict) -> Response:
+    def detect_faces(self, owner: str, p: dict) -> Detection:
         analysed = self.engine.analyse_bytes(_image_bytes(p["Image"]), embed=False)
-        return {"FaceDetails": [face_detail(face, analysed) for face in analysed.faces]}
+        return Detection(tuple(FoundFace.of(face, analysed) for face in analysed.faces))
 
     def _search(
         self, collection: Collection, probe: np.ndarray, threshold: float, limit: int, exclude: str | None = None
-    ) -> list[dict]:
+    ) -> tuple[FaceMatch, ...]:
         found = self.search.nearest(collection, probe, self._max_distance(threshold), limit, exclude_face=exclude)
         scored = [(float(self.engine.similarity.similarity(n.distance)), n.face) for n in found]
-        return [{"Similarity": s, "Face": _face_json(f)} for s, f in scored if s >= threshold]
+        return tuple(FaceMatch(s, f) for s, f in scored if s >= threshold)
 
     def _max_distance(self, threshold: float) -> float:
         """The distance a threshold allows (with rounding slack; similarities are checked after)."""
@@ -373,37 +362,35 @@ class FaceService:
 
     # Users
 
-    def create_user(self, owner: str, p: dict) -> Response:
+    def create_user(self, owner: str, p: dict) -> UserCreated:
         collection = self._collection(owner, p["CollectionId"])
         if self._replayed(collection, "CreateUser", p):
-            return {}
+            return UserCreated(p["UserId"])
         if self.store.get_user(collection, p["UserId"]) is not None:
             raise ConflictException(f"User {p['UserId']} already exists in collection {collection.collection_id}.")
         self.store.create_user(collection, p["UserId"])
         self._remember(collection, "CreateUser", p)
-        return {}
+        return UserCreated(p["UserId"])
 
-    def delete_user(self, owner: str, p: dict) -> Response:
+    def delete_user(self, owner: str, p: dict) -> UserDeleted:
         collection = self._collection(owner, p["CollectionId"])
         if self._replayed(collection, "DeleteUser", p):
-            return {}
+            return UserDeleted(p["UserId"])
         self._user(collection, p["UserId"])
         self.store.delete_user(collection, p["UserId"])
         self._remember(collection, "DeleteUser", p)
-        return {}
+        return UserDeleted(p["UserId"])
 
-    def list_users(self, owner: str, p: dict) -> Response:
+    def list_users(self, owner: str, p: dict) -> UserPage:
         collection = self._collection(owner, p["CollectionId"])
         limit = p.get("MaxResults") or DEFAULT_USER_PAGE
         scope = f"{owner}/{collection.collection_id}"
         after = _read_token(p.get("NextToken"), "ListUsers", scope)
         page = self.store.list_users(collection, after, limit + 1)
-        response: Response = {"Users": [{"UserId": u.user_id, "UserStatus": u.status} for u in page[:limit]]}
-        if len(page) > limit:
-            response["NextToken"] = _make_token(page[limit - 1].user_id, "ListUsers", scope)
-        return response
+        token = _make_token(page[limit - 1].user_id, "ListUsers", scope) if len(page) > limit else None
+        return UserPage(tuple(page[:limit]), token)
 
-    def associate_faces(self, owner: str, p: dict) -> Response:
+    def associate_faces(self, owner: str, p: dict) -> Association:
         collection = self._collection(owner, p["CollectionId"])
         self._replayed(collection, "AssociateFaces", p)  # a replay re-runs: association is idempotent
         user_id = p["UserId"]
@@ -420,30 +407,24 @@ class FaceService:
             )
         ]
         count = user.face_count
-        associated, unsuccessful = [], []
+        associated: list[str] = []
+        refused: list[FaceRefusal] = []
         for face_id in requested:
             face = found.get(face_id)
             if face is None:
-                unsuccessful.append({"FaceId": face_id, "Reasons": ["FACE_NOT_FOUND"]})
+                refused.append(FaceRefusal(face_id, ("FACE_NOT_FOUND",)))
                 continue
             if face.user_id == user_id:
                 associated.append(face_id)
                 continue
             if face.user_id is not None:
-                unsuccessful.append(
-                    {"FaceId": face_id, "UserId": face.user_id, "Reasons": ["ASSOCIATED_TO_A_DIFFERENT_USER"]}
-                )
+                refused.append(FaceRefusal(face_id, ("ASSOCIATED_TO_A_DIFFERENT_USER",), user_id=face.user_id))
                 continue
             if members:
                 confidence = float(np.max(self._similarities(np.stack(members), face.embedding)))
                 if confidence < threshold:
-                    unsuccessful.append(
-                        {
-                            "FaceId": face_id,
-                            "UserId": user_id,
-                            "Confidence": confidence,
-                            "Reasons": ["LOW_MATCH_CONFIDENCE"],
-                        }
+                    refused.append(
+                        FaceRefusal(face_id, ("LOW_MATCH_CONFIDENCE",), user_id=user_id, confidence=confidence)
                     )
                     continue
             if count >= MAX_FACES_PER_USER:
@@ -455,45 +436,35 @@ class FaceService:
             count += 1
         self.store.set_face_user(collection, [f for f in associated if found[f].user_id is None], user_id)
         self._remember(collection, "AssociateFaces", p)
-        return {
-            "AssociatedFaces": [{"FaceId": f} for f in associated],
-            "UnsuccessfulFaceAssociations": unsuccessful,
-            "UserStatus": "ACTIVE",
-        }
+        return Association(user_id, tuple(associated), tuple(refused))
 
-    def disassociate_faces(self, owner: str, p: dict) -> Response:
+    def disassociate_faces(self, owner: str, p: dict) -> Association:
         collection = self._collection(owner, p["CollectionId"])
         self._replayed(collection, "DisassociateFaces", p)
         user_id = p["UserId"]
         self._user(collection, user_id)
         requested = list(dict.fromkeys(p["FaceIds"]))
         found = {f.face_id: f for f in self.store.get_faces(collection, requested)}
-        done, unsuccessful = [], []
+        done: list[str] = []
+        refused: list[FaceRefusal] = []
         for face_id in requested:
             face = found.get(face_id)
             if face is None:
-                unsuccessful.append({"FaceId": face_id, "Reasons": ["FACE_NOT_FOUND"]})
+                refused.append(FaceRefusal(face_id, ("FACE_NOT_FOUND",)))
             elif face.user_id not in (user_id, None):
-                unsuccessful.append(
-                    {"FaceId": face_id, "UserId": face.user_id, "Reasons": ["ASSOCIATED_TO_A_DIFFERENT_USER"]}
-                )
+                refused.append(FaceRefusal(face_id, ("ASSOCIATED_TO_A_DIFFERENT_USER",), user_id=face.user_id))
             elif face.user_id is None:
-                unsuccessful.append({"FaceId": face_id, "Reasons": ["FACE_NOT_FOUND"]})
+                refused.append(FaceRefusal(face_id, ("FACE_NOT_FOUND",)))
             else:
                 done.append(face_id)
         self.store.set_face_user(collection, done, None)
         self._remember(collection, "DisassociateFaces", p)
-        return {
-            "DisassociatedFaces": [{"FaceId": f} for f in done],
-            "UnsuccessfulFaceDisassociations": unsuccessful,
-            "UserStatus": "ACTIVE",
-        }
+        return Association(user_id, tuple(done), tuple(refused))
 
-    def search_users(self, owner: str, p: dict) -> Response:
+    def search_users(self, owner: str, p: dict) -> UserMatches:
         collection = self._collection(owner, p["CollectionId"])
         if ("UserId" in p) == ("FaceId" in p):
             raise InvalidParameterException("SearchUsers needs exactly one of UserId or FaceId.")
-        response: Response = {"FaceModelVersion": collection.model_version}
         if "FaceId" in p:
             probe = self.store.get_faces(collection, [p["FaceId"]], with_embeddings=True)
             if not probe:
@@ -501,46 +472,40 @@ class FaceService:
                     f"FaceId {p['FaceId']} was not found in collection {collection.collection_id}."
                 )
             probes = [probe[0].embedding]
-            response["SearchedFace"] = {"FaceId": p["FaceId"]}
-            exclude = probe[0].user_id
         else:
             self._user(collection, p["UserId"])
             faces = self.store.list_faces(collection, None, MAX_FACES_PER_USER, user_id=p["UserId"])
             probes = [
                 f.embedding for f in self.store.get_faces(collection, [f.face_id for f in faces], with_embeddings=True)
             ]
-            response["SearchedUser"] = {"UserId": p["UserId"]}
-            exclude = p["UserId"]
-        response["UserMatches"] = self._search_users(
+        matches = self._search_users(
             collection,
             probes,
             p.get("UserMatchThreshold", DEFAULT_THRESHOLD),
             p.get("MaxUsers", DEFAULT_SEARCH_MAX),
-            exclude_user=exclude if "UserId" in p else None,
+            exclude_user=p.get("UserId"),  # searching by user leaves that user out; by face keeps the face's user
         )
-        return response
+        return UserMatches(
+            matches, collection.model_version, searched_face_id=p.get("FaceId"), searched_user_id=p.get("UserId")
+        )
 
-    def search_users_by_image(self, owner: str, p: dict) -> Response:
+    def search_users_by_image(self, owner: str, p: dict) -> UserMatches:
         collection = self._collection(owner, p["CollectionId"])
         self._check_model(collection)
         analysed = self.engine.analyse_bytes(_image_bytes(p["Image"]))
         face = _largest_usable(analysed, p.get("QualityFilter", "NONE"))
-        unsearched = [
-            {"FaceDetails": face_detail(other, analysed), "Reasons": ["FACE_NOT_LARGEST"]}
-            for other in analysed.faces
-            if other is not face
-        ]
-        return {
-            "UserMatches": self._search_users(
-                collection,
-                [face.embedding],
-                p.get("UserMatchThreshold", DEFAULT_THRESHOLD),
-                p.get("MaxUsers", DEFAULT_SEARCH_MAX),
-            ),
-            "FaceModelVersion": collection.model_version,
-            "SearchedFace": {"FaceDetail": face_detail(face, analysed)},
-            "UnsearchedFaces": unsearched,
-        }
+        matches = self._search_users(
+            collection,
+            [face.embedding],
+            p.get("UserMatchThreshold", DEFAULT_THRESHOLD),
+            p.get("MaxUsers", DEFAULT_SEARCH_MAX),
+        )
+        return UserMatches(
+            matches,
+            collection.model_version,
+            searched_face=FoundFace.of(face, analysed),
+            unsearched=tuple(FoundFace.of(other, analysed) for other in analysed.faces if other is not face),
+        )
 
     def _search_users(
         self,
@@ -549,26 +514,26 @@ class FaceService:
         threshold: float,
         limit: int,
         exclude_user: str | None = None,
-    ) -> list[dict]:
+    ) -> tuple[UserMatch, ...]:
         """A user's similarity is the best similarity between any probe and any of the user's faces."""
         found = self.search.nearest_users(
             collection, probes, self._max_distance(threshold), limit, exclude_user=exclude_user
         )
         scored = [(float(self.engine.similarity.similarity(n.distance)), n.user_id) for n in found]
-        return [{"Similarity": s, "User": {"UserId": u, "UserStatus": "ACTIVE"}} for s, u in scored if s >= threshold]
+        return tuple(UserMatch(s, u) for s, u in scored if s >= threshold)
 
     # Tags
 
-    def tag_resource(self, owner: str, p: dict) -> Response:
+    def tag_resource(self, owner: str, p: dict) -> TagsChanged:
         self.store.set_tags(self._collection_by_arn(owner, p["ResourceArn"]), p["Tags"])
-        return {}
+        return TagsChanged(p["ResourceArn"])
 
-    def untag_resource(self, owner: str, p: dict) -> Response:
+    def untag_resource(self, owner: str, p: dict) -> TagsChanged:
         self.store.remove_tags(self._collection_by_arn(owner, p["ResourceArn"]), p["TagKeys"])
-        return {}
+        return TagsChanged(p["ResourceArn"])
 
-    def list_tags_for_resource(self, owner: str, p: dict) -> Response:
-        return {"Tags": self.store.tags(self._collection_by_arn(owner, p["ResourceArn"]))}
+    def list_tags_for_resource(self, owner: str, p: dict) -> ResourceTags:
+        return ResourceTags(p["ResourceArn"], self.store.tags(self._collection_by_arn(owner, p["ResourceArn"])))
 
     # Helpers
 
@@ -590,7 +555,7 @@ class FaceService:
             raise ResourceNotFoundException(f"The resource {arn} does not exist")
         return self._collection(owner, parts[2].removeprefix("collection/"))
 
-    def _user(self, collection: Collection, user_id: str):
+    def _user(self, collection: Collection, user_id: str) -> StoredUser:
         user = self.store.get_user(collection, user_id)
         if user is None:
             raise ResourceNotFoundException(f"User {user_id} does not exist in collection {collection.collection_id}.")
@@ -626,66 +591,15 @@ class FaceService:
             self.store.remember_request(collection, operation, p["ClientRequestToken"], _fingerprint(p))
 
 
-# Wire shapes
+def _ratios(found: FoundFace) -> tuple[float, float, float, float]:
+    """A found face's box as the store keeps it: Width, Height, Left, Top as ratios."""
+    box = found.bounding_box
+    return (box.width, box.height, box.left, box.top)
 
 
-def _ratio_box(face: Face, image: AnalysedImage) -> tuple[float, float, float, float]:
-    return (
-        face.box.width / image.width,
-        face.box.height / image.height,
-        face.box.left / image.width,
-        face.box.top / image.height,
-    )
-
-
-def _bounding_box(face: Face, image: AnalysedImage) -> dict[str, float]:
-    width, height, left, top = _ratio_box(face, image)
-    return {"Width": width, "Height": height, "Left": left, "Top": top}
-
-
-def compared_face(face: Face, image: AnalysedImage) -> Response:
-    """Rekognition's ComparedFace: geometry, confidence, landmarks, pose, quality."""
-    return {
-        "BoundingBox": _bounding_box(face, image),
-        "Confidence": face.confidence,
-        "Landmarks": [
-            {"Type": name, "X": x / image.width, "Y": y / image.height} for name, (x, y) in face.landmarks.items()
-        ],
-        "Pose": {"Roll": face.pose.roll, "Yaw": face.pose.yaw, "Pitch": face.pose.pitch},
-        "Quality": {"Brightness": face.quality.brightness, "Sharpness": face.quality.sharpness},
-    }
-
-
-def face_detail(face: Face, image: AnalysedImage) -> Response:
-    """Rekognition's FaceDetail with the DEFAULT attributes. Age, gender and emotion are never estimated."""
-    return compared_face(face, image)
-
-
-def _face_json(face: StoredFace) -> Response:
-    width, height, left, top = face.box
-    out: Response = {
-        "FaceId": face.face_id,
-        "BoundingBox": {"Width": width, "Height": height, "Left": left, "Top": top},
-        "ImageId": face.image_id,
-        "Confidence": face.confidence,
-        "IndexFacesModelVersion": face.model_version,
-    }
-    if face.external_image_id is not None:
-        out["ExternalImageId"] = face.external_image_id
-    if face.user_id is not None:
-        out["UserId"] = face.user_id
-    return out
-
-
-def _repeat(response: Response, faces: list[StoredFace]) -> Response:
+def _repeat(collection: Collection, faces: list[StoredFace]) -> IndexResult:
     """IndexFaces' answer for an image already indexed with the same ExternalImageId: its stored faces."""
-    records = []
-    for face in faces:
-        stored = _face_json(face)
-        records.append(
-            {"Face": stored, "FaceDetail": {"BoundingBox": stored["BoundingBox"], "Confidence": face.confidence}}
-        )
-    return {**response, "FaceRecords": records, "UnindexedFaces": []}
+    return IndexResult(collection.model_version, tuple(FaceRecord(face) for face in faces), repeated=True)
 
 
 def _largest_usable(analysed: AnalysedImage, level: str, member: str = "Image") -> Face:

@@ -2,8 +2,8 @@
 
 The gallery is a facegate collection built from the non-member datasets given (faces from the embedding cache,
 stored through the ``Store`` interface as IndexFaces would store them); each member's photo is then searched
-with ``FaceService.call(owner, "SearchFacesByImage", ...)``, so the candidates are exactly what a facegate
-user gets. Gallery people who are members themselves (the overlap file) are left out, so every candidate
+with the governed ``SearchFacesByImage`` (``GovernedService.execute``), so the candidates are exactly what a
+facegate user gets. Gallery people who are members themselves (the overlap file) are left out, so every candidate
 returned is a false match.
 """
 
@@ -313,10 +313,10 @@ def _search_member(task: tuple[str, str, tuple[float, ...]]) -> dict:
         }
         try:
             governed, operator = _searcher
-            response = governed.execute(operator, "SearchFacesByImage", params).result
+            found = governed.execute(operator, "SearchFacesByImage", params).result
         except FacegateError as exc:
             return {"error": f"{exc.code}: {exc.message}"}
-        out[t] = [(m["Similarity"], m["Face"]["ExternalImageId"]) for m in response["FaceMatches"]]
+        out[t] = [(m.similarity, m.face.external_image_id) for m in found.matches]
     return {"matches": out}
 
 

@@ -2,8 +2,8 @@
 
 One straight path per request: read the body (capped in size and time) → verify the SigV4 signature → resolve
 the operation → parse JSON → the governed operation (gate → service → audit, ``governed.py``) on a thread →
-JSON response or AWS error. The wire layer knows nothing of SQL: it reaches the store only through the governed
-operation and the key ring.
+its typed result as Rekognition's JSON (``facegate/wire.py``), or an AWS error. The wire layer knows nothing
+of SQL: it reaches the store only through the governed operation and the key ring.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from facegate.server.admin import admin_routes
 from facegate.server.protocol import GuardedH11Protocol
 from facegate.server.wire import aws_json, error_response, parse_json
 from facegate.server.workers import OperationRunner, prepare_search_indexes_in_background
+from facegate.wire import to_wire
 
 log = logging.getLogger("facegate.server")
 
@@ -130,7 +131,7 @@ def create_app(
             )
             # Gate → service → audit, on a thread; the gate decides before any image is decoded.
             executed = await runner.run(governed.execute, principal, operation, params, context)
-            response = aws_json({**executed.result, **_decision_members(executed.gate)})
+            response = aws_json({**to_wire(operation, executed.result), **_decision_members(executed.gate)})
             _decision_headers(response, executed.gate)
             code = "OK"
         except Exception as raised:

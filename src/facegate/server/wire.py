@@ -1,5 +1,5 @@
 """AWS JSON 1.1 on the wire: the response body every endpoint (Rekognition, admin, health) sends, and the
-one shape of every error."""
+one shape of every error. (What a Rekognition operation's body holds is ``facegate/wire.py``'s.)"""
 
 from __future__ import annotations
 
