@@ -380,3 +380,13 @@ def test_aclu_counts_false_matches_and_honours_the_overlap(small_utkface, tmp_pa
     assert loose["members_falsely_matched"]["count"] >= strict["members_falsely_matched"]["count"]
     assert "data:image/jpeg;base64," in (out / "report.html").read_text()
     assert "| 99 | 6 |" in (out / "summary.md").read_text()
+    # The experiment ran as a governed operator: its gallery load and its searches are in the audit log.
+    from facegate.audit import AuditLog
+
+    log = AuditLog(tmp_path / "data")
+    runs = [
+        (r["operation"], r["decision"]) for r in log.entries(event="request") if r.get("actor") == "local-experiment"
+    ]
+    log.close()
+    assert ("LoadFaces", "allow") in runs and ("CreateCollection", "allow") in runs
+    assert runs.count(("SearchFacesByImage", "allow")) == 6 * 2  # every probe, at each threshold

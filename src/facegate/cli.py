@@ -97,6 +97,7 @@ ReasonOption = Annotated[str, typer.Option("--reason", help="Why (recorded in th
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     data: DataOption = None,
     detector: Annotated[str, typer.Option(help="Face detector: hog (fast) or cnn (dlib MMOD).")] = "hog",
     runtime: Annotated[str, typer.Option(help="Embedding runtime: onnx (fast) or dlib (the reference).")] = "onnx",
@@ -108,8 +109,7 @@ def main_options(
     state.detector = detector
     state.runtime = runtime
     state.owner = org
-    if data is not None:
-        os.environ["FACEGATE_HOME"] = str(data)  # sub-apps (audit) read their data directory from it
+    ctx.obj = {"data": data}  # sub-apps (audit, fairness) read it through config.data_dir(…, ctx)
 
 
 def call(operation: str, params: dict) -> Any:

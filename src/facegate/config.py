@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 DEFAULT_HOME = "facegate-data"
 # Local callers (CLI, Python API) act for this organisation until keys and organisations exist.
 DEFAULT_OWNER = "default"
 
 
-def data_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """The data directory: ``explicit`` if given, else $FACEGATE_HOME, else ./facegate-data."""
-    return Path(explicit or os.environ.get("FACEGATE_HOME") or DEFAULT_HOME)
+def data_dir(explicit: str | os.PathLike | None = None, context: Any = None) -> Path:
+    """The data directory: ``explicit`` if given, else the one the `facegate --data DIR` in front of a sub-command
+    named (``context``: that command's click context), else $FACEGATE_HOME, else ./facegate-data."""
+    inherited = None
+    if context is not None:
+        inherited = (context.find_root().obj or {}).get("data")
+    return Path(explicit or inherited or os.environ.get("FACEGATE_HOME") or DEFAULT_HOME)

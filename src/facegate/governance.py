@@ -32,6 +32,7 @@ from facegate.results import (
     Detection,
     FaceMatches,
     FacesDeleted,
+    FacesLoaded,
     FacesPurged,
     IndexResult,
     Result,
@@ -598,6 +599,9 @@ class Governance:
             facts["faces_found"] = len(result.faces)
         elif isinstance(result, FacesDeleted | FacesPurged):
             facts["deleted_face_ids"] = list(result.deleted)
+        elif isinstance(result, FacesLoaded):
+            facts["faces_found"] = len(result.loaded)
+            facts["indexed_face_ids"] = list(result.loaded)
         return facts
 
     def record_event(self, event: str, actor: str, **facts: Any) -> None:

@@ -41,6 +41,7 @@ MUTATIONS = frozenset(
         "TagResource",
         "UntagResource",
         "PurgeFaces",
+        "LoadFaces",
     }
 )
 
@@ -121,7 +122,24 @@ class GovernedService:
         intents = self.governance.record_requests(
             [(outcome, principal, "IndexFaces", {"event": "intent", **facts}) for _, outcome, facts in allowed]
         )
-        done = self.service.index_many(principal.owner, [outcome.params for _, outcome, _ in allowed])
+        try:
+            done = self.service.index_many(principal.owner, [outcome.params for _, outcome, _ in allowed])
+        except Exception as raised:  # the whole batch failed: each intent is closed with the error
+            error = (
+                raised
+                if isinstance(raised, FacegateError)
+                else InternalServerError("facegate failed to process the request; it has been logged.")
+            )
+            if not isinstance(raised, FacegateError):
+                log.error("IndexFaces batch failed", exc_info=raised)
+            self.governance.record_requests(
+                [
+                    (outcome, principal, "IndexFaces", _error_facts(error, contexts[i], facts, intent["seq"]))
+                    for (i, outcome, facts), intent in zip(allowed, intents, strict=True)
+                ]
+            )
+            error.audited = True
+            raise error from None
         records: list[tuple] = []
         slots: list[tuple[int, GateOutcome, IndexResult] | None] = []
         for (i, outcome, facts), intent, result in zip(allowed, intents, done, strict=True):

@@ -154,6 +154,13 @@ class FacesPurged:
     deleted: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class FacesLoaded:
+    """LoadFaces (faces embedded elsewhere, stored as they are; not a Rekognition operation): the ids stored."""
+
+    loaded: tuple[str, ...]
+
+
 # Search and compare
 
 
@@ -274,6 +281,7 @@ Result = (
     | FacePage
     | FacesDeleted
     | FacesPurged
+    | FacesLoaded
     | FaceMatches
     | Comparison
     | Detection

@@ -45,6 +45,7 @@ from facegate.results import (
     FaceRecord,
     FaceRefusal,
     FacesDeleted,
+    FacesLoaded,
     FacesPurged,
     FoundFace,
     IndexResult,
@@ -115,7 +116,10 @@ class FaceService:
             "ListTagsForResource": self.list_tags_for_resource,
         }
         # facegate's own operations, beyond Rekognition's: checked here, not against botocore's model.
-        self._internal: dict[str, Callable[[str, dict], Result]] = {"PurgeFaces": self.purge_faces}
+        self._internal: dict[str, Callable[[str, dict], Result]] = {
+            "PurgeFaces": self.purge_faces,
+            "LoadFaces": self.load_faces,
+        }
 
     @property
     def operations(self) -> frozenset[str]:
@@ -292,6 +296,25 @@ class FaceService:
         for start in range(0, len(face_ids), 500):
             deleted += self.store.delete_faces(collection, list(dict.fromkeys(face_ids[start : start + 500])))
         return FacesPurged(tuple(deleted))
+
+    def load_faces(self, owner: str, p: dict) -> FacesLoaded:
+        """Store faces embedded elsewhere (an experiment's gallery, embedded once for every threshold), as they
+        are: not a Rekognition operation, and no quality filter — the caller chose them."""
+        faces = p.get("Faces")
+        if not isinstance(faces, list) or not all(isinstance(f, StoredFace) for f in faces):
+            raise InvalidParameterException("LoadFaces needs Faces: a list of stored faces with embeddings.")
+        collection = self._collection(owner, p.get("CollectionId", ""))
+        self._check_model(collection)
+        if any(f.model_version != collection.model_version or f.embedding is None for f in faces):
+            raise InvalidParameterException(
+                f"LoadFaces: every face needs an embedding of model {collection.model_version}."
+            )
+        # One transaction for the call. add_faces returns the faces already stored when the first face's image is
+        # in the collection: loading is for new images only.
+        stored = self.store.add_faces(collection, faces)
+        if faces and stored[0].face_id != faces[0].face_id:
+            raise ConflictException(f"Collection {collection.collection_id} already holds these images: not loaded.")
+        return FacesLoaded(tuple(f.face_id for f in stored))
 
     # Search and compare
 

@@ -20,6 +20,7 @@ from facegate.audit.canonical import canonical_json
 from facegate.audit.log import DB_NAME, PUBLIC_KEY_NAME, AuditLog
 from facegate.audit.verify import VerificationReport, verify_export
 from facegate.cli_errors import UsageError, one_line_errors
+from facegate.config import data_dir
 
 audit_app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="The tamper-evident audit log: verify, export, show."
@@ -29,10 +30,9 @@ out = Console()
 err = Console(stderr=True)
 
 DataOption = Annotated[
-    Path,
-    typer.Option("--data", envvar="FACEGATE_HOME", help="The data directory ($FACEGATE_HOME, else ./facegate-data)."),
+    Path | None,
+    typer.Option("--data", help="The data directory (default $FACEGATE_HOME, else ./facegate-data)."),
 ]
-_DEFAULT_DATA = Path("facegate-data")
 _DECISIONS = ("allow", "deny", "error")
 _MAX_PROBLEMS_SHOWN = 50
 
@@ -61,7 +61,8 @@ def _epoch(option: str, text: str | None) -> float | None:
 
 @audit_app.command()
 def verify(
-    data: DataOption = _DEFAULT_DATA,
+    ctx: typer.Context,
+    data: DataOption = None,
     log: Annotated[Path | None, typer.Option("--log", help="An exported log (JSON Lines) to verify offline.")] = None,
     public_key: Annotated[
         Path | None, typer.Option("--public-key", help=f"The log's PEM public key (default: DATA/{PUBLIC_KEY_NAME}).")
@@ -69,6 +70,7 @@ def verify(
 ) -> None:
     """Check that no entry was altered, removed, inserted or reordered, and that the checkpoints are signed;
     on a live log, also that the columns queries read agree with the signed records."""
+    data = data_dir(data, ctx)
     with one_line_errors():
         key_path = public_key or data / PUBLIC_KEY_NAME
         if log is not None:
@@ -123,12 +125,13 @@ def _print_report(report: VerificationReport, source: str) -> None:
 
 @audit_app.command()
 def export(
-    data: DataOption = _DEFAULT_DATA,
+    ctx: typer.Context,
+    data: DataOption = None,
     to: Annotated[Path | None, typer.Option("--out", help="Write here instead of standard output.")] = None,
 ) -> None:
     """Sign a fresh checkpoint and write the whole log as JSON Lines, for `audit verify --log` elsewhere."""
     with one_line_errors():
-        audit = _open(data)
+        audit = _open(data_dir(data, ctx))
         if to is None:
             audit.export(sys.stdout)
             return
@@ -139,7 +142,8 @@ def export(
 
 @audit_app.command()
 def show(
-    data: DataOption = _DEFAULT_DATA,
+    ctx: typer.Context,
+    data: DataOption = None,
     org: Annotated[str | None, typer.Option("--org", help="Only this organisation.")] = None,
     purpose: Annotated[str | None, typer.Option("--purpose", help="Only this purpose.")] = None,
     decision: Annotated[str | None, typer.Option("--decision", help="Only allow, deny or error.")] = None,
@@ -155,7 +159,7 @@ def show(
     with one_line_errors():
         if decision is not None and decision not in _DECISIONS:
             raise UsageError(f"--decision {decision!r} is not one of: {', '.join(_DECISIONS)}")
-        entries = _open(data).entries(
+        entries = _open(data_dir(data, ctx)).entries(
             organisation=org,
             purpose=purpose,
             decision=decision,

@@ -28,6 +28,7 @@ import numpy as np
 import facegate
 from facegate.config import DEFAULT_OWNER
 from facegate.engine.models import embedding_weights, weights_sha256
+from facegate.errors import ResourceNotFoundException
 from facegate.fairness.datasets import DatasetError, load_dataset
 from facegate.fairness.embeddings import EmbeddedDataset, Reporter, embed_dataset
 from facegate.fairness.metrics import Rate, fpir
@@ -217,8 +218,10 @@ def _build_gallery(
     collection_id = COLLECTION_PREFIX + gallery_hash[:16]
     owner = DEFAULT_OWNER
     operator = Principal.operator(owner, actor=EXPERIMENT_ACTOR)
-    store = facegate.store
-    existing = store.get_collection(owner, collection_id)
+    try:
+        existing = facegate.governed.execute(operator, "DescribeCollection", {"CollectionId": collection_id}).result
+    except ResourceNotFoundException:
+        existing = None
     if existing is not None and existing.face_count == len(chosen):
         reporter.note(f"reusing gallery collection {collection_id} ({len(chosen):,} faces)")
     else:
@@ -229,7 +232,6 @@ def _build_gallery(
             "CreateCollection",
             {"CollectionId": collection_id, "Tags": {"purpose": "fairness ACLU-style experiment gallery"}},
         )
-        collection = store.get_collection(owner, collection_id)
         now = time.time()
         batch: list[StoredFace] = []
         for n, (data, i, external) in enumerate(chosen, 1):
@@ -246,20 +248,11 @@ def _build_gallery(
                     embedding=data.embeddings[i],
                 )
             )
-            # A new collection holds no image yet, so add_faces' same-image check has nothing to find and
-            # a batch of images can go in one transaction.
+            # Faces embedded once for every threshold are loaded as they are, a governed LoadFaces per batch.
             if len(batch) == 1000 or n == len(chosen):
-                store.add_faces(collection, batch)
+                facegate.governed.execute(operator, "LoadFaces", {"CollectionId": collection_id, "Faces": batch})
                 batch = []
                 reporter.step("storing the gallery", n, len(chosen))
-        facegate.governance.record_event(
-            "experiment_gallery_loaded",
-            EXPERIMENT_ACTOR,
-            organisation=owner,
-            collection=collection_id,
-            faces=len(chosen),
-            gallery_sha256=gallery_hash,
-        )
     faces = {
         external: GalleryFace(
             data.dataset.spec,

@@ -78,6 +78,7 @@ class _RichReporter(Reporter):
 
 @fairness_app.command()
 def audit(
+    ctx: typer.Context,
     dataset: Annotated[str, typer.Option("--dataset", help=f"The labelled dataset: {SPEC_HELP}.")],
     to: OutOption,
     data: DataOption = None,
@@ -94,7 +95,7 @@ def audit(
         report = run_audit(
             dataset,
             to,
-            data_dir(data),
+            data_dir(data, ctx),
             thresholds=tuple(threshold) if threshold else SIMILARITY_THRESHOLDS,
             workers=workers,
             reporter=reporter,
@@ -118,6 +119,7 @@ def audit(
 
 @fairness_app.command()
 def aclu(
+    ctx: typer.Context,
     probes: Annotated[Path, typer.Option("--probes", help="Folder of the members' photos (congress117/images).")],
     members: Annotated[Path, typer.Option("--members", help="members.csv (bioguide, name, photo_file, ...).")],
     gallery: Annotated[list[str], typer.Option("--gallery", help=f"Gallery dataset, repeatable: {SPEC_HELP}.")],
@@ -144,7 +146,7 @@ def aclu(
             members,
             gallery,
             to,
-            data_dir(data),
+            data_dir(data, ctx),
             overlap=overlap,
             thresholds=tuple(threshold) if threshold else THRESHOLDS,
             audit_report=audit_report_of(audit_json) if audit_json else None,
@@ -168,29 +170,30 @@ def aclu(
     out.print(f"wrote {to / 'report.json'}, {to / 'report.html'}, {to / 'summary.md'}", markup=False)
 
 
-def _governance(data: Path | None):
+def _governance(home: Path):
     from facegate.compose import Settings, build
 
-    return build(Settings(data_dir(data))).governance
+    return build(Settings(home)).governance
 
 
 @fairness_app.command()
 def activate(
+    ctx: typer.Context,
     report: Annotated[Path, typer.Argument(help="report.json of `facegate fairness audit`.")],
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")],
     data: DataOption = None,
 ) -> None:
     """Make an audit the one the policy gate and search responses use (thresholds justified by measurement)."""
     with one_line_errors():
-        curves = _governance(data).activate_audit(report, reason)
+        curves = _governance(data_dir(data, ctx)).activate_audit(report, reason)
     out.print(f"active fairness audit {curves.audit_id} ({curves.dataset}, model {curves.model_version})")
 
 
 @fairness_app.command()
-def show(data: DataOption = None) -> None:
+def show(ctx: typer.Context, data: DataOption = None) -> None:
     """The active audit's headline numbers: worst groups, calibrated thresholds, expected false candidates."""
     with one_line_errors():
-        curves = _governance(data).active_audit()
+        curves = _governance(data_dir(data, ctx)).active_audit()
     if curves is None:
         fail("no fairness audit is active: run `facegate fairness audit`, then `facegate fairness activate`")
     out.print(f"active fairness audit {curves.audit_id}: {curves.dataset}, model {curves.model_version}")
