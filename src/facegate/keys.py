@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from facegate.store import AccessKey, Store
+from facegate.store import AccessKey, KeyStore
 
 KEY_FILE = "server.key"
 _ID_ALPHABET = string.ascii_uppercase + string.digits
@@ -64,7 +64,7 @@ class Principal:
 
 
 class KeyRing:
-    def __init__(self, store: Store, data_dir: Path) -> None:
+    def __init__(self, store: KeyStore, data_dir: Path) -> None:
         self.store = store
         self.data_dir = Path(data_dir)
         self._fernet = Fernet(_server_key(Path(data_dir) / KEY_FILE))

@@ -9,10 +9,11 @@ comes back. The service turns distances into similarities; it holds no distance 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from facegate.store import Collection, Store, StoredFace
+from facegate.store import Collection, FaceSearchStore, FaceStore, StoredFace
 
 
 def distances(embeddings: np.ndarray, probe: np.ndarray) -> np.ndarray:
@@ -36,10 +37,14 @@ class UserNeighbour:
     face_id: str  # that face
 
 
+class SearchableStore(FaceSearchStore, FaceStore, Protocol):
+    """What search reads: the gallery and the vector index, and the faces themselves to confirm each result."""
+
+
 class FaceSearch:
     """Nearest-face search over a store's faces (its gallery for exact search, its vector index above)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: SearchableStore) -> None:
         self.store = store
 
     def nearest(
