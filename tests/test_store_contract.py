@@ -18,13 +18,30 @@ from facegate.errors import ResourceAlreadyExistsException
 from facegate.store import AccessKey, Collection, Organisation, PolicyState, Store, StoredFace, StoredUser, UseCase
 from facegate.store.sqlite import SqliteStore
 
-# A factory opens a store on the data of one test (``tmp_path``), empty at first; called again with the same
-# ``tmp_path`` it opens the same data again (a restart, or another process). PostgreSQL + pgvector goes here too,
-# e.g. one database schema per ``tmp_path``.
+
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """How to open a store on the data of one test: ``place`` names the fixture that gives each test its own
+    empty place for data (a directory, a database URL), and ``open`` opens a store there. Called again on the
+    same place, ``open`` opens the same data again (a restart, or another process)."""
+
+    place: str
+    open: Callable[[Path | str], Store]
+
+
+def _postgres(url: str, **options) -> Store:
+    from facegate.store.postgres import PostgresStore
+
+    return PostgresStore(url, **options)
+
+
 IMPLEMENTATIONS = [
-    pytest.param(lambda tmp_path: SqliteStore(tmp_path / "data"), id="sqlite"),
+    pytest.param(Implementation("data_dir", lambda path: SqliteStore(path)), id="sqlite"),
     # The approximate index answers at every size, so nearest_faces is exercised and not only declined.
-    pytest.param(lambda tmp_path: SqliteStore(tmp_path / "data", ann_min_faces=1), id="sqlite-ann"),
+    pytest.param(Implementation("data_dir", lambda path: SqliteStore(path, ann_min_faces=1)), id="sqlite-ann"),
+    # One database per test on a server started once per run (tests/conftest.py: postgres_server).
+    pytest.param(Implementation("postgres_url", _postgres), id="postgresql"),
+    pytest.param(Implementation("postgres_url", lambda url: _postgres(url, ann_min_faces=1)), id="postgresql-ann"),
 ]
 
 OWNER = "org-a"
@@ -32,13 +49,20 @@ OTHER_OWNER = "org-b"
 MODEL = "model-1"
 
 
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
 @pytest.fixture(params=IMPLEMENTATIONS)
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Store]]:
+def open_store(request: pytest.FixtureRequest) -> Iterator[Callable[[], Store]]:
     """Opens a store on this test's data; each call opens another one on the same data."""
+    implementation: Implementation = request.param
+    place = request.getfixturevalue(implementation.place)
     opened: list[Store] = []
 
     def open_() -> Store:
-        opened.append(request.param(tmp_path))
+        opened.append(implementation.open(place))
         return opened[-1]
 
     yield open_
