@@ -201,10 +201,17 @@ class FaceGate:
 
 
 def open(  # noqa: A001 - mirrors the builtin on purpose: facegate.open(path)
-    path: str | os.PathLike | None = None, *, owner: str = DEFAULT_OWNER, detector: str = "hog", runtime: str = "onnx"
+    path: str | os.PathLike | None = None,
+    *,
+    owner: str = DEFAULT_OWNER,
+    detector: str = "hog",
+    runtime: str = "onnx",
+    store: str | None = None,
 ) -> FaceGate:
-    """Open (creating if needed) a data directory; default $FACEGATE_HOME or ./facegate-data."""
-    return FaceGate(build(Settings.from_env(path, detector=detector, runtime=runtime)), owner=owner)
+    """Open (creating if needed) a data directory; default $FACEGATE_HOME or ./facegate-data. ``store`` (or
+    $FACEGATE_STORE) a postgresql:// URL keeps collections, faces and governance in PostgreSQL instead."""
+    options = {"store": store} if store else {}
+    return FaceGate(build(Settings.from_env(path, detector=detector, runtime=runtime, **options)), owner=owner)
 
 
 def _read(image: ImageInput) -> bytes:

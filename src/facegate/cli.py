@@ -72,12 +72,17 @@ class _State:
     detector: str = "hog"
     runtime: str = "onnx"
     owner: str = DEFAULT_OWNER
+    store: str | None = None
     _facegate: Facegate | None = None
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.data, detector=self.detector, runtime=self.runtime, store=self.store)
 
     @property
     def facegate(self) -> Facegate:
         if self._facegate is None:
-            self._facegate = build(Settings.from_env(self.data, detector=self.detector, runtime=self.runtime))
+            self._facegate = build(self.settings)
         return self._facegate
 
     @property
@@ -104,11 +109,18 @@ def main_options(
     org: Annotated[
         str, typer.Option("--org", envvar="FACEGATE_ORG", help="The organisation the operator acts for.")
     ] = DEFAULT_OWNER,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store", envvar="FACEGATE_STORE", help="postgresql://… to keep faces and governance in PostgreSQL."
+        ),
+    ] = None,
 ) -> None:
     state.data = data
     state.detector = detector
     state.runtime = runtime
     state.owner = org
+    state.store = store
     ctx.obj = {"data": data}  # sub-apps (audit, fairness) read it through config.data_dir(…, ctx)
 
 
@@ -306,7 +318,7 @@ def index(
 
         outcomes = index_files(
             requests(),
-            settings=Settings.from_env(state.data, detector=state.detector, runtime=state.runtime),
+            settings=state.settings,
             principal=state.principal,
             workers=processes,
             batch=min(BATCH, max(1, len(files) // (2 * processes))),  # a short list still reaches every worker
@@ -913,7 +925,13 @@ def serve(
             port,
         )
     application = create_app(
-        home, detector=state.detector, workers=workers, queue=queue, runtime=state.runtime, regions=regions
+        home,
+        detector=state.detector,
+        workers=workers,
+        queue=queue,
+        runtime=state.runtime,
+        regions=regions,
+        store=state.settings.store,
     )
     endpoint = f"http://{host}:{port}"
     print(

@@ -21,9 +21,14 @@ class Settings:
     runtime: str = "onnx"
     threads: int | None = None  # ONNX Runtime threads per engine (None: its default)
     regions: tuple[str, ...] = ("us-east-1",)
+    # Where collections, faces and governance live: None for the embedded SQLite store in ``data_dir``, or a
+    # postgresql:// URL. The audit log, keys' sealing key and model cache stay in ``data_dir`` for now.
+    store: str | None = None
 
     @classmethod
     def from_env(cls, data_dir: str | os.PathLike | None = None, **options) -> Settings:
+        """Settings from explicit values, else $FACEGATE_HOME and $FACEGATE_STORE, else the defaults."""
+        options.setdefault("store", os.environ.get("FACEGATE_STORE") or None)
         return cls(Path(data_dir or os.environ.get("FACEGATE_HOME") or DEFAULT_HOME), **options)
 
 
@@ -37,6 +42,13 @@ class Facegate:
 
     @cached_property
     def store(self):
+        url = self.settings.store
+        if url:
+            if not url.startswith(("postgresql://", "postgres://")):
+                raise ValueError(f"--store {url.split('://', 1)[0]!r}: give a postgresql:// URL, or omit it for SQLite")
+            from facegate.store.postgres import PostgresStore
+
+            return PostgresStore(url)
         from facegate.store.sqlite import SqliteStore
 
         return SqliteStore(self.settings.data_dir)

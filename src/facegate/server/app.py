@@ -91,8 +91,9 @@ def create_app(
     queue: int | None = None,
     runtime: str = "onnx",
     regions: tuple[str, ...] = sigv4.DEFAULT_REGIONS,
+    store: str | None = None,
 ) -> Starlette:
-    facegate = build(Settings(Path(data_dir), detector=detector, runtime=runtime, regions=regions))
+    facegate = build(Settings(Path(data_dir), detector=detector, runtime=runtime, regions=regions, store=store))
     service, keys, governance, governed = facegate.service, facegate.keys, facegate.governance, facegate.governed
     workers = workers or os.cpu_count() or 1
     runner = OperationRunner(

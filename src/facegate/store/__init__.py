@@ -2,7 +2,7 @@
 
 It is a few narrow ports, each named for what its callers need (``CollectionStore``, ``FaceStore``,
 ``FaceSearchStore``, ``RequestTokens``, ``KeyStore``, ``GovernanceStore``); ``Store`` is all of them at once. The
-embedded default is SQLite (``SqliteStore``); a server database (PostgreSQL + pgvector) will implement the same
+embedded default is SQLite (``SqliteStore``); ``PostgresStore`` (PostgreSQL + pgvector) implements the same
 ports, so every SQL dialect detail stays behind them. ``tests/test_store_contract.py`` is what any implementation
 must pass."""
 

@@ -1,0 +1,60 @@
+"""facegate on PostgreSQL end to end: `--store postgresql://…` (or FACEGATE_STORE) for the CLI, `serve` and
+`facegate.open`, boto3 against two servers sharing one database."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from botocore.exceptions import ClientError
+
+import facegate
+from facegate.store.postgres import PostgresStore
+
+from .test_http import boto_client, running_server
+from .test_http import facegate as run_facegate
+
+
+@pytest.fixture
+def on_postgres(postgres_url, monkeypatch):
+    """Every facegate process this test starts (and facegate.open) uses the test's PostgreSQL database."""
+    monkeypatch.setenv("FACEGATE_STORE", postgres_url)
+    return postgres_url
+
+
+def test_two_servers_on_one_database_see_the_same_faces_and_revocations(on_postgres, tmp_path, people):
+    home = tmp_path / "data"  # the audit log and the keys' sealing key, shared by both servers on this host
+    key = json.loads(run_facegate(home, "keys", "create", "--org", "org-a", "--json"))
+    with running_server(home, "--workers", "1") as first, running_server(home, "--workers", "1") as second:
+        a, b = boto_client(first, key, retries=1), boto_client(second, key, retries=1)
+        a.create_collection(CollectionId="shared")
+        indexed = a.index_faces(CollectionId="shared", Image={"Bytes": people["Tony_Blair"][0].read_bytes()})
+        face_id = indexed["FaceRecords"][0]["Face"]["FaceId"]
+        found = b.search_faces_by_image(CollectionId="shared", Image={"Bytes": people["Tony_Blair"][1].read_bytes()})
+        assert [m["Face"]["FaceId"] for m in found["FaceMatches"]] == [face_id]
+
+        run_facegate(home, "keys", "revoke", key["AccessKeyId"], "--reason", "contract ended")
+        for client in (a, b):
+            with pytest.raises(ClientError) as refused:
+                client.list_collections()
+            assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert run_facegate(home, "audit", "verify").startswith("intact")
+
+    store = PostgresStore(on_postgres)  # the faces are in PostgreSQL, not in the data directory
+    try:
+        assert store.get_collection("org-a", "shared").face_count == 1
+    finally:
+        store.close()
+    assert not (home / "facegate.sqlite3").exists()
+
+
+def test_the_cli_and_the_python_api_use_the_store_they_are_given(on_postgres, tmp_path, people):
+    home = tmp_path / "data"
+    run_facegate(home, "collections", "create", "family")
+    run_facegate(home, "index", str(people["Colin_Powell"][0]), "-c", "family")
+    with facegate.open(home) as fg:
+        assert fg.search(people["Colin_Powell"][1], "family")[0].face.external_image_id.startswith("Colin_Powell")
+    with facegate.open(home, store=on_postgres) as fg:
+        assert fg.collections() == ["family"]
+    # The same data directory on the embedded store (an empty --store) is another, empty deployment.
+    assert "family" not in run_facegate(home, "--store", "", "collections", "list")
