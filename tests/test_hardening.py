@@ -268,12 +268,13 @@ def test_an_unexpected_exception_is_a_json_internal_error_and_audited(tmp_path, 
     """A bug past the gate must still answer in AWS's shape and leave an audit record."""
     from starlette.testclient import TestClient
 
+    from facegate.compose import Settings
     from facegate.governance import Governance
     from facegate.server.app import create_app
 
     home = tmp_path / "data"
     key = json.loads(facegate(home, "keys", "create", "--org", "org-a", "--json"))
-    app = create_app(home, workers=1)
+    app = create_app(Settings(home), workers=1)
     client = TestClient(app, raise_server_exceptions=False)
     body = b"{}"
     request = AWSRequest(

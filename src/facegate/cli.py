@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -924,15 +925,7 @@ def serve(
             host,
             port,
         )
-    application = create_app(
-        home,
-        detector=state.detector,
-        workers=workers,
-        queue=queue,
-        runtime=state.runtime,
-        regions=regions,
-        store=state.settings.store,
-    )
+    application = create_app(replace(state.settings, regions=regions), workers=workers, queue=queue)
     endpoint = f"http://{host}:{port}"
     print(
         f"facegate serving {home.resolve()} on {endpoint}  (health: /healthz, metrics: /metrics)\n"

@@ -24,11 +24,17 @@ class Settings:
     # Where collections, faces and governance live: None for the embedded SQLite store in ``data_dir``, or a
     # postgresql:// URL. The audit log, keys' sealing key and model cache stay in ``data_dir`` for now.
     store: str | None = None
+    # The key that seals access keys' secrets: servers sharing one database must share it (default
+    # data_dir/server.key).
+    sealing_key: Path | None = None
 
     @classmethod
     def from_env(cls, data_dir: str | os.PathLike | None = None, **options) -> Settings:
-        """Settings from explicit values, else $FACEGATE_HOME and $FACEGATE_STORE, else the defaults."""
+        """Settings from explicit values, else $FACEGATE_HOME, $FACEGATE_STORE and $FACEGATE_SEALING_KEY, else
+        the defaults."""
         options.setdefault("store", os.environ.get("FACEGATE_STORE") or None)
+        sealing = os.environ.get("FACEGATE_SEALING_KEY")
+        options.setdefault("sealing_key", Path(sealing) if sealing else None)
         return cls(Path(data_dir or os.environ.get("FACEGATE_HOME") or DEFAULT_HOME), **options)
 
 
@@ -72,7 +78,7 @@ class Facegate:
     def keys(self):
         from facegate.keys import KeyRing
 
-        return KeyRing(self.store, self.settings.data_dir)
+        return KeyRing(self.store, self.settings.data_dir, self.settings.sealing_key)
 
     @cached_property
     def audit(self):

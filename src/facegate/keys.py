@@ -64,10 +64,12 @@ class Principal:
 
 
 class KeyRing:
-    def __init__(self, store: KeyStore, data_dir: Path) -> None:
+    def __init__(self, store: KeyStore, data_dir: Path, sealing_key: Path | None = None) -> None:
+        """Secrets are sealed under ``sealing_key`` (a Fernet key file, created if absent), by default
+        ``data_dir/server.key``; servers sharing one database must share this file."""
         self.store = store
         self.data_dir = Path(data_dir)
-        self._fernet = Fernet(_server_key(Path(data_dir) / KEY_FILE))
+        self._fernet = Fernet(_server_key(Path(sealing_key) if sealing_key else Path(data_dir) / KEY_FILE))
 
     def issue(self, owner: str, role: str = "client", use_case_id: str | None = None) -> IssuedKey:
         """Create a key pair for ``owner`` (and the use case it is registered for); the secret is returned here

@@ -83,21 +83,20 @@ class Metrics:
         )
 
 
-def create_app(
-    data_dir: Path,
-    *,
-    detector: str = "hog",
-    workers: int | None = None,
-    queue: int | None = None,
-    runtime: str = "onnx",
-    regions: tuple[str, ...] = sigv4.DEFAULT_REGIONS,
-    store: str | None = None,
-) -> Starlette:
-    facegate = build(Settings(Path(data_dir), detector=detector, runtime=runtime, regions=regions, store=store))
+def create_app(settings: Settings, *, workers: int | None = None, queue: int | None = None) -> Starlette:
+    """The HTTP service over facegate assembled from ``settings``, with ``workers`` face worker processes and
+    room for ``queue`` more requests in flight."""
+    facegate = build(settings)
     service, keys, governance, governed = facegate.service, facegate.keys, facegate.governance, facegate.governed
+    regions = settings.regions
     workers = workers or os.cpu_count() or 1
     runner = OperationRunner(
-        service, Path(data_dir), detector, workers, queue if queue is not None else 4 * workers, runtime=runtime
+        service,
+        Path(settings.data_dir),
+        settings.detector,
+        workers,
+        queue if queue is not None else 4 * workers,
+        runtime=settings.runtime,
     )
     metrics = Metrics(runner)
 
