@@ -1,6 +1,6 @@
 """The exact bytes that are hashed and signed, shared by the log that writes them and the verifier that
 recomputes them from an export, so the two cannot drift apart. The formats are described in
-:mod:`facegate.audit.log`."""
+:mod:`facegate.audit.base`."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Checks, naming what is wrong and where: each entry's leaf hash is recomputed from its canonical bytes; ``seq``
 runs 0, 1, 2, ... with no gap, repeat or reordering; each entry's ``prev`` is the previous entry's leaf hash;
 each checkpoint is signed by the given key and its root is the Merkle root of that many entries; and the
-newest valid checkpoint covers every entry. The export format is described in :mod:`facegate.audit.log`.
+newest valid checkpoint covers every entry. The export format is described in :mod:`facegate.audit.base`.
 
 It also lists the changes announced and never closed: an ``intent`` entry (written before a change) that no
 later ``request`` entry names in its ``intent_seq``. That is not tampering, so the log can still be intact: it
