@@ -22,10 +22,19 @@ def on_postgres(postgres_url, monkeypatch):
     return postgres_url
 
 
-def test_two_servers_on_one_database_see_the_same_faces_and_revocations(on_postgres, tmp_path, people):
-    home = tmp_path / "data"  # the audit log and the keys' sealing key, shared by both servers on this host
+def test_two_servers_on_one_database_see_the_same_faces_and_revocations(on_postgres, tmp_path, people, monkeypatch):
+    """Two hosts' worth of servers: separate data directories, one database (faces, governance and the audit
+    log), the sealing and audit signing keys shared through configuration."""
+    shared = tmp_path / "config"
+    shared.mkdir()
+    monkeypatch.setenv("FACEGATE_SEALING_KEY", str(shared / "sealing.key"))
+    monkeypatch.setenv("FACEGATE_AUDIT_KEY", str(shared / "audit_signing.key"))
+    from facegate.audit.base import create_signing_key
+
+    create_signing_key(shared / "audit_signing.key")
+    home, other = tmp_path / "host-1", tmp_path / "host-2"
     key = json.loads(run_facegate(home, "keys", "create", "--org", "org-a", "--json"))
-    with running_server(home, "--workers", "1") as first, running_server(home, "--workers", "1") as second:
+    with running_server(home, "--workers", "1") as first, running_server(other, "--workers", "1") as second:
         a, b = boto_client(first, key, retries=1), boto_client(second, key, retries=1)
         a.create_collection(CollectionId="shared")
         indexed = a.index_faces(CollectionId="shared", Image={"Bytes": people["Tony_Blair"][0].read_bytes()})
@@ -38,14 +47,16 @@ def test_two_servers_on_one_database_see_the_same_faces_and_revocations(on_postg
             with pytest.raises(ClientError) as refused:
                 client.list_collections()
             assert refused.value.response["Error"]["Code"] == "AccessDeniedException"
-    assert run_facegate(home, "audit", "verify").startswith("intact")
+    verified = run_facegate(other, "audit", "verify")  # one log, written by both servers and the CLI
+    assert verified.startswith("intact") and "PostgreSQL" in verified
 
-    store = PostgresStore(on_postgres)  # the faces are in PostgreSQL, not in the data directory
+    store = PostgresStore(on_postgres)  # the faces are in PostgreSQL, not in a data directory
     try:
         assert store.get_collection("org-a", "shared").face_count == 1
     finally:
         store.close()
-    assert not (home / "facegate.sqlite3").exists()
+    for host in (home, other):
+        assert not (host / "facegate.sqlite3").exists() and not (host / "audit.sqlite3").exists()
 
 
 def test_the_cli_and_the_python_api_use_the_store_they_are_given(on_postgres, tmp_path, people):

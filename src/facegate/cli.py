@@ -122,7 +122,7 @@ def main_options(
     state.runtime = runtime
     state.owner = org
     state.store = store
-    ctx.obj = {"data": data}  # sub-apps (audit, fairness) read it through config.data_dir(…, ctx)
+    ctx.obj = {"data": data, "store": store}  # sub-apps (audit, fairness) read it through config.data_dir(…, ctx)
 
 
 def call(operation: str, params: dict) -> Any:

@@ -27,14 +27,18 @@ class Settings:
     # The key that seals access keys' secrets: servers sharing one database must share it (default
     # data_dir/server.key).
     sealing_key: Path | None = None
+    # With a PostgreSQL store the audit log is there too, signed with this key (servers sharing the database
+    # share it; default data_dir/audit_signing.key, created if absent).
+    audit_signing_key: Path | None = None
 
     @classmethod
     def from_env(cls, data_dir: str | os.PathLike | None = None, **options) -> Settings:
-        """Settings from explicit values, else $FACEGATE_HOME, $FACEGATE_STORE and $FACEGATE_SEALING_KEY, else
-        the defaults."""
+        """Settings from explicit values, else $FACEGATE_HOME, $FACEGATE_STORE, $FACEGATE_SEALING_KEY and
+        $FACEGATE_AUDIT_KEY, else the defaults."""
         options.setdefault("store", os.environ.get("FACEGATE_STORE") or None)
-        sealing = os.environ.get("FACEGATE_SEALING_KEY")
-        options.setdefault("sealing_key", Path(sealing) if sealing else None)
+        for option, variable in (("sealing_key", "FACEGATE_SEALING_KEY"), ("audit_signing_key", "FACEGATE_AUDIT_KEY")):
+            value = os.environ.get(variable)
+            options.setdefault(option, Path(value) if value else None)
         return cls(Path(data_dir or os.environ.get("FACEGATE_HOME") or DEFAULT_HOME), **options)
 
 
@@ -82,9 +86,18 @@ class Facegate:
 
     @cached_property
     def audit(self):
+        s = self.settings
+        if s.store:
+            from facegate.audit.base import create_signing_key
+            from facegate.audit.postgres import PostgresAuditLog
+
+            key = s.audit_signing_key or Path(s.data_dir) / "audit_signing.key"
+            if s.audit_signing_key is None:
+                create_signing_key(key)  # one host's convenience; a host with another key is refused by the log
+            return PostgresAuditLog(s.store, key)
         from facegate.audit import AuditLog
 
-        return AuditLog(self.settings.data_dir)
+        return AuditLog(s.data_dir)
 
     @cached_property
     def governance(self):

@@ -6,6 +6,7 @@ exit 1; ``verify`` exits 0 only when the log is intact.
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from facegate.audit.base import BaseAuditLog
 from facegate.audit.canonical import canonical_json
 from facegate.audit.log import DB_NAME, PUBLIC_KEY_NAME, AuditLog
 from facegate.audit.verify import VerificationReport, verify_export
@@ -37,8 +39,14 @@ _DECISIONS = ("allow", "deny", "error")
 _MAX_PROBLEMS_SHOWN = 50
 
 
-def _open(data: Path) -> AuditLog:
-    """The data directory's log; refuses to create one where none exists, as reading commands should."""
+def _open(data: Path, ctx: typer.Context) -> BaseAuditLog:
+    """The deployment's log: in PostgreSQL with a postgresql:// store (`facegate --store` or $FACEGATE_STORE),
+    else the data directory's, which a reading command refuses to create where none exists."""
+    store = (ctx.find_root().obj or {}).get("store") or os.environ.get("FACEGATE_STORE")
+    if store:
+        from facegate.compose import Settings, build
+
+        return build(Settings.from_env(data, store=store)).audit
     if not (data / DB_NAME).exists():
         raise UsageError(f"no audit log in {data} ({DB_NAME} not found): pass --data or set FACEGATE_HOME")
     return AuditLog(data)
@@ -72,15 +80,16 @@ def verify(
     on a live log, also that the columns queries read agree with the signed records."""
     data = data_dir(data, ctx)
     with one_line_errors():
-        key_path = public_key or data / PUBLIC_KEY_NAME
         if log is not None:
-            pem = key_path.read_bytes()
+            pem = (public_key or data / PUBLIC_KEY_NAME).read_bytes()
             with log.open(encoding="utf-8") as lines:
                 report = verify_export(lines, pem)
+            source = str(log)
         else:
-            audit = _open(data)
-            report = audit.verify(key_path.read_bytes())
-    _print_report(report, str(log) if log else str(data / DB_NAME))
+            audit = _open(data, ctx)
+            report = audit.verify(public_key.read_bytes() if public_key else audit.public_key_pem)
+            source = str(data / DB_NAME) if isinstance(audit, AuditLog) else "the PostgreSQL audit log"
+    _print_report(report, source)
     if report.unfinished:
         shown = ", ".join(map(str, report.unfinished[:20])) + (" ..." if len(report.unfinished) > 20 else "")
         out.print(
@@ -131,7 +140,7 @@ def export(
 ) -> None:
     """Sign a fresh checkpoint and write the whole log as JSON Lines, for `audit verify --log` elsewhere."""
     with one_line_errors():
-        audit = _open(data_dir(data, ctx))
+        audit = _open(data_dir(data, ctx), ctx)
         if to is None:
             audit.export(sys.stdout)
             return
@@ -159,7 +168,7 @@ def show(
     with one_line_errors():
         if decision is not None and decision not in _DECISIONS:
             raise UsageError(f"--decision {decision!r} is not one of: {', '.join(_DECISIONS)}")
-        entries = _open(data_dir(data, ctx)).entries(
+        entries = _open(data_dir(data, ctx), ctx).entries(
             organisation=org,
             purpose=purpose,
             decision=decision,

@@ -170,10 +170,11 @@ def aclu(
     out.print(f"wrote {to / 'report.json'}, {to / 'report.html'}, {to / 'summary.md'}", markup=False)
 
 
-def _governance(home: Path):
+def _governance(home: Path, ctx: typer.Context):
     from facegate.compose import Settings, build
 
-    return build(Settings(home)).governance
+    store = (ctx.find_root().obj or {}).get("store")
+    return build(Settings.from_env(home, **({"store": store} if store else {}))).governance
 
 
 @fairness_app.command()
@@ -185,7 +186,7 @@ def activate(
 ) -> None:
     """Make an audit the one the policy gate and search responses use (thresholds justified by measurement)."""
     with one_line_errors():
-        curves = _governance(data_dir(data, ctx)).activate_audit(report, reason)
+        curves = _governance(data_dir(data, ctx), ctx).activate_audit(report, reason)
     out.print(f"active fairness audit {curves.audit_id} ({curves.dataset}, model {curves.model_version})")
 
 
@@ -193,7 +194,7 @@ def activate(
 def show(ctx: typer.Context, data: DataOption = None) -> None:
     """The active audit's headline numbers: worst groups, calibrated thresholds, expected false candidates."""
     with one_line_errors():
-        curves = _governance(data_dir(data, ctx)).active_audit()
+        curves = _governance(data_dir(data, ctx), ctx).active_audit()
     if curves is None:
         fail("no fairness audit is active: run `facegate fairness audit`, then `facegate fairness activate`")
     out.print(f"active fairness audit {curves.audit_id}: {curves.dataset}, model {curves.model_version}")
