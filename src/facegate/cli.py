@@ -894,6 +894,45 @@ def report_transparency(
     out.print(f"{sum(report['requests'].values())} requests; wrote {json_path} and {html_path}")
 
 
+store_app = typer.Typer(no_args_is_help=True, help="The store itself: copy an embedded deployment into PostgreSQL.")
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("copy")
+def store_copy(
+    source: Annotated[Path, typer.Option("--from", help="The embedded deployment's data directory.")],
+    target: Annotated[
+        str, typer.Option("--to", help="The PostgreSQL database: postgresql://user:password@host:5432/facegate")
+    ],
+    batch: Annotated[int, typer.Option(min=1, help="Rows per transaction.")] = 500,
+) -> None:
+    """Copy an embedded deployment (collections, faces, users, governance and the audit log, as they are) into
+    PostgreSQL, reading it without writing. Stop its servers first; run it again to finish a copy cut short."""
+    from facegate.cli_errors import one_line_errors
+    from facegate.store.copy import copy_deployment
+
+    with one_line_errors():
+        report = copy_deployment(source, target, batch=batch)
+    written = ", ".join(f"{rows:,} {kind}" for kind, rows in report.written.items())
+    print(
+        f"{report.source} -> {report.target}: {report.collections:,} collections, "
+        f"{report.faces:,} faces, {report.users:,} users, {report.access_keys:,} access keys, "
+        f"{report.audit_entries:,} audit entries\n"
+        + (f"  written now: {written}" if report.changed else "  nothing to do: the target already holds all of it")
+        + "\nEvery server on PostgreSQL needs the source's keys (the same files on every host):\n"
+        f"  FACEGATE_STORE=<the --to URL>  FACEGATE_SEALING_KEY={report.sealing_key}  "
+        f"FACEGATE_AUDIT_KEY={report.audit_signing_key}\n"
+        f"Check the copied log: facegate --store <the --to URL> audit verify  (with FACEGATE_AUDIT_KEY as above)",
+        flush=True,
+    )
+    if report.settings.get("fairness_audit"):
+        print(
+            f"The active fairness audit is the file {report.settings['fairness_audit']}: servers read it at that "
+            "path (copy it there on other hosts).",
+            flush=True,
+        )
+
+
 @app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",

@@ -45,11 +45,12 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -79,6 +80,11 @@ class AuditUnavailable(FacegateError):
 
     code = "InternalServerError"
     status = 500
+
+
+class LogMismatch(ValueError):
+    """A log cannot be made a copy of another: it holds entries the other does not have at the same place, or
+    the other's entries or checkpoints do not verify."""
 
 
 def unavailable(location: str, exc: BaseException) -> AuditUnavailable:
@@ -118,9 +124,9 @@ class BaseAuditLog(ABC):
     """An append-only audit log signed with one Ed25519 key. Safe to share between threads; a storage makes it
     safe between processes by serialising its writers on a database lock.
 
-    A storage implements :meth:`size`, :meth:`close` and the ``_store*``/``_page``/``_leaves`` primitives;
-    each write primitive runs in one transaction that holds the storage's write lock, and raises whatever its
-    driver raises (``database_errors``), which the log turns into :class:`AuditUnavailable`."""
+    A storage implements :meth:`size`, :meth:`close` and the ``_store*``, ``_insert_checkpoints``, ``_page`` and
+    ``_leaves`` primitives; each write primitive runs in one transaction that holds the storage's write lock, and
+    raises whatever its driver raises (``database_errors``), which the log turns into :class:`AuditUnavailable`."""
 
     database_errors: tuple[type[BaseException], ...] = (OSError,)
 
@@ -151,9 +157,15 @@ class BaseAuditLog(ABC):
         """Close this process's connections (threads reopen on next use)."""
 
     @abstractmethod
-    def _store(self, entries: list[dict[str, Any]]) -> list[bytes]:
-        """In one transaction under the write lock: read the tree, :meth:`_chain` the entries onto it, insert
-        their rows and save the new tree; returns their records."""
+    def _store_chained(self, chain: Callable[[int, bytes, bytes | None], Chained]) -> list[bytes]:
+        """In one transaction under the write lock: read the tree (size, frontier, last leaf hash), ``chain``
+        entries onto it (:meth:`_chain`, :meth:`_chain_verbatim`), insert their rows and save the new tree;
+        returns their records."""
+
+    @abstractmethod
+    def _insert_checkpoints(self, heads: list[dict[str, Any]]) -> None:
+        """In one transaction under the write lock: store checkpoints signed elsewhere (by this log's key), in
+        order."""
 
     @abstractmethod
     def _store_checkpoint(self) -> tuple[int, dict[str, Any]]:
@@ -198,12 +210,45 @@ class BaseAuditLog(ABC):
             last_leaf = leaf
         return Chained(rows, tree.size, tree.to_bytes(), last_leaf)
 
+    def _chain_verbatim(self, records: list[bytes], size: int, frontier: bytes, last_leaf: bytes | None) -> Chained:
+        """Rows for entries chained elsewhere (another log's), their bytes kept: each must be the canonical form
+        of the entry that comes next after the tree of ``size`` entries, whose last leaf hash is given."""
+        tree = merkle.CompactRange.from_bytes(size, frontier)
+        rows = []
+        for data in records:
+            prev = last_leaf.hex() if last_leaf else GENESIS_PREV
+            try:
+                entry = json.loads(data)
+                canonical = canonical_json(entry) == data
+            except (ValueError, TypeError):
+                entry, canonical = None, False
+            if not (
+                canonical
+                and isinstance(entry, dict)
+                and entry.get("seq") == tree.size
+                and entry.get("prev") == prev
+                and _is_epoch(entry.get("time"))
+            ):
+                raise LogMismatch(
+                    f"the entry copied as entry {tree.size} is not the canonical entry that follows entry "
+                    f"{tree.size - 1} (seq {tree.size}, prev {prev[:16]}…): the source log is damaged, or another "
+                    "writer appended meanwhile; run `facegate audit verify` on it"
+                )
+            leaf = merkle.leaf_hash(data)
+            rows.append((tree.size, data, leaf, *self._query_columns(entry)))
+            tree.append(leaf)
+            last_leaf = leaf
+        return Chained(rows, tree.size, tree.to_bytes(), last_leaf)
+
     def _signed_head(self, size: int, frontier: bytes) -> dict[str, Any]:
         """A checkpoint of the tree of ``size`` entries with the given frontier, signed now; O(log n)."""
         root = merkle.CompactRange.from_bytes(size, frontier).root().hex()
         now = time.time()
         signature = base64.b64encode(self._key.sign(checkpoint_message(size, root, now))).decode("ascii")
         return {"size": size, "root": root, "time": now, "signature": signature, "key_id": self.key_id}
+
+    def _store(self, entries: list[dict[str, Any]]) -> list[bytes]:
+        return self._store_chained(lambda *tree: self._chain(entries, *tree))
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
         """Append one record and return the stored entry (with ``seq``, ``time``, ``prev``) once it is durable.
@@ -261,6 +306,77 @@ class BaseAuditLog(ABC):
             return self._store_checkpoint()
         except self.database_errors as exc:
             raise self._unavailable(exc) from exc
+
+    def copy_from(
+        self, source: BaseAuditLog, *, batch: int = ROWS_PER_PAGE, on_batch: Callable[[int], None] | None = None
+    ) -> tuple[int, int]:
+        """Make this log a copy of ``source``, which must be signed by the same key: append the entries of
+        ``source`` after this log's last, their bytes as they are (``batch`` per transaction, ``on_batch`` called
+        with the count after each), then store the checkpoints of ``source`` this log lacks. What a copy cut short
+        left here is a prefix of ``source``, and the next copy carries on from it; once the copy is complete,
+        another changes nothing. Returns (entries appended, checkpoints added).
+
+        Raises :class:`LogMismatch` when this log is not a prefix of ``source`` (it holds another deployment's
+        log, or entries appended after a copy), or when what ``source`` holds does not verify; and whatever the
+        storages' drivers raise when a log cannot be read or written (the copy stops; run it again)."""
+        if source.key_id != self.key_id:
+            raise LogMismatch(f"the source log is signed by key {source.key_id}, this one by {self.key_id}")
+        total, here = source.size(), self.size()
+        common = min(here, total)
+        for seq, (mine, theirs) in enumerate(zip(self._leaves(common), source._leaves(common), strict=True)):
+            if mine != theirs:
+                raise LogMismatch(
+                    f"the log there is another deployment's: its entry {seq} differs from the source's "
+                    f"(leaf hash {bytes(mine).hex()[:16]}…, the source's {bytes(theirs).hex()[:16]}…)"
+                )
+        if here > total:
+            raise LogMismatch(
+                f"the log there holds the source's {total} entries and {here - total} more, written since a copy: "
+                "the copy has been in use (copying again would overwrite what it holds now)"
+            )
+        appended = 0
+        while here < total:
+            end = min(here + batch, total)
+            records = [bytes(data) for _, data in source._rows("seq, record", [("seq", ">=", here), ("seq", "<", end)])]
+            written = self._store_chained(lambda *tree, records=records: self._chain_verbatim(records, *tree))
+            appended += len(written)
+            here += len(written)
+            if on_batch is not None:
+                on_batch(len(written))
+        present = {tuple(head[name] for name in CHECKPOINT_FIELDS) for head in self.checkpoints()}
+        # One signed after ``total`` was read (the source is in use) waits for the entries it covers.
+        missing = [
+            head
+            for head in source.checkpoints()
+            if head["size"] <= total and tuple(head[name] for name in CHECKPOINT_FIELDS) not in present
+        ]
+        if missing:
+            self._check_heads(missing, total)
+            self._insert_checkpoints(missing)
+        return appended, len(missing)
+
+    def _check_heads(self, heads: list[dict[str, Any]], size: int) -> None:
+        """That each checkpoint is signed by this log's key and signs the root of this log's first entries."""
+        wanted = {head["size"] for head in heads}
+        roots = {0: merkle.EMPTY_ROOT.hex()}
+        tree = merkle.CompactRange()
+        for leaf in self._leaves(size):
+            tree.append(bytes(leaf))
+            if tree.size in wanted:
+                roots[tree.size] = tree.root().hex()
+        public_key = self._key.public_key()
+        for head in heads:
+            message = checkpoint_message(head["size"], head["root"], head["time"])
+            try:
+                public_key.verify(base64.b64decode(head["signature"], validate=True), message)
+                signed = head["key_id"] == self.key_id
+            except (InvalidSignature, ValueError):
+                signed = False
+            if not signed or roots.get(head["size"]) != head["root"]:
+                raise LogMismatch(
+                    f"the source's checkpoint of {head['size']} entries (signed at {head['time']}) does not verify "
+                    "against its entries and key: run `facegate audit verify` on it"
+                )
 
     def checkpoints(self) -> list[dict[str, Any]]:
         """Every stored checkpoint, oldest first."""

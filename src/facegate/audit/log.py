@@ -15,7 +15,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from facegate.audit.base import (
+    CHECKPOINT_FIELDS,
     ROW_COLUMNS,
     ROWS_PER_PAGE,
     BaseAuditLog,
+    Chained,
     create_signing_key,
     load_signing_key,
     unavailable,
@@ -79,24 +81,34 @@ class AuditLog(BaseAuditLog):
 
     database_errors = (sqlite3.Error, OSError)
 
-    def __init__(self, data_dir: Path | str, *, timeout: float = 10.0) -> None:
+    def __init__(self, data_dir: Path | str, *, timeout: float = 10.0, read_only: bool = False) -> None:
         """Open (creating if needed) the log and its signing key. ``timeout``: how long an append waits for
-        another writer before giving up with :class:`AuditUnavailable`."""
+        another writer before giving up with :class:`AuditUnavailable`. ``read_only``: open an existing log and
+        key without writing anything (for reading it while it is copied elsewhere); every write fails."""
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / DB_NAME
+        self.read_only = read_only
         self._local = threading.local()
         self._pid = os.getpid()
         self._connections: list[sqlite3.Connection] = []
         self._inherited: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         try:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            key = _load_or_create_key(self.data_dir)
+            if read_only:
+                if not self.path.is_file():
+                    raise FileNotFoundError(f"{DB_NAME} not found in {self.data_dir}")
+                key = load_signing_key(self.data_dir / KEY_NAME)
+            else:
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+                key = _load_or_create_key(self.data_dir)
         except (OSError, ValueError) as exc:
             raise unavailable(str(self.path), exc) from exc
         super().__init__(key, str(self.path), timeout)
         try:
-            self._migrate()
+            if read_only:
+                self._check_schema()
+            else:
+                self._migrate()
         except (sqlite3.Error, OSError, ValueError) as exc:
             raise self._unavailable(exc) from exc
 
@@ -108,10 +120,15 @@ class AuditLog(BaseAuditLog):
             self._pid, self._local, self._connections = os.getpid(), threading.local(), []
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.timeout)
-            _enable_wal(conn, self.timeout)
-            # FULL: an entry returned to the caller is on disk, so an allowed request is never unaudited.
-            conn.execute("PRAGMA synchronous=FULL")
+            if self.read_only:
+                conn = sqlite3.connect(
+                    self.path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+                )
+            else:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.timeout)
+                _enable_wal(conn, self.timeout)
+                # FULL: an entry returned to the caller is on disk, so an allowed request is never unaudited.
+                conn.execute("PRAGMA synchronous=FULL")
             self._local.conn = conn
             with self._connections_lock:
                 self._connections.append(conn)
@@ -142,6 +159,14 @@ class AuditLog(BaseAuditLog):
                         db.execute(statement)
             db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
 
+    def _check_schema(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version != len(MIGRATIONS):
+            raise ValueError(
+                f"schema version {version} is not this facegate's ({len(MIGRATIONS)}): open it once with this "
+                "facegate to upgrade it, or upgrade facegate"
+            )
+
     def close(self) -> None:
         """Close this process's connections (threads reopen on next use)."""
         with self._connections_lock:
@@ -154,9 +179,9 @@ class AuditLog(BaseAuditLog):
         """How many entries the log holds."""
         return self._db.execute("SELECT size FROM tree").fetchone()[0]
 
-    def _store(self, entries: list[dict[str, Any]]) -> list[bytes]:
+    def _store_chained(self, chain: Callable[[int, bytes, bytes | None], Chained]) -> list[bytes]:
         with self._write() as db:
-            chained = self._chain(entries, *db.execute("SELECT size, frontier, last_leaf FROM tree").fetchone())
+            chained = chain(*db.execute("SELECT size, frontier, last_leaf FROM tree").fetchone())
             db.executemany(
                 f"INSERT INTO entries ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))})",
                 chained.rows,
@@ -175,6 +200,13 @@ class AuditLog(BaseAuditLog):
                 (head["size"], head["root"], head["time"], head["signature"], head["key_id"]),
             )
         return cur.lastrowid, head
+
+    def _insert_checkpoints(self, heads: list[dict[str, Any]]) -> None:
+        with self._write() as db:
+            db.executemany(
+                f"INSERT INTO checkpoints ({', '.join(CHECKPOINT_FIELDS)}) VALUES (?, ?, ?, ?, ?)",
+                [tuple(head[name] for name in CHECKPOINT_FIELDS) for head in heads],
+            )
 
     def _stored_checkpoints(self, up_to_id: int | None) -> list[tuple[Any, ...]]:
         return self._db.execute(

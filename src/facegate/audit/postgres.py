@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from facegate.audit.base import (
     ROW_COLUMNS,
     ROWS_PER_PAGE,
     BaseAuditLog,
+    Chained,
     load_signing_key,
     query_columns,
 )
@@ -211,9 +212,9 @@ class PostgresAuditLog(BaseAuditLog):
         # PostgreSQL's text cannot hold NUL, so such a value is not copied; queries read the record anyway.
         return tuple(None if isinstance(value, str) and "\x00" in value else value for value in query_columns(entry))
 
-    def _store(self, entries: list[dict[str, Any]]) -> list[bytes]:
+    def _store_chained(self, chain: Callable[[int, bytes, bytes | None], Chained]) -> list[bytes]:
         with self._locked_tree() as (db, tree):
-            chained = self._chain(entries, *tree)
+            chained = chain(*tree)
             db.cursor().executemany(_INSERT_ENTRY, chained.rows)
             db.execute(
                 "UPDATE audit_tree SET size = %s, frontier = %s, last_leaf = %s WHERE id = 0",
@@ -231,6 +232,13 @@ class PostgresAuditLog(BaseAuditLog):
                 tuple(head[name] for name in CHECKPOINT_FIELDS),
             ).fetchone()
         return checkpoint_id, head
+
+    def _insert_checkpoints(self, heads: list[dict[str, Any]]) -> None:
+        with self._locked_tree() as (db, _):
+            db.cursor().executemany(
+                f"INSERT INTO audit_checkpoints ({', '.join(CHECKPOINT_FIELDS)}) VALUES (%s, %s, %s, %s, %s)",
+                [tuple(head[name] for name in CHECKPOINT_FIELDS) for head in heads],
+            )
 
     def _stored_checkpoints(self, up_to_id: int | None) -> list[tuple[Any, ...]]:
         return self._db.execute(

@@ -743,6 +743,266 @@ class PostgresStore:
             )
             self._bump_governance(db)
 
+    # Import, for copying another store into this database (`facegate store copy`): rows as they are, their ids,
+    # times and counts included. Each call is one transaction and returns how many rows it wrote; a row already
+    # here as given is not written again, so a copy can be re-run, and a second run writes nothing.
+
+    def all_collections(self) -> list[tuple[Collection, dict | None]]:
+        """Every collection of every owner, by pk, with its retention rule (None: no rule)."""
+        rows = self._db.execute(
+            self._COLLECTION_SELECT.replace("FROM collections c", ", c.retention FROM collections c") + "ORDER BY c.pk"
+        ).fetchall()
+        return [(Collection(*row[:7]), row[7]) for row in rows]
+
+    def all_keys(self) -> list[AccessKey]:
+        """Every access key, revoked ones included, oldest first."""
+        rows = self._db.execute(
+            "SELECT access_key_id, owner, role, sealed_secret, created_at, revoked_at, use_case_id FROM access_keys "
+            "ORDER BY created_at, access_key_id"
+        ).fetchall()
+        return [AccessKey(*row) for row in rows]
+
+    def is_empty(self) -> bool:
+        """Whether this database holds no collection, organisation, access key, policy state or setting."""
+        return not self._db.execute(
+            "SELECT EXISTS (SELECT 1 FROM collections) OR EXISTS (SELECT 1 FROM organisations) OR "
+            "EXISTS (SELECT 1 FROM access_keys) OR EXISTS (SELECT 1 FROM policy_state) OR EXISTS (SELECT 1 FROM settings)"
+        ).fetchone()[0]
+
+    def import_collection(self, collection: Collection, tags: dict[str, str], retention: dict | None) -> int:
+        """The collection under its own pk, with its tags and retention rule. Its users and faces follow
+        (``import_users``, ``import_faces``), its counts last (``finish_collection_import``). Raises
+        ``ValueError`` when this database holds another collection under that pk or that owner and id."""
+        c = collection
+        rule = None if retention is None else Jsonb(retention)
+        db = self._db
+        with db.transaction():
+            here = db.execute(
+                "SELECT pk, owner, collection_id, model_version, created_at, retention FROM collections "
+                "WHERE pk = %s OR (owner = %s AND collection_id = %s) FOR UPDATE",
+                (c.pk, c.owner, c.collection_id),
+            ).fetchall()
+            written = 0
+            if not here:
+                db.execute(
+                    "INSERT INTO collections (pk, owner, collection_id, model_version, created_at, retention) "
+                    "OVERRIDING SYSTEM VALUE VALUES (%s, %s, %s, %s, %s, %s)",
+                    (c.pk, c.owner, c.collection_id, c.model_version, c.created_at, rule),
+                )
+                written = 1
+            elif len(here) > 1 or tuple(here[0][:5]) != (c.pk, c.owner, c.collection_id, c.model_version, c.created_at):
+                raise ValueError(
+                    f"collection {c.collection_id} of {c.owner} (key {c.pk}, created at {c.created_at}) is not the "
+                    "collection this database holds under that key or that name"
+                )
+            elif here[0][5] != retention:
+                db.execute("UPDATE collections SET retention = %s WHERE pk = %s", (rule, c.pk))
+                written = 1
+            current = dict(
+                db.execute("SELECT key, value FROM collection_tags WHERE collection_pk = %s", (c.pk,)).fetchall()
+            )
+            if current != tags:
+                written += db.execute("DELETE FROM collection_tags WHERE collection_pk = %s", (c.pk,)).rowcount
+                written += _upsert(
+                    db, "collection_tags", ("collection_pk", "key", "value"), 2, [(c.pk, k, v) for k, v in tags.items()]
+                )
+        return written
+
+    def import_users(self, collection: Collection, users: list[StoredUser]) -> int:
+        """Users as they are (status, creation time); their face counts follow from their faces."""
+        db = self._db
+        with db.transaction():
+            return _upsert(
+                db,
+                "users",
+                ("collection_pk", "user_id", "status", "created_at"),
+                2,
+                [(collection.pk, u.user_id, u.status, u.created_at) for u in users],
+            )
+
+    def import_faces(self, collection: Collection, faces: list[StoredFace]) -> int:
+        """Faces as they are (ids, boxes, times, users, embeddings bit for bit), after the collection's faces in
+        search order; a face already here only takes the given user."""
+        db = self._db
+        with db.transaction():
+            written = _upsert(
+                db,
+                "faces",
+                (*_FACE_COLUMNS.split(", "), "collection_pk", "embedding"),
+                1,
+                [
+                    (
+                        f.face_id,
+                        f.image_id,
+                        f.external_image_id,
+                        *f.box,
+                        f.confidence,
+                        f.image_hash,
+                        f.model_version,
+                        f.indexed_at,
+                        f.user_id,
+                        collection.pk,
+                        np.asarray(f.embedding, dtype=np.float32),
+                    )
+                    for f in faces
+                ],
+                update=("user_id",),
+            )
+            if written:
+                self._bump(db, collection)
+        return written
+
+    def finish_collection_import(self, collection: Collection, face_ids: set[str], user_ids: set[str]) -> int:
+        """Remove the collection's faces and users that are not among those given (gone from the source since an
+        earlier copy), then take the collection's face and user counts. Raises ``ValueError`` when the collection
+        then holds other faces or users than those given."""
+        c = collection
+        db = self._db
+        with db.transaction():
+            self._lock_collection(db, c)
+            written = db.execute(
+                "DELETE FROM faces WHERE collection_pk = %s AND NOT face_id = ANY(%s::text[])", (c.pk, list(face_ids))
+            ).rowcount
+            written += db.execute(
+                "DELETE FROM users WHERE collection_pk = %s AND NOT user_id = ANY(%s::text[])", (c.pk, list(user_ids))
+            ).rowcount
+            faces, users = db.execute(
+                "SELECT (SELECT COUNT(*) FROM faces WHERE collection_pk = %s), "
+                "(SELECT COUNT(*) FROM users WHERE collection_pk = %s)",
+                (c.pk, c.pk),
+            ).fetchone()
+            if (faces, users) != (len(face_ids), len(user_ids)):
+                raise ValueError(
+                    f"collection {c.collection_id} of {c.owner} holds {faces} faces and {users} users here, not the "
+                    f"{len(face_ids)} and {len(user_ids)} copied: something else writes to it"
+                )
+            written += db.execute(
+                "UPDATE collections SET face_count = %s, user_count = %s "
+                "WHERE pk = %s AND (face_count, user_count) IS DISTINCT FROM (%s, %s)",
+                (c.face_count, c.user_count, c.pk, c.face_count, c.user_count),
+            ).rowcount
+            if written:
+                self._bump(db, c)
+        return written
+
+    def import_request_tokens(self, collection: Collection, tokens: list[tuple[str, str, str, float]]) -> int:
+        """Remembered ClientRequestTokens: (operation, token, fingerprint, created_at) each."""
+        db = self._db
+        with db.transaction():
+            return _upsert(
+                db,
+                "request_tokens",
+                ("collection_pk", "operation", "token", "fingerprint", "created_at"),
+                3,
+                [(collection.pk, *token) for token in tokens],
+            )
+
+    def prune_collections(self, keep: set[int]) -> int:
+        """Delete every collection whose pk is not in ``keep``, with its faces; returns how many were deleted."""
+        db = self._db
+        with db.transaction():
+            gone = [
+                row[0]
+                for row in db.execute(
+                    "SELECT pk FROM collections WHERE NOT pk = ANY(%s::bigint[]) FOR UPDATE", (list(keep),)
+                ).fetchall()
+            ]
+            if gone:
+                db.execute("DELETE FROM faces WHERE collection_pk = ANY(%s::bigint[])", (gone,))
+                db.execute("DELETE FROM collections WHERE pk = ANY(%s::bigint[])", (gone,))
+        with self._galleries_lock:
+            for pk in gone:
+                self._galleries.pop(pk, None)
+        return len(gone)
+
+    def reserve_collection_pks(self, last: int) -> int:
+        """Make sure the next collection created here gets a pk above ``last`` (and above every pk here): imported
+        collections keep their own, which the identity did not hand out. Returns 1 if it had to move, else 0."""
+        db = self._db
+        with db.transaction():
+            sequence = db.execute("SELECT pg_get_serial_sequence('collections', 'pk')").fetchone()[0]
+            value, called = db.execute(f"SELECT last_value, is_called FROM {sequence}").fetchone()
+            taken = max(last, db.execute("SELECT COALESCE(MAX(pk), 0) FROM collections").fetchone()[0])
+            if (value if called else value - 1) >= taken:
+                return 0
+            db.execute("SELECT setval(%s, %s)", (sequence, taken))
+        return 1
+
+    def import_organisations(self, organisations: list[Organisation]) -> int:
+        return self._import_governance(
+            "organisations",
+            ("name", "category", "jurisdiction", "status", "groups", "created_at", "status_reason"),
+            1,
+            [
+                (o.name, o.category, o.jurisdiction, o.status, list(o.groups), o.created_at, o.status_reason)
+                for o in organisations
+            ],
+            casts={"groups": "::text[]"},
+        )
+
+    def import_use_cases(self, use_cases: list[UseCase]) -> int:
+        return self._import_governance(
+            "use_cases",
+            tuple(self._USE_CASE_COLUMNS.split(", ")),
+            1,
+            [
+                (
+                    u.use_case_id,
+                    u.organisation,
+                    u.purpose,
+                    None if u.collections is None else list(u.collections),
+                    u.valid_from,
+                    u.valid_until,
+                    u.legal_basis,
+                    u.authorisation_reference,
+                    u.approver,
+                    u.status,
+                    u.created_at,
+                    u.status_reason,
+                )
+                for u in use_cases
+            ],
+            casts={"collections": "::text[]"},
+        )
+
+    def import_keys(self, keys: list[AccessKey]) -> int:
+        """Access keys with their secrets sealed as they are (this database's servers need the same sealing key)."""
+        return self._import_governance(
+            "access_keys",
+            ("access_key_id", "owner", "role", "sealed_secret", "created_at", "revoked_at", "use_case_id"),
+            1,
+            [
+                (k.access_key_id, k.owner, k.role, k.sealed_secret, k.created_at, k.revoked_at, k.use_case_id)
+                for k in keys
+            ],
+        )
+
+    def import_policy_states(self, states: list[PolicyState]) -> int:
+        return self._import_governance(
+            "policy_state",
+            ("template", "active", "params", "changed_at", "reason"),
+            1,
+            [(s.template, s.active, Jsonb(s.params), s.changed_at, s.reason) for s in states],
+        )
+
+    def import_settings(self, settings: dict[str, str]) -> int:
+        """The settings, exactly: one here that is not among them is removed."""
+        db = self._db
+        with db.transaction():
+            written = _upsert(db, "settings", ("key", "value"), 1, list(settings.items()))
+            written += db.execute("DELETE FROM settings WHERE NOT key = ANY(%s::text[])", (list(settings),)).rowcount
+            if written:
+                self._bump_governance(db)
+        return written
+
+    def _import_governance(self, table: str, columns: tuple[str, ...], keys: int, rows: list[tuple], **options) -> int:
+        db = self._db
+        with db.transaction():
+            written = _upsert(db, table, columns, keys, rows, **options)
+            if written:
+                self._bump_governance(db)
+        return written
+
     def close(self) -> None:
         with self._connections_lock:
             for conn in self._connections:
@@ -751,6 +1011,33 @@ class PostgresStore:
         self._local = threading.local()
         with self._galleries_lock:
             self._galleries.clear()
+
+
+def _upsert(
+    db: psycopg.Connection,
+    table: str,
+    columns: tuple[str, ...],
+    keys: int,
+    rows: list[tuple],
+    *,
+    update: tuple[str, ...] | None = None,
+    casts: dict[str, str] | None = None,
+) -> int:
+    """Insert ``rows`` (values of ``columns``, whose first ``keys`` are the table's key); a row whose key is here
+    already gets the ``update`` columns (default: all the others) only where they differ. Returns the rows
+    written, inserted or changed."""
+    if not rows:
+        return 0
+    update = update or columns[keys:]
+    values = ", ".join("%s" + (casts or {}).get(column, "") for column in columns)
+    cursor = db.cursor()
+    cursor.executemany(
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) ON CONFLICT ({', '.join(columns[:keys])}) "
+        f"DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in update)} "
+        f"WHERE ({', '.join(f'{table}.{c}' for c in update)}) IS DISTINCT FROM ({', '.join(f'excluded.{c}' for c in update)})",
+        rows,
+    )
+    return cursor.rowcount
 
 
 class _EmbeddingDumper(Dumper):

@@ -10,7 +10,8 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,8 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+DB_NAME = "facegate.sqlite3"
+
 _FACE_COLUMNS = (
     "face_id, image_id, external_image_id, box_width, box_height, box_left, box_top, confidence, "
     "image_hash, model_version, indexed_at, user_id"
@@ -152,28 +155,46 @@ _FACE_COLUMNS = (
 
 
 class SqliteStore:
-    """``Store`` on SQLite. Safe to share between threads: each thread gets its own connection."""
+    """``Store`` on SQLite. Safe to share between threads: each thread gets its own connection.
 
-    def __init__(self, data_dir: Path | str, *, ann_min_faces: int = ANN_MIN_FACES) -> None:
+    ``read_only``: open an existing store without writing anything (no migration, no WAL switch), for
+    reading it while it is copied elsewhere; every write fails."""
+
+    def __init__(self, data_dir: Path | str, *, ann_min_faces: int = ANN_MIN_FACES, read_only: bool = False) -> None:
         self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.data_dir / "facegate.sqlite3"
+        self.path = self.data_dir / DB_NAME
+        self.read_only = read_only
+        if read_only and not self.path.is_file():
+            raise FileNotFoundError(
+                f"{self.data_dir} holds no facegate store ({DB_NAME} not found): give an embedded deployment's "
+                "data directory"
+            )
+        if not read_only:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._galleries: dict[int, tuple[int, Gallery]] = {}
         self._galleries_lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
-        self._migrate()
+        if read_only:
+            self._check_schema()
+        else:
+            self._migrate()
         self.vector_indexes = VectorIndexes(self.data_dir / "indexes", ann_min_faces)
 
     @property
     def _db(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            _enable_wal(conn)
-            # FULL: a transaction acknowledged to a client is on disk before we answer.
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
+            if self.read_only:
+                conn = sqlite3.connect(
+                    self.path.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+                )
+            else:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+                _enable_wal(conn)
+                # FULL: a transaction acknowledged to a client is on disk before we answer.
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
             conn.create_function("facegate_ann_key", 1, face_key, deterministic=True)
             self._local.conn = conn
             self._connections.append(conn)
@@ -200,6 +221,16 @@ class SqliteStore:
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (str(len(MIGRATIONS)),),
+            )
+
+    def _check_schema(self) -> None:
+        version = self.schema_version()
+        if version != len(MIGRATIONS):
+            newer = version > len(MIGRATIONS)
+            raise RuntimeError(
+                f"{self.path} has schema version {version}, {'newer' if newer else 'older'} than this facegate's "
+                f"({len(MIGRATIONS)}): "
+                + ("upgrade facegate." if newer else "open it once with this facegate (any command) to upgrade it.")
             )
 
     def schema_version(self) -> int:
@@ -743,8 +774,73 @@ class SqliteStore:
             )
             self._bump_governance(db)
 
+    # Export, for copying the store elsewhere (`facegate store copy`): every row as it is, ids and times included
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One read transaction on this thread's connection: everything read inside sees one state of the store."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            db.execute("COMMIT")
+
+    def all_collections(self) -> list[tuple[Collection, dict | None]]:
+        """Every collection of every owner, by pk, with its retention rule (None: no rule)."""
+        rows = self._db.execute(
+            self._COLLECTION_SELECT.replace("FROM collections c", ", c.retention FROM collections c") + "ORDER BY c.pk"
+        ).fetchall()
+        return [(Collection(*row[:7]), None if row[7] is None else json.loads(row[7])) for row in rows]
+
+    def last_collection_pk(self) -> int:
+        """The largest collection pk ever handed out (deleted collections' included), never to be reused."""
+        row = self._db.execute(
+            "SELECT MAX(COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_collection_pk'), 0), "
+            "COALESCE((SELECT MAX(pk) FROM collections), 0))"
+        ).fetchone()
+        return row[0]
+
+    def faces_with_embeddings(self, collection: Collection, batch: int) -> Iterator[list[StoredFace]]:
+        """The collection's faces with their embeddings, in the order they were indexed, ``batch`` at a time."""
+        after = 0
+        while True:
+            rows = self._db.execute(
+                f"SELECT {_FACE_COLUMNS}, embedding, rowid FROM faces WHERE collection_pk = ? AND rowid > ? "
+                "ORDER BY rowid LIMIT ?",
+                (collection.pk, after, batch),
+            ).fetchall()
+            if not rows:
+                return
+            yield [_face(row[:13]) for row in rows]
+            after = rows[-1][13]
+
+    def request_tokens(self, collection: Collection) -> list[tuple[str, str, str, float]]:
+        """The collection's remembered ClientRequestTokens: (operation, token, fingerprint, created_at)."""
+        return self._db.execute(
+            "SELECT operation, token, fingerprint, created_at FROM request_tokens WHERE collection_pk = ? "
+            "ORDER BY operation, token",
+            (collection.pk,),
+        ).fetchall()
+
+    def all_keys(self) -> list[AccessKey]:
+        """Every access key, revoked ones included, oldest first."""
+        rows = self._db.execute(
+            "SELECT access_key_id, owner, role, sealed_secret, created_at, revoked_at, use_case_id FROM access_keys "
+            "ORDER BY created_at, access_key_id"
+        ).fetchall()
+        return [AccessKey(*row) for row in rows]
+
+    def settings(self) -> dict[str, str]:
+        """Every setting (``set_setting``) by key."""
+        rows = self._db.execute(
+            "SELECT key, value FROM meta WHERE substr(key, 1, 8) = 'setting:' ORDER BY key"
+        ).fetchall()
+        return {key.removeprefix("setting:"): value for key, value in rows}
+
     def close(self) -> None:
-        self.vector_indexes.save_changed()
+        if not self.read_only:
+            self.vector_indexes.save_changed()
         for conn in self._connections:
             conn.close()
         self._connections.clear()
