@@ -1,5 +1,5 @@
 """The ONNX MMOD detector must give dlib's ``cnn_face_detection_model_v1`` boxes (±1 px) and scores (±1e-3),
-so switching the "cnn" detector to it changes speed, not results."""
+so the "cnn-float" detector is dlib's CNN, faster."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import dlib
 import numpy as np
 
-from facegate.engine.detect import Detector, make_detector
+from facegate.engine.detect import DEFAULT_DETECTOR, Detector, check_detector, make_detector
 from facegate.engine.embed import DlibResnet, EmbeddingModel
 from facegate.engine.faces import AnalysedImage, Box, Face, Pose, Quality
 from facegate.engine.geometry import estimate_pose, face_quality, rekognition_landmarks
@@ -25,7 +25,9 @@ __all__ = ["AnalysedImage", "Box", "Face", "FaceEngine", "Pose", "Quality", "Sim
 class FaceEngine:
     """Finds faces and their embeddings. Models load lazily, once, on first use.
 
-    ``detector`` is "hog" (default, fast) or "cnn" (dlib's MMOD, more robust, slow on a CPU). The embedding
+    ``detector`` is one of ``detect.DETECTORS`` (``DEFAULT_DETECTOR`` if not given): "hog" (dlib's HOG), "cnn"
+    (dlib's MMOD CNN in int8: finds more faces), "cnn-float" (that CNN with dlib's float32 arithmetic, slower)
+    or "cnn-dlib" (that CNN run by dlib, slowest). The embedding
     network is dlib's ResNet, run by ONNX Runtime (``runtime="onnx"``, default: same embeddings as dlib within
     1e-6, ~20× faster) or by dlib itself (``runtime="dlib"``, the reference); ``threads`` caps ONNX Runtime's
     threads (give 1 per process when several processes share the cores); ``model_cache`` is where the converted
@@ -34,7 +36,7 @@ class FaceEngine:
 
     def __init__(
         self,
-        detector: str = "hog",
+        detector: str = DEFAULT_DETECTOR,
         embedding_model: EmbeddingModel | None = None,
         max_image_bytes: int = DEFAULT_MAX_BYTES,
         runtime: str = "onnx",
@@ -43,7 +45,7 @@ class FaceEngine:
     ) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"Unknown embedding runtime {runtime!r}: choose {' or '.join(RUNTIMES)}.")
-        self.detector_name = detector
+        self.detector_name = check_detector(detector)
         self.max_image_bytes = max_image_bytes
         self.runtime = runtime
         self.threads = threads
@@ -61,7 +63,7 @@ class FaceEngine:
                 self._shape68 = dlib.shape_predictor(str(landmarks68_weights()))
                 if self._embedding_model is None:
                     self._embedding_model = self._network()
-                self._detector = make_detector(self.detector_name)
+                self._detector = make_detector(self.detector_name, threads=self.threads)
 
     def _network(self) -> EmbeddingModel:
         if self.runtime == "dlib":

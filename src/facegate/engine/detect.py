@@ -1,4 +1,9 @@
-"""Face detectors: dlib's HOG (default) and its MMOD CNN, both giving boxes with a 0–100 confidence."""
+"""Face detectors: dlib's HOG (default) and its MMOD CNN, all giving boxes with a 0–100 confidence.
+
+The MMOD CNN comes three ways, one network (``mmod_human_face_detector.dat``): ``cnn``, in int8 on ONNX Runtime
+with the upsampling folded into the network (``mmod_int8``, fast); ``cnn-float``, in float32 on ONNX Runtime
+with dlib's exact arithmetic (``mmod_onnx``); ``cnn-dlib``, run by dlib itself (the reference, slow).
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ import numpy as np
 from facegate.engine.faces import Box
 from facegate.engine.models import cnn_detector_weights
 
-# HOG's sliding window is 80 px, so one 2× upsampling finds faces down to about 40 px. Upsampling a large
-# photo costs 4× the pixels, so big images are first reduced to this budget (≈ a 1920×1080 frame).
+# Both detectors' windows are 80 px, so one 2× upsampling finds faces down to about 40 px. Upsampling a large
+# photo costs 4× the pixels, so big images are first reduced to this budget (≈ a 1920×1080 frame): the smallest
+# face found is about 40 px up to that many pixels and 40·√(pixels / budget) px above (80 px at 3840×2160).
 DETECTION_PIXEL_BUDGET = 1920 * 1080
 # Images this small that show no face at one upsampling get a second try at two.
 SMALL_IMAGE_SIDE = 320
@@ -67,10 +73,10 @@ class HogDetector:
 
 
 class CnnDetector:
-    """dlib's MMOD CNN detector: more robust to pose, much slower on a CPU. Confidence is a logistic of
-    the detector's score (its threshold 0 maps to 88, as for HOG)."""
+    """dlib's MMOD CNN detector run by dlib: more robust to pose than HOG, much slower on a CPU. Confidence is a
+    logistic of the detector's score (its threshold 0 maps to 88, as for HOG)."""
 
-    name = "cnn"
+    name = "cnn-dlib"
 
     def __init__(self) -> None:
         self._detector = dlib.cnn_face_detection_model_v1(str(cnn_detector_weights()))
@@ -88,13 +94,33 @@ def _box(rect: dlib.rectangle, scale: float) -> Box:
     return Box(rect.left() / scale, rect.top() / scale, (rect.right() + 1) / scale, (rect.bottom() + 1) / scale)
 
 
-def make_detector(name: str) -> Detector:
-    if name == "hog":
+DETECTORS = {
+    "hog": "dlib's HOG",
+    "cnn": "dlib's MMOD CNN in int8 on ONNX Runtime",
+    "cnn-float": "dlib's MMOD CNN in float32 on ONNX Runtime",
+    "cnn-dlib": "dlib's MMOD CNN run by dlib",
+}
+DEFAULT_DETECTOR = "hog"
+
+
+def check_detector(name: str) -> str:
+    """``name`` if it is one of ``DETECTORS``; else a ValueError that lists them."""
+    if name not in DETECTORS:
+        choices = ", ".join(f"'{n}' ({what})" for n, what in DETECTORS.items())
+        raise ValueError(f"Unknown face detector {name!r}: choose {choices}.")
+    return name
+
+
+def make_detector(name: str, *, threads: int | None = None) -> Detector:
+    """The detector called ``name`` (one of ``DETECTORS``); ``threads`` caps ONNX Runtime's threads."""
+    if check_detector(name) == "hog":
         return HogDetector()
     if name == "cnn":
-        from facegate.engine.mmod_onnx import OnnxMmodDetector  # mmod_onnx imports this module
+        from facegate.engine.mmod_int8 import Int8MmodDetector  # these modules import this one
 
-        return OnnxMmodDetector()
-    if name == "cnn-dlib":
-        return CnnDetector()
-    raise ValueError(f"Unknown face detector {name!r}: choose 'hog', 'cnn' (MMOD on ONNX Runtime) or 'cnn-dlib'.")
+        return Int8MmodDetector(threads=threads)
+    if name == "cnn-float":
+        from facegate.engine.mmod_onnx import OnnxMmodDetector
+
+        return OnnxMmodDetector(threads=threads)
+    return CnnDetector()

@@ -97,8 +97,7 @@ def pyramid_layout(
     rows: int, cols: int, padding: int, outer_padding: int
 ) -> tuple[list[tuple[int, int, int, int]], int, int]:
     """dlib's ``compute_tiled_image_pyramid_details``: each level's (left, top, width, height) in the tiled image,
-    and the tiled image's rows and columns. The first column stacks levels downwards; the rest go back up the
-    right-hand side, bottom-aligned, while they clear the full-size level."""
+    and the tiled image's rows and columns, for levels every 5/6 down to ``MIN_LEVEL_HEIGHT`` rows."""
     sizes = [(cols, rows)]
     nr, nc = rows, cols
     while True:
@@ -106,6 +105,15 @@ def pyramid_layout(
         if nr * nc == 0 or nr < MIN_LEVEL_HEIGHT:
             break
         sizes.append((nc, nr))
+    return tile_levels(sizes, padding, outer_padding)
+
+
+def tile_levels(
+    sizes: list[tuple[int, int]], padding: int, outer_padding: int
+) -> tuple[list[tuple[int, int, int, int]], int, int]:
+    """dlib's tiling of pyramid levels of these (width, height), largest first: each level's (left, top, width,
+    height) and the tiled image's rows and columns. The first column stacks levels downwards; the rest go back
+    up the right-hand side, bottom-aligned, while they clear the full-size level."""
     total_height = sum(h + padding for _, h in sizes) - 2 * padding
     height, prev_width = 0, 0
     for w, h in sizes:
@@ -272,10 +280,10 @@ def _output_to_input(network: DlibNetwork) -> list[tuple[int, int, int]]:
 
 
 class OnnxMmodDetector:
-    """dlib's MMOD CNN face detector with its convolutions in ONNX Runtime: dlib's boxes and scores, at a CPU
-    cost close to HOG's rather than dlib's CNN's. Implements ``Detector`` like ``CnnDetector``."""
+    """dlib's MMOD CNN face detector with its convolutions in ONNX Runtime: dlib's boxes and scores, about 12×
+    faster than dlib's CNN. Implements ``Detector`` like ``CnnDetector``; ``Int8MmodDetector`` is faster still."""
 
-    name = "cnn"
+    name = "cnn-float"
 
     def __init__(self, weights: Path | None = None, *, threads: int | None = None) -> None:
         self.weights = Path(weights) if weights else cnn_detector_weights()
