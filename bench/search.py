@@ -79,6 +79,12 @@ def resident_bytes() -> int:
 
 def run(size: int, queries: int, max_faces: int, seed: int) -> dict:
     gallery, probes, synthetic = gallery_and_queries(size, queries, seed)
+    return measure(gallery, probes, synthetic, max_faces)
+
+
+def measure(gallery: np.ndarray, probes: np.ndarray, synthetic: int, max_faces: int) -> dict:
+    """The index built over ``gallery`` and searched for every probe, against the exact scan."""
+    size = len(gallery)
     norms = np.einsum("ij,ij->i", gallery, gallery)
     real = gallery[: size - synthetic]
     resident_before = resident_bytes()
