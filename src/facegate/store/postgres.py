@@ -321,22 +321,7 @@ class PostgresStore:
             db.cursor().executemany(
                 f"INSERT INTO faces ({_FACE_COLUMNS}, collection_pk, embedding) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [
-                    (
-                        f.face_id,
-                        f.image_id,
-                        f.external_image_id,
-                        *f.box,
-                        f.confidence,
-                        f.image_hash,
-                        f.model_version,
-                        f.indexed_at,
-                        f.user_id,
-                        collection.pk,
-                        np.asarray(f.embedding, dtype=np.float32),
-                    )
-                    for f in faces
-                ],
+                [_face_row(f, collection.pk) for f in faces],
             )
             self._bump(db, collection, len(faces))
         return faces
@@ -830,22 +815,7 @@ class PostgresStore:
                 "faces",
                 (*_FACE_COLUMNS.split(", "), "collection_pk", "embedding"),
                 1,
-                [
-                    (
-                        f.face_id,
-                        f.image_id,
-                        f.external_image_id,
-                        *f.box,
-                        f.confidence,
-                        f.image_hash,
-                        f.model_version,
-                        f.indexed_at,
-                        f.user_id,
-                        collection.pk,
-                        np.asarray(f.embedding, dtype=np.float32),
-                    )
-                    for f in faces
-                ],
+                [_face_row(f, collection.pk) for f in faces],
                 update=("user_id",),
             )
             if written:
@@ -1080,4 +1050,22 @@ def _face(row: tuple) -> StoredFace:
         indexed_at=row[10],
         user_id=row[11],
         embedding=embedding,
+    )
+
+
+def _face_row(face: StoredFace, collection_pk: int) -> tuple:
+    """A face as the faces table's columns: _FACE_COLUMNS, then collection_pk and embedding."""
+    f = face
+    return (
+        f.face_id,
+        f.image_id,
+        f.external_image_id,
+        *f.box,
+        f.confidence,
+        f.image_hash,
+        f.model_version,
+        f.indexed_at,
+        f.user_id,
+        collection_pk,
+        np.asarray(f.embedding, dtype=np.float32),
     )
