@@ -90,8 +90,11 @@ def embed_paths(
     paths: list[Path], *, fallback_whole: bool, label: str, workers: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings n×128 with NaN rows where no face was used, detected mask n). Cached by content."""
-    # The runtime is part of the key so a cached dlib run never stands in for an ONNX one (or the reverse).
-    key = hashlib.sha256(("\n".join(map(str, paths)) + f"|{fallback_whole}|onnx").encode()).hexdigest()[:16]
+    from facegate.config import DEFAULT_DETECTOR
+
+    # The runtime and detector are part of the key so a cached run of another never stands in for this one.
+    tail = f"|{fallback_whole}|onnx" + ("" if DEFAULT_DETECTOR == "hog" else f"|{DEFAULT_DETECTOR}")
+    key = hashlib.sha256(("\n".join(map(str, paths)) + tail).encode()).hexdigest()[:16]
     cache = CACHE / f"embeddings-{label}-{key}.npz"
     if cache.exists():
         saved = np.load(cache)

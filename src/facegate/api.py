@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from facegate.compose import Facegate, Settings, build
-from facegate.config import DEFAULT_OWNER
+from facegate.config import DEFAULT_DETECTOR, DEFAULT_OWNER
 from facegate.keys import Principal
 from facegate.results import (
     BoundingBox,
@@ -204,7 +204,7 @@ def open(  # noqa: A001 - mirrors the builtin on purpose: facegate.open(path)
     path: str | os.PathLike | None = None,
     *,
     owner: str = DEFAULT_OWNER,
-    detector: str = "hog",
+    detector: str = DEFAULT_DETECTOR,
     runtime: str = "onnx",
     store: str | None = None,
 ) -> FaceGate:

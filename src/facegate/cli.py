@@ -33,7 +33,7 @@ from rich.table import Table
 
 from facegate.audit.commands import audit_app
 from facegate.compose import Facegate, Settings, build
-from facegate.config import DEFAULT_OWNER, data_dir
+from facegate.config import DEFAULT_DETECTOR, DEFAULT_OWNER, data_dir
 from facegate.engine.image import sniff_format
 from facegate.errors import FacegateError
 from facegate.fairness.commands import fairness_app
@@ -70,7 +70,7 @@ err = Console(stderr=True)
 
 class _State:
     data: Path | None = None
-    detector: str = "hog"
+    detector: str = DEFAULT_DETECTOR
     runtime: str = "onnx"
     owner: str = DEFAULT_OWNER
     store: str | None = None
@@ -105,7 +105,9 @@ ReasonOption = Annotated[str, typer.Option("--reason", help="Why (recorded in th
 def main_options(
     ctx: typer.Context,
     data: DataOption = None,
-    detector: Annotated[str, typer.Option(help="Face detector: hog (fast) or cnn (dlib MMOD).")] = "hog",
+    detector: Annotated[
+        str, typer.Option(help="Face detector: cnn (dlib's MMOD in int8, the default), hog, cnn-float or cnn-dlib.")
+    ] = DEFAULT_DETECTOR,
     runtime: Annotated[str, typer.Option(help="Embedding runtime: onnx (fast) or dlib (the reference).")] = "onnx",
     org: Annotated[
         str, typer.Option("--org", envvar="FACEGATE_ORG", help="The organisation the operator acts for.")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from facegate.config import DEFAULT_HOME
+from facegate.config import DEFAULT_DETECTOR, DEFAULT_HOME
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class Settings:
     read deep inside (``Settings.from_env`` reads $FACEGATE_HOME once, at the edge)."""
 
     data_dir: Path
-    detector: str = "hog"
+    detector: str = DEFAULT_DETECTOR
     runtime: str = "onnx"
     threads: int | None = None  # ONNX Runtime threads per engine (None: its default)
     regions: tuple[str, ...] = ("us-east-1",)

@@ -9,6 +9,8 @@ from typing import Any
 DEFAULT_HOME = "facegate-data"
 # Local callers (CLI, Python API) act for this organisation until keys and organisations exist.
 DEFAULT_OWNER = "default"
+# The int8 MMOD CNN: it finds the turned, backlit and darker faces HOG misses, at HOG's speed (bench/detect.py).
+DEFAULT_DETECTOR = "cnn"
 
 
 def data_dir(explicit: str | os.PathLike | None = None, context: Any = None) -> Path:

@@ -1,4 +1,4 @@
-"""Face detectors: dlib's HOG (default) and its MMOD CNN, all giving boxes with a 0–100 confidence.
+"""Face detectors: dlib's HOG and its MMOD CNN (int8, the default), all giving boxes with a 0–100 confidence.
 
 The MMOD CNN comes three ways, one network (``mmod_human_face_detector.dat``): ``cnn``, in int8 on ONNX Runtime
 with the upsampling folded into the network (``mmod_int8``, fast); ``cnn-float``, in float32 on ONNX Runtime
@@ -14,6 +14,7 @@ from typing import Protocol
 import dlib
 import numpy as np
 
+from facegate.config import DEFAULT_DETECTOR as DEFAULT_DETECTOR  # re-exported
 from facegate.engine.faces import Box
 from facegate.engine.models import cnn_detector_weights
 
@@ -100,7 +101,6 @@ DETECTORS = {
     "cnn-float": "dlib's MMOD CNN in float32 on ONNX Runtime",
     "cnn-dlib": "dlib's MMOD CNN run by dlib",
 }
-DEFAULT_DETECTOR = "hog"
 
 
 def check_detector(name: str) -> str:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import facegate
-from facegate.config import DEFAULT_OWNER
+from facegate.config import DEFAULT_DETECTOR, DEFAULT_OWNER
 from facegate.engine.models import embedding_weights, weights_sha256
 from facegate.errors import ResourceNotFoundException
 from facegate.fairness.datasets import DatasetError, load_dataset
@@ -138,7 +138,7 @@ def run_aclu(
     overlap: Path | None = None,
     thresholds: tuple[float, ...] = THRESHOLDS,
     audit_report: dict | None = None,
-    detector: str = "hog",
+    detector: str = DEFAULT_DETECTOR,
     workers: int | None = None,
     reporter: Reporter | None = None,
 ) -> dict:

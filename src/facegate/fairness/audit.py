@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import facegate
+from facegate.config import DEFAULT_DETECTOR
 from facegate.engine.models import embedding_weights, weights_sha256
 from facegate.engine.similarity import similarity_scale
 from facegate.fairness import metrics
@@ -35,7 +36,7 @@ def run_audit(
     *,
     thresholds: tuple[float, ...] = SIMILARITY_THRESHOLDS,
     fmr_targets: tuple[float, ...] = FMR_TARGETS,
-    detector: str = "hog",
+    detector: str = DEFAULT_DETECTOR,
     workers: int | None = None,
     reporter: Reporter | None = None,
 ) -> dict:
@@ -71,7 +72,7 @@ def audit_embedded(
     *,
     thresholds: tuple[float, ...] = SIMILARITY_THRESHOLDS,
     fmr_targets: tuple[float, ...] = FMR_TARGETS,
-    detector: str = "hog",
+    detector: str = DEFAULT_DETECTOR,
     replicates: int = BOOTSTRAP_REPLICATES,
     reporter: Reporter | None = None,
 ) -> dict:

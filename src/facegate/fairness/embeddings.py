@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facegate.config import DEFAULT_DETECTOR
 from facegate.engine.faces import Box, Face, Pose, Quality
 from facegate.fairness.datasets import Dataset, dataset_digest, file_sha256, images_digest
 
@@ -83,7 +84,7 @@ def embed_dataset(
     dataset: Dataset,
     data_dir: Path,
     *,
-    detector: str = "hog",
+    detector: str = DEFAULT_DETECTOR,
     workers: int | None = None,
     reporter: Reporter | None = None,
 ) -> EmbeddedDataset:
