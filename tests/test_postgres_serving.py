@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from botocore.exceptions import ClientError
@@ -22,16 +23,21 @@ def on_postgres(postgres_url, monkeypatch):
     return postgres_url
 
 
-def test_two_servers_on_one_database_see_the_same_faces_and_revocations(on_postgres, tmp_path, people, monkeypatch):
-    """Two hosts' worth of servers: separate data directories, one database (faces, governance and the audit
-    log), the sealing and audit signing keys shared through configuration."""
+@pytest.fixture
+def shared_keys(tmp_path, monkeypatch):
+    """The sealing and audit signing keys every host reads through configuration (the same files)."""
+    from facegate.audit.base import create_signing_key
+
     shared = tmp_path / "config"
     shared.mkdir()
     monkeypatch.setenv("FACEGATE_SEALING_KEY", str(shared / "sealing.key"))
     monkeypatch.setenv("FACEGATE_AUDIT_KEY", str(shared / "audit_signing.key"))
-    from facegate.audit.base import create_signing_key
-
     create_signing_key(shared / "audit_signing.key")
+
+
+def test_two_servers_on_one_database_see_the_same_faces_and_revocations(on_postgres, shared_keys, tmp_path, people):
+    """Two hosts' worth of servers: separate data directories, one database (faces, governance and the audit
+    log), the sealing and audit signing keys shared through configuration."""
     home, other = tmp_path / "host-1", tmp_path / "host-2"
     key = json.loads(run_facegate(home, "keys", "create", "--org", "org-a", "--json"))
     with running_server(home, "--workers", "1") as first, running_server(other, "--workers", "1") as second:
@@ -69,3 +75,21 @@ def test_the_cli_and_the_python_api_use_the_store_they_are_given(on_postgres, tm
         assert fg.collections() == ["family"]
     # The same data directory on the embedded store (an empty --store) is another, empty deployment.
     assert "family" not in run_facegate(home, "--store", "", "collections", "list")
+
+
+def test_a_fairness_audit_activated_on_one_host_gates_every_host(on_postgres, shared_keys, tmp_path):
+    """The audit of record is governance state: activated through one host, the other host's gate reads it from
+    the database, with no file copied between them."""
+    from .test_policy import synthetic_report
+
+    home, other = tmp_path / "host-1", tmp_path / "host-2"
+    run_facegate(home, "keys", "create", "--json")  # sets up the shared governance
+    report = tmp_path / "upload" / "report.json"
+    report.parent.mkdir()
+    report.write_text(json.dumps(synthetic_report(worse_factor=1e6)))
+    run_facegate(home, "fairness", "activate", str(report), "--reason", "audit of record")
+    report.unlink()
+    shutil.rmtree(home / "fairness")  # host 1's copy is on host 1's disk, which host 2 cannot read
+    shown = run_facegate(other, "fairness", "show")
+    assert "active fairness audit" in shown and "worst group" in shown
+    assert not (other / "fairness").exists()  # read from the database, not from this host's files

@@ -927,10 +927,11 @@ def store_copy(
         f"Check the copied log: facegate --store <the --to URL> audit verify  (with FACEGATE_AUDIT_KEY as above)",
         flush=True,
     )
-    if report.settings.get("fairness_audit"):
+    audit = report.settings.get("fairness_audit") or ""
+    if audit and not audit.lstrip().startswith("{"):
         print(
-            f"The active fairness audit is the file {report.settings['fairness_audit']}: servers read it at that "
-            "path (copy it there on other hosts).",
+            f"The active fairness audit is the file {audit}: servers read it at that path (copy it there on other "
+            "hosts, or run `facegate fairness activate` again to store the report itself).",
             flush=True,
         )
 

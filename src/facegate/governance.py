@@ -126,6 +126,10 @@ class GateOutcome:
     consent_reference: str | None = None
 
 
+# The active fairness audit report (its JSON), a store setting: governance state every server shares.
+AUDIT_SETTING = "fairness_audit"
+
+
 class Governance:
     def __init__(
         self, store: Store, keys: KeyRing, audit: AuditLog, clock: Clock | None = None, model_version: str | None = None
@@ -327,7 +331,8 @@ class Governance:
     # Fairness audits the gate relies on
 
     def activate_audit(self, report_path: Path, reason: str, actor: str = OPERATOR) -> AuditCurves:
-        """Make an audit report the one the gate reads; it is copied under the data directory, by model version."""
+        """Make an audit report the one the gate reads. The report itself goes into the store, so every server
+        on a shared database gates by it; a copy is kept under the data directory, by model version, to read."""
         text = Path(report_path).read_text()
         curves = AuditCurves.from_report(json.loads(text))
         if self.model_version is not None and curves.model_version != self.model_version:
@@ -336,9 +341,8 @@ class Governance:
             )
         home = Path(self.keys.data_dir) / "fairness" / "audits" / curves.model_version
         home.mkdir(parents=True, exist_ok=True)
-        stored = home / f"{curves.audit_id}.json"
-        stored.write_text(text)
-        self.store.set_setting("fairness_audit", str(stored))
+        (home / f"{curves.audit_id}.json").write_text(text)
+        self.store.set_setting(AUDIT_SETTING, text)
         self.record_event(
             "fairness_audit_activated",
             actor,
@@ -350,10 +354,13 @@ class Governance:
         return curves
 
     def active_audit(self) -> AuditCurves | None:
-        path = self.store.get_setting("fairness_audit")
-        if not path or not Path(path).exists():
+        value = self.store.get_setting(AUDIT_SETTING)
+        if not value:
             return None
-        return AuditCurves.load(Path(path))
+        if value.lstrip().startswith("{"):
+            return AuditCurves.from_report(json.loads(value))
+        # Deployments activated before reports were stored kept only the copy's path.
+        return AuditCurves.load(Path(value)) if Path(value).exists() else None
 
     # Retention
 
