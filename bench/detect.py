@@ -326,7 +326,10 @@ def main() -> None:
     parser.add_argument("--groups", action="store_true", help="detection rates by group on UTKFace and Congress")
     parser.add_argument("--limits", action="store_true", help="the smallest face found per image size")
     parser.add_argument("--dlib", action="store_true", help="also dlib's own CNN (seconds per photo)")
-    parser.add_argument("--only", nargs="+", choices=["aws", "testing", "lfw", "canvases", "12mp"], help="these sets")
+    parser.add_argument(
+        "--only", nargs="+", choices=["aws", "testing", "lfw", "canvases", "12mp", "none"], help="these sets"
+    )
+    parser.add_argument("--detectors", nargs="+", help="only these detectors (default: all)")
     parser.add_argument("--calibrate", action="store_true", help="print the int8 detector's activation ranges")
     args = parser.parse_args()
     if args.calibrate:
@@ -339,7 +342,9 @@ def main() -> None:
     if args.dlib:
         named["cnn-dlib"] = CnnDetector()
         dlib_check(cnn_float, named["cnn-dlib"])
-    detectors: dict[str, Detect] = {name: d.detect for name, d in named.items()}
+    detectors: dict[str, Detect] = {
+        name: d.detect for name, d in named.items() if not args.detectors or name in args.detectors
+    }
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; ONNX Runtime threads: "
         f"{available_cores()}; dlib: 1 thread"

@@ -75,11 +75,14 @@ def start_server(directory: Path, settings: dict[str, str]):
     return server
 
 
-def hnsw_statement() -> str:
-    """The store's own CREATE INDEX for the embeddings, as its migrations define it."""
+def hnsw_statement(parameters: str | None = None) -> str:
+    """The store's own CREATE INDEX for the embeddings, as its migrations define it; ``parameters`` replaces
+    its WITH (...) storage parameters, to measure others."""
     found = re.search(rf"CREATE INDEX {HNSW_INDEX} [^;]+;", "\n".join(MIGRATIONS))
     if found is None:
         raise RuntimeError(f"no CREATE INDEX {HNSW_INDEX} in facegate.store.postgres.MIGRATIONS")
+    if parameters:
+        return re.sub(r"WITH \([^)]*\)", f"WITH ({parameters})", found.group(0))
     return found.group(0)
 
 
@@ -185,7 +188,7 @@ def measure_postgres(server, url: str, gallery: np.ndarray, probes: np.ndarray, 
             "set_config('max_parallel_maintenance_workers', %s, false)",
             (args.maintenance_work_mem, str(args.parallel_workers)),
         )
-        db.execute(hnsw_statement())
+        db.execute(hnsw_statement(args.hnsw_with))
         t2 = time.perf_counter()
         db.execute("VACUUM (ANALYZE) faces")
         t3 = time.perf_counter()
@@ -258,6 +261,7 @@ def measure_postgres(server, url: str, gallery: np.ndarray, probes: np.ndarray, 
         "pgvector": versions[1],
         "shared_buffers": versions[2],
         "maintenance_work_mem": args.maintenance_work_mem,
+        "hnsw": re.search(r"WITH \(([^)]*)\)", hnsw_statement(args.hnsw_with)).group(1),
         "max_parallel_maintenance_workers": args.parallel_workers,
         "candidates": candidates,
         "ef_search": min(1000, max(EF_SEARCH_MIN, candidates)),
@@ -323,6 +327,7 @@ def main() -> None:
     parser.add_argument(
         "--ef-search", type=int, nargs="*", default=[], help="more passes with the store's EF_SEARCH_MIN set to these"
     )
+    parser.add_argument("--hnsw-with", help="other HNSW storage parameters, e.g. 'm = 32, ef_construction = 256'")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the tables")
     parser.add_argument("--save", type=Path, help="also write the results as JSON to this file")
     args = parser.parse_args()
@@ -386,7 +391,7 @@ def main() -> None:
     p = results[-1]["postgresql"]
     print(
         f"\nPostgreSQL {p['postgresql']}, pgvector {p['pgvector']}, shared_buffers {p['shared_buffers']}; "
-        f"CREATE INDEX with maintenance_work_mem {p['maintenance_work_mem']}, "
+        f"CREATE INDEX ({p['hnsw']}) with maintenance_work_mem {p['maintenance_work_mem']}, "
         f"max_parallel_maintenance_workers {p['max_parallel_maintenance_workers']}; "
         f"{p['candidates']} candidates per query (ef_search {p['ef_search']}), re-ranked exactly, top 10 kept."
     )

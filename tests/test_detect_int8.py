@@ -83,8 +83,9 @@ def detectors() -> tuple[Int8MmodDetector, OnnxMmodDetector]:
     return Int8MmodDetector(threads=1), OnnxMmodDetector()  # the reference with every core: it is 10× slower
 
 
-def test_finds_the_twelve_faces_of_the_aws_example_photos() -> None:
-    engine = FaceEngine(detector="cnn", threads=1)
+def test_the_default_detector_finds_the_twelve_faces_of_the_aws_example_photos() -> None:
+    engine = FaceEngine(threads=1)  # the default every operation and `facegate index` use
+    assert engine.detector_name == "cnn"
     found = [engine.analyse_bytes(path.read_bytes(), embed=False).faces for path in _aws_photos()]
     assert [len(faces) for faces in found] == [3, 3, 3, 3]
     assert all(face.confidence > 88 for faces in found for face in faces)  # every one above the detector's threshold
