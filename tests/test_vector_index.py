@@ -233,3 +233,66 @@ def test_components_beyond_the_int8_range_are_clipped_not_lost():
         index.add(np.arange(start, start + 500, dtype=np.uint64), vectors[start : start + 500])
     for row in unusual:
         assert row in index.search(vectors[row], 10)
+
+
+def _synthetic_faces(count: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """Keys and vectors on dlib's scale (components ~0.05): enough of them that a multi-threaded build strands
+    some (no real faces needed to exercise the graph itself)."""
+    rng = np.random.default_rng(seed)
+    return np.arange(1, count + 1, dtype=np.uint64), rng.normal(0, 0.05, (count, 128)).astype(np.float32)
+
+
+def _not_found_by_own_vector(index: FaceIndex, keys: np.ndarray, vectors: np.ndarray) -> list[int]:
+    return [int(k) for k, v in zip(keys, vectors, strict=True) if k not in index.search(v, 216)]
+
+
+def test_every_face_is_found_by_its_own_embedding_after_a_multithreaded_build():
+    keys, vectors = _synthetic_faces(12_000)
+    index = FaceIndex(128)
+    index.add(keys, vectors, check=False)  # usearch on every core, as a rebuild does
+    lost = _not_found_by_own_vector(index, keys, vectors)  # before the check (a few, or by chance none)
+    aside = index.check_all()
+    stranded = index.unreachable
+    assert aside == len(stranded) < 0.01 * len(keys)
+    assert set(lost) <= {int(k) for k in stranded}
+    # What the side list holds really is beyond the graph: the graph's own search does not return them.
+    index.index.expansion_search = 768
+    graph_only = index.index.search(vectors[(stranded - 1).astype(np.int64)] * VECTOR_SCALE, 216, threads=0)
+    assert all(k not in row for k, row in zip(stranded, np.asarray(graph_only.keys), strict=True))
+    assert _not_found_by_own_vector(index, keys, vectors) == []
+
+
+def test_faces_added_one_by_one_are_all_found_and_deletion_empties_the_side_list():
+    keys, vectors = _synthetic_faces(10_500, seed=11)
+    index = FaceIndex(128)
+    index.add(keys[:10_000], vectors[:10_000], check=False)
+    index.check_all()
+    for key, vector in zip(keys[10_000:], vectors[10_000:], strict=True):
+        index.add(np.array([key]), vector[None, :])  # as IndexFaces adds them
+    assert _not_found_by_own_vector(index, keys, vectors) == []
+    index.remove(index.unreachable)
+    assert len(index.unreachable) == 0
+
+
+def test_the_faces_kept_aside_survive_a_save_and_load(tmp_path):
+    from facegate.store.vector_index import IndexedCollection, VectorIndexes
+
+    keys, vectors = _synthetic_faces(12_000, seed=3)
+
+    class Source:  # the store's side of the index, for one collection
+        def index_generation(self, collection):
+            return 1
+
+        def index_keys(self, collection):
+            return 1, keys
+
+        def index_embeddings(self, collection, wanted):
+            return wanted, vectors[(wanted - 1).astype(np.int64)]
+
+    collection = IndexedCollection(1, 1.0, "dlib-resnet-v1")
+    built = VectorIndexes(tmp_path, min_faces=1).rebuild(Source(), collection)
+    loaded = VectorIndexes(tmp_path, min_faces=1)
+    loaded.prepare(Source(), collection)
+    again = loaded._indexes[collection.pk]
+    assert sorted(again.unreachable) == sorted(built.unreachable)
+    assert _not_found_by_own_vector(again, keys[:3000], vectors[:3000]) == []

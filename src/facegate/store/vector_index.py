@@ -49,6 +49,11 @@ MIN_EXPANSION_SEARCH = 768
 # faces): the largest |x| is 0.577, and at 1.9 2.0 components in 100,000 are clipped, which can only cost
 # recall, never a wrong answer.
 VECTOR_SCALE = 1.9
+# A face its own vector does not find within this search depth is treated as unreachable. A node with no
+# incoming links (a multi-threaded build, or later inserts pruning its neighbours' lists) is found at no depth;
+# a shallow check also flags a few that are merely hard to reach, which only costs them an exact scan.
+CHECK_EXPANSION = 64
+CHECK_K = 10
 SAVE_INTERVAL_S = 60.0  # incremental changes are saved at most this often; a stale file is reconciled on load
 _BATCH = 10_000
 
@@ -76,19 +81,34 @@ class FaceSource(Protocol):
 
 
 class FaceIndex:
-    """One collection's HNSW graph over face keys, and the store generation it reflects."""
+    """One collection's HNSW graph over face keys, and the store generation it reflects.
 
-    def __init__(self, ndim: int, generation: int = -1, index: Index | None = None) -> None:
+    Faces the graph cannot reach (their own vector does not find them) are kept in a side list that every search
+    scans exactly, so that no face in the collection is beyond search."""
+
+    def __init__(
+        self, ndim: int, generation: int = -1, index: Index | None = None, unreachable: np.ndarray | None = None
+    ) -> None:
         self.index = index or Index(
             ndim=ndim, metric="l2sq", dtype="i8", connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD
         )
         self.ndim = ndim
         self.generation = generation
+        self._side_keys = np.zeros(0, dtype=np.uint64)
+        self._side_vectors = np.zeros((0, ndim), dtype=np.float32)  # as the graph holds them: scaled, int8 steps
+        self._added_since_check = 0
+        if unreachable is not None and len(unreachable):
+            self._keep_aside(np.asarray(unreachable, dtype=np.uint64))
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def add(self, keys: np.ndarray, embeddings: np.ndarray) -> None:
+    @property
+    def unreachable(self) -> np.ndarray:
+        """Keys of the faces kept aside because the graph does not reach them."""
+        return self._side_keys.copy()
+
+    def add(self, keys: np.ndarray, embeddings: np.ndarray, *, check: bool = True) -> None:
         keys = np.asarray(keys, dtype=np.uint64)
         fresh = ~np.atleast_1d(self.index.contains(keys)) if len(self.index) else np.ones(len(keys), bool)
         fresh &= _first_occurrences(keys)
@@ -97,6 +117,48 @@ class FaceIndex:
         vectors = np.asarray(embeddings, dtype=np.float32)[fresh]  # a contiguous copy: scaled in place
         vectors *= VECTOR_SCALE
         self.index.add(keys[fresh], vectors, threads=1 if fresh.sum() < 1000 else 0)
+        if check:
+            self._check(keys[fresh])
+            # New faces prune their neighbours' links, which can strand faces checked earlier: re-check them all
+            # once the graph has grown by a tenth (amortised, a few checks' worth per added face).
+            self._added_since_check += int(fresh.sum())
+            if self._added_since_check > max(_BATCH, len(self.index) // 10):
+                self.check_all()
+
+    def check_all(self) -> int:
+        """Search every face by its own vector and keep aside those not found (after a build: later inserts can
+        prune links that earlier faces depended on). Returns how many are kept aside."""
+        self._side_keys = np.zeros(0, dtype=np.uint64)
+        self._side_vectors = np.zeros((0, self.ndim), dtype=np.float32)
+        self._added_since_check = 0
+        self._check(self.keys())
+        return len(self._side_keys)
+
+    def _check(self, keys: np.ndarray) -> None:
+        for start in range(0, len(keys), _BATCH):
+            self._check_batch(keys[start : start + _BATCH])
+
+    def _check_batch(self, keys: np.ndarray) -> None:
+        if not len(keys):
+            return
+        vectors = self._stored(keys)
+        self.index.expansion_search = CHECK_EXPANSION
+        found = self.index.search(vectors, min(CHECK_K, len(self.index)), threads=0 if len(keys) >= 1000 else 1)
+        hits = np.asarray(found.keys, dtype=np.uint64).reshape(len(keys), -1) == keys[:, None]
+        missed = keys[~hits.any(axis=1)]
+        if len(missed):
+            self._keep_aside(missed)
+
+    def _stored(self, keys: np.ndarray) -> np.ndarray:
+        """The graph's own (scaled, int8-rounded) vectors of ``keys``: what a search compares against."""
+        return np.asarray(self.index.get(keys, dtype=np.float32), dtype=np.float32).reshape(len(keys), self.ndim)
+
+    def _keep_aside(self, keys: np.ndarray) -> None:
+        keys = np.setdiff1d(keys, self._side_keys)
+        keys = keys[np.atleast_1d(self.index.contains(keys))] if len(keys) else keys
+        if len(keys):
+            self._side_keys = np.concatenate([self._side_keys, keys])
+            self._side_vectors = np.concatenate([self._side_vectors, self._stored(keys)])
 
     def remove(self, keys: np.ndarray) -> None:
         keys = np.asarray(keys, dtype=np.uint64)
@@ -104,19 +166,26 @@ class FaceIndex:
             present = keys[np.atleast_1d(self.index.contains(keys))]
             if len(present):
                 self.index.remove(present)
+        if len(keys) and len(self._side_keys):
+            kept = ~np.isin(self._side_keys, keys)
+            self._side_keys, self._side_vectors = self._side_keys[kept], self._side_vectors[kept]
 
     def keys(self) -> np.ndarray:
         return np.asarray(self.index.keys, dtype=np.uint64)
 
     def search(self, probe: np.ndarray, k: int) -> np.ndarray:
-        """Keys of (about) the ``k`` nearest faces."""
+        """Keys of (about) the ``k`` nearest faces: the graph's, then the nearest of those kept aside."""
         if not len(self.index):
             return np.zeros(0, dtype=np.uint64)
         k = min(k, len(self.index))
         self.index.expansion_search = max(MIN_EXPANSION_SEARCH, k)
-        return np.asarray(
-            self.index.search(np.asarray(probe, dtype=np.float32) * VECTOR_SCALE, k, threads=1).keys, dtype=np.uint64
-        )
+        scaled = np.asarray(probe, dtype=np.float32) * VECTOR_SCALE
+        found = np.asarray(self.index.search(scaled, k, threads=1).keys, dtype=np.uint64)
+        if not len(self._side_keys):
+            return found
+        distances = ((self._side_vectors - scaled) ** 2).sum(axis=1)
+        nearest = self._side_keys[np.argsort(distances)[:k]]
+        return np.concatenate([found, nearest[~np.isin(nearest, found)]])
 
     def memory_bytes(self) -> int:
         return int(self.index.memory_usage)
@@ -164,8 +233,9 @@ class VectorIndexes:
                 if index is None and len(found):
                     index = FaceIndex(vectors.shape[1], generation)
                 if index is not None:
-                    index.add(found, vectors)
+                    index.add(found, vectors, check=False)
             index = index or FaceIndex(128, generation)
+            index.check_all()
             self._indexes[collection.pk] = index
             self._save(collection, index)
             return index
@@ -270,6 +340,7 @@ class VectorIndexes:
             "generation": index.generation,
             "count": len(index),
             "ndim": index.ndim,
+            "unreachable": [int(k) for k in index.unreachable],
             "created_at": collection.created_at,
             "model_version": collection.model_version,
         }
@@ -301,8 +372,15 @@ class VectorIndexes:
             return None  # replaced or removed by another process meanwhile: rebuild
         if graph is None or len(graph) != meta["count"]:
             return None
-        index = FaceIndex(int(meta["ndim"]), int(meta["generation"]), graph)
+        unreachable = meta.get("unreachable")
+        index = FaceIndex(
+            int(meta["ndim"]), int(meta["generation"]), graph, np.asarray(unreachable or [], dtype=np.uint64)
+        )
         self._saved_at[collection.pk] = time.monotonic()
+        if unreachable is None:  # saved before faces were checked: check them once, now
+            index.check_all()
+            self._collections[collection.pk] = collection
+            self._dirty.add(collection.pk)
         return index
 
 
