@@ -26,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets  # noqa: E402
 
+from facegate.store import vector_index  # noqa: E402
 from facegate.store.vector_index import VECTOR_SCALE, FaceIndex  # noqa: E402
 
 
@@ -77,12 +78,52 @@ def resident_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status (this benchmark needs Linux)")
 
 
-def run(size: int, queries: int, max_faces: int, seed: int) -> dict:
+def run(size: int, queries: int, max_faces: int, seed: int, depths: list[int]) -> dict:
     gallery, probes, synthetic = gallery_and_queries(size, queries, seed)
-    return measure(gallery, probes, synthetic, max_faces)
+    return measure(gallery, probes, synthetic, max_faces, depths)
 
 
-def measure(gallery: np.ndarray, probes: np.ndarray, synthetic: int, max_faces: int) -> dict:
+def cold_pass(index: FaceIndex, gallery: np.ndarray, norms: np.ndarray, probes: np.ndarray, max_faces: int) -> dict:
+    """Each query right after an exact scan of the whole gallery (which leaves the caches cold for the graph)."""
+    ann_ms, exact_ms, hits1, hits10 = [], [], 0, 0
+    for probe in probes:
+        t0 = time.perf_counter()
+        approx = ann_top(index, gallery, probe, 10, max_faces)
+        t1 = time.perf_counter()
+        exact = exact_top(gallery, norms, probe, 10)
+        t2 = time.perf_counter()
+        ann_ms.append((t1 - t0) * 1e3)
+        exact_ms.append((t2 - t1) * 1e3)
+        hits1 += int(len(approx) > 0 and approx[0] == exact[0])
+        hits10 += len(set(approx.tolist()) & set(exact.tolist()))
+    return {
+        "p50_ms": round(float(np.percentile(ann_ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ann_ms, 99)), 3),
+        "recall_at_1": round(hits1 / len(probes), 4),
+        "recall_at_10": round(hits10 / (10 * len(probes)), 4),
+        "exact_p50_ms": round(float(np.percentile(exact_ms, 50)), 3),
+        "exact_p99_ms": round(float(np.percentile(exact_ms, 99)), 3),
+    }
+
+
+def load_seconds(index: FaceIndex) -> float:
+    """What a restart costs: the persisted graph restored from its file, as the store does on open."""
+    import tempfile
+
+    from usearch.index import Index
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "graph.usearch")
+        index.index.save(path)
+        started = time.perf_counter()
+        restored = Index.restore(path)
+        seconds = time.perf_counter() - started
+        if restored is None or len(restored) != len(index):
+            raise RuntimeError("the saved index did not restore")
+    return seconds
+
+
+def measure(gallery: np.ndarray, probes: np.ndarray, synthetic: int, max_faces: int, depths: list[int]) -> dict:
     """The index built over ``gallery`` and searched for every probe, against the exact scan."""
     size = len(gallery)
     norms = np.einsum("ij,ij->i", gallery, gallery)
@@ -101,18 +142,14 @@ def measure(gallery: np.ndarray, probes: np.ndarray, synthetic: int, max_faces: 
         t0 = time.perf_counter()
         ann_top(index, gallery, probe, 10, max_faces)
         warm_ms.append((time.perf_counter() - t0) * 1e3)
-    # Below, each query follows an exact scan of the whole gallery, which leaves the caches cold for the graph.
-    ann_ms, exact_ms, hits1, hits10 = [], [], 0, 0
-    for probe in probes:
-        t0 = time.perf_counter()
-        approx = ann_top(index, gallery, probe, 10, max_faces)
-        t1 = time.perf_counter()
-        exact = exact_top(gallery, norms, probe, 10)
-        t2 = time.perf_counter()
-        ann_ms.append((t1 - t0) * 1e3)
-        exact_ms.append((t2 - t1) * 1e3)
-        hits1 += int(len(approx) > 0 and approx[0] == exact[0])
-        hits10 += len(set(approx.tolist()) & set(exact.tolist()))
+    cold = cold_pass(index, gallery, norms, probes, max_faces)
+    sweep = []
+    for depth in depths:  # the search depth the store uses, as if MIN_EXPANSION_SEARCH were this
+        default, vector_index.MIN_EXPANSION_SEARCH = vector_index.MIN_EXPANSION_SEARCH, depth
+        try:
+            sweep.append({"depth": depth, **cold_pass(index, gallery, norms, probes, max_faces)})
+        finally:
+            vector_index.MIN_EXPANSION_SEARCH = default
     return {
         "size": size,
         "real_faces": size - synthetic,
@@ -120,20 +157,23 @@ def measure(gallery: np.ndarray, probes: np.ndarray, synthetic: int, max_faces: 
         "synthetic": "Gaussian fitted to the real embeddings' mean and covariance" if synthetic else None,
         "queries": len(probes),
         "max_faces": max_faces,
-        "p50_ms": round(float(np.percentile(ann_ms, 50)), 3),
-        "p99_ms": round(float(np.percentile(ann_ms, 99)), 3),
+        "depth": vector_index.MIN_EXPANSION_SEARCH,
+        "p50_ms": cold["p50_ms"],
+        "p99_ms": cold["p99_ms"],
         "warm_p50_ms": round(float(np.percentile(warm_ms, 50)), 3),
-        "recall_at_1": round(hits1 / len(probes), 4),
-        "recall_at_10": round(hits10 / (10 * len(probes)), 4),
+        "recall_at_1": cold["recall_at_1"],
+        "recall_at_10": cold["recall_at_10"],
         "build_s": round(build_s, 1),
+        "load_s": round(load_seconds(index), 2),
         "check_s": round(check_s, 1),
         "unreachable_kept_aside": unreachable,
         "memory_mb": round(resident / 2**20, 1),
         "bytes_per_face": round(resident / size, 1),
         "allocated_mb": round(index.memory_bytes() / 2**20, 1),
         "allocated_bytes_per_face": round(index.memory_bytes() / size, 1),
-        "exact_p50_ms": round(float(np.percentile(exact_ms, 50)), 3),
-        "exact_p99_ms": round(float(np.percentile(exact_ms, 99)), 3),
+        "exact_p50_ms": cold["exact_p50_ms"],
+        "exact_p99_ms": cold["exact_p99_ms"],
+        "depth_sweep": sweep,
         # What the index's int8 rounding clips: components past ±1 once scaled (see VECTOR_SCALE).
         "largest_real_component": round(float(np.abs(real).max()), 3),
         "clipped_real_components_per_100k": round(float((np.abs(real) * VECTOR_SCALE > 1).mean()) * 1e5, 1),
@@ -146,23 +186,34 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--max-faces", type=int, default=100, help="MaxFaces, as SearchFaces' default")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--depths", type=int, nargs="*", default=[], help="more passes at these search depths")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    results = [run(size, args.queries, args.max_faces, args.seed) for size in args.size]
+    results = [run(size, args.queries, args.max_faces, args.seed, args.depths) for size in args.size]
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
         return
     print(
         "| faces (real + synthetic) | ANN p50 ms | ANN p99 ms | ANN p50 ms, warm | recall@1 | recall@10 | build s "
-        "| check s | unreachable, kept aside | index MB resident (allocated) | exact p50 ms | exact p99 ms |"
+        "| check s | unreachable, kept aside | load s | index MB resident (allocated) | exact p50 ms | exact p99 ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
             f"| {r['size']:,} ({r['real_faces']:,} + {r['synthetic_faces']:,}) | {r['p50_ms']} | {r['p99_ms']} "
             f"| {r['warm_p50_ms']} | {r['recall_at_1']:.4f} | {r['recall_at_10']:.4f} | {r['build_s']} "
-            f"| {r['check_s']} | {r['unreachable_kept_aside']} | {r['memory_mb']} ({r['allocated_mb']}) | {r['exact_p50_ms']} | {r['exact_p99_ms']} |"
+            f"| {r['check_s']} | {r['unreachable_kept_aside']} | {r['load_s']} | {r['memory_mb']} ({r['allocated_mb']}) | {r['exact_p50_ms']} | {r['exact_p99_ms']} |"
         )
+    if args.depths:
+        print("\n| faces | search depth | p50 ms | p99 ms | recall@1 | recall@10 |\n|---|---|---|---|---|---|")
+        for r in results:
+            for point in [{k: r[k] for k in ("depth", "p50_ms", "p99_ms", "recall_at_1", "recall_at_10")}] + r[
+                "depth_sweep"
+            ]:
+                print(
+                    f"| {r['size']:,} | {point['depth']} | {point['p50_ms']} | {point['p99_ms']} "
+                    f"| {point['recall_at_1']:.4f} | {point['recall_at_10']:.4f} |"
+                )
     r = results[-1]
     print(
         f"\nReal embeddings in the gallery: largest |component| {r['largest_real_component']}; "

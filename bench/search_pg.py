@@ -291,7 +291,7 @@ def measure_postgres(server, url: str, gallery: np.ndarray, probes: np.ndarray, 
 def run(server, size: int, args: argparse.Namespace) -> dict:
     load_before = os.getloadavg()[0]
     gallery, probes, synthetic = search.gallery_and_queries(size, args.queries, args.seed)
-    embedded = search.measure(gallery, probes, synthetic, args.max_faces)
+    embedded = search.measure(gallery, probes, synthetic, args.max_faces, [])
     database = f"facegate_bench_{size}"
     with psycopg.connect(server.get_uri(), autocommit=True) as db:
         db.execute(f'CREATE DATABASE "{database}"')
