@@ -15,7 +15,17 @@ import numpy as np
 import pytest
 
 from facegate.errors import ResourceAlreadyExistsException
-from facegate.store import AccessKey, Collection, Organisation, PolicyState, Store, StoredFace, StoredUser, UseCase
+from facegate.store import (
+    AccessKey,
+    Collection,
+    ObjectSource,
+    Organisation,
+    PolicyState,
+    Store,
+    StoredFace,
+    StoredUser,
+    UseCase,
+)
 from facegate.store.sqlite import SqliteStore
 
 
@@ -700,3 +710,25 @@ def test_what_was_written_is_there_after_reopening(open_store, rng):
     assert reopened.policy_states() == {"illinois-bipa": state}
     assert reopened.get_setting("moratorium") == "on"
     assert reopened.governance_generation() == generation
+
+
+def test_object_sources_belong_to_their_organisation(open_store):
+    store = open_store()
+    photos = ObjectSource("acme", "photos", "dir", "/srv/acme/photos", 1_700_000_000.5)
+    store.add_source(photos)
+    store.add_source(ObjectSource("city-of-x", "photos", "dir", "/srv/city/photos", 1_700_000_001.0))
+    assert store.get_source("acme", "photos") == photos
+    assert store.get_source("acme", "other") is None
+    assert store.get_source("someone-else", "photos") is None  # the same name of another organisation: not theirs
+    with pytest.raises(ResourceAlreadyExistsException):
+        store.add_source(dataclasses.replace(photos, location="/elsewhere"))
+    assert [s.owner for s in store.list_sources()] == ["acme", "city-of-x"]
+    assert store.list_sources("acme") == [photos]
+    generation = store.governance_generation()
+    assert store.remove_source("acme", "photos") is True
+    assert store.governance_generation() > generation  # gates caching sources reload them
+    assert store.remove_source("acme", "photos") is False
+    store.close()
+    reopened = open_store()
+    assert reopened.get_source("acme", "photos") is None
+    assert [s.owner for s in reopened.list_sources()] == ["city-of-x"]

@@ -93,6 +93,7 @@ def deployment(tmp_path_factory, people) -> dict:
         )
     _index(home, "visitors", people["Serena_Williams"][:3])
     run_facegate(home, "policies", "activate", "limited-access", "--reason", "registered uses only")
+    run_facegate(home, "sources", "add", "site-photos", "--org", ORG, "--dir", str(home.parent), "--reason", "pilot")
     # Only activating a fairness audit sets one, and that needs a measured report: the setting itself will do.
     store = SqliteStore(home)
     store.set_setting("fairness_audit", str(home / "fairness" / "audits" / "example.json"))
@@ -120,6 +121,7 @@ def _contents(store) -> dict:
         "keys": store.all_keys(),
         "policies": store.policy_states(),
         "fairness audit": store.get_setting("fairness_audit"),
+        "object sources": store.list_sources(),
         "retention": store.retention_rules(),
         "collections": collections,
     }

@@ -626,10 +626,12 @@ keys_app = typer.Typer(no_args_is_help=True, help="Access keys for the Rekogniti
 orgs_app = typer.Typer(no_args_is_help=True, help="Organisations: category, jurisdiction, groups, status.")
 usecases_app = typer.Typer(no_args_is_help=True, help="Registered use cases: organisation + purpose + terms.")
 policies_app = typer.Typer(no_args_is_help=True, help="Policy templates: list, activate, extend, deactivate.")
+sources_app = typer.Typer(no_args_is_help=True, help="Where an organisation's S3Object images are read from.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(orgs_app, name="orgs")
 app.add_typer(usecases_app, name="usecases")
 app.add_typer(policies_app, name="policies")
+app.add_typer(sources_app, name="sources")
 app.add_typer(audit_app, name="audit", help="The tamper-evident audit log: verify, export, show.")
 app.add_typer(fairness_app, name="fairness", help="Bias audits and the ACLU experiment.")
 
@@ -703,6 +705,50 @@ def orgs_list(as_json: JsonOption = False) -> None:
     for o in orgs:
         table.add_row(o.name, o.category, o.jurisdiction, o.status, ", ".join(o.groups))
     out.print(table)
+
+
+@sources_app.command("add")
+def sources_add(
+    name: Annotated[str, typer.Argument(help="The Bucket clients name in S3Object.")],
+    org: Annotated[str, typer.Option("--org", help="The organisation whose requests may read it.")],
+    directory: Annotated[Path, typer.Option("--dir", help="A local directory: object Names are paths in it.")],
+    reason: ReasonOption,
+) -> None:
+    """Register a source: S3Object {Bucket: NAME, Name: path} then reads DIR/path for ORG's requests only."""
+    from facegate.sources import directory_source
+
+    source = _governance().add_source(directory_source(org, name, directory), reason)
+    out.print(f"source {source.name} for {source.owner}: {source.location}")
+
+
+@sources_app.command("list")
+def sources_list(
+    org: Annotated[str | None, typer.Option("--org", help="Only this organisation's.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List object sources."""
+    sources = _governance().sources(org)
+    if as_json:
+        rows = [{"Organisation": s.owner, "Bucket": s.name, "Kind": s.kind, "Location": s.location} for s in sources]
+        print(json.dumps(rows))
+        return
+    table = Table(title=f"{len(sources)} sources")
+    for column in ("organisation", "bucket", "kind", "location"):
+        table.add_column(column)
+    for s in sources:
+        table.add_row(s.owner, s.name, s.kind, s.location)
+    out.print(table)
+
+
+@sources_app.command("remove")
+def sources_remove(
+    name: str,
+    org: Annotated[str, typer.Option("--org", help="The organisation the source belongs to.")],
+    reason: ReasonOption,
+) -> None:
+    """Remove a source: its S3Objects are refused from the next request on."""
+    _governance().remove_source(org, name, reason)
+    out.print(f"removed source {name} of {org}")
 
 
 @orgs_app.command("revoke")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from facegate.audit import AuditLog
+from facegate.config import DEFAULT_OWNER
 from facegate.errors import InvalidParameterException, ResourceNotFoundException
 from facegate.fairness.calibrated import AuditCurves
 from facegate.keys import IssuedKey, KeyRing, Principal
@@ -38,7 +39,7 @@ from facegate.results import (
     Result,
     UserMatches,
 )
-from facegate.store import AccessKey, Organisation, PolicyState, Store, UseCase
+from facegate.store import AccessKey, ObjectSource, Organisation, PolicyState, Store, UseCase
 
 OPERATOR = "operator"
 # Request members that carry a threshold or a result cap, per operation.
@@ -182,6 +183,31 @@ class Governance:
 
     def organisations(self) -> list[Organisation]:
         return self.store.list_organisations()
+
+    # Object sources (S3Object's Bucket)
+
+    def add_source(self, source: ObjectSource, reason: str, actor: str = OPERATOR) -> ObjectSource:
+        if source.owner != DEFAULT_OWNER:
+            self._organisation(source.owner)
+        self.store.add_source(source)
+        self.record_event(
+            "source_added",
+            actor,
+            organisation=source.owner,
+            source=source.name,
+            kind=source.kind,
+            location=source.location,
+            reason=reason,
+        )
+        return source
+
+    def remove_source(self, owner: str, name: str, reason: str, actor: str = OPERATOR) -> None:
+        if not self.store.remove_source(owner, name):
+            raise ResourceNotFoundException(f"Organisation {owner} has no source {name}.")
+        self.record_event("source_removed", actor, organisation=owner, source=name, reason=reason)
+
+    def sources(self, owner: str | None = None) -> list[ObjectSource]:
+        return self.store.list_sources(owner)
 
     def _organisation(self, name: str) -> Organisation:
         organisation = self.store.get_organisation(name)

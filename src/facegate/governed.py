@@ -23,6 +23,7 @@ from facegate.governance import GateOutcome, Governance
 from facegate.keys import Principal
 from facegate.results import FacesPurged, IndexResult, Result
 from facegate.service import FaceService
+from facegate.sources import resolve_images
 
 log = logging.getLogger("facegate")
 RETENTION_ACTOR = "retention"
@@ -88,7 +89,11 @@ class GovernedService:
         outcome = self._decide(principal, operation, params, context, facts)
         intent = self._intent(outcome, principal, operation, facts) if operation in MUTATIONS else None
         try:
-            result = self.service.call(principal.owner, operation, outcome.params)
+            # S3Object images are read only once the gate allows the request, and audited by their SHA-256.
+            params = resolve_images(self.governance.store, principal.owner, outcome.params)
+            if params is not outcome.params and not facts["image_sha256"]:
+                facts["image_sha256"] = _digests(params)
+            result = self.service.call(principal.owner, operation, params)
         except Exception as raised:
             raise self._failed(raised, outcome, principal, operation, context, facts, intent) from None
         facts.update(Governance.summarise_result(operation, result))

@@ -638,9 +638,9 @@ def _largest_usable(analysed: AnalysedImage, level: str, member: str = "Image") 
 
 
 def _image_bytes(image: dict, member: str = "Image") -> bytes:
-    if "S3Object" in image:
+    if "S3Object" in image:  # the governed operation reads S3Objects from the caller's sources first
         raise InvalidS3ObjectException(
-            f"{member}.S3Object is not supported by facegate: send the image as {member}.Bytes."
+            f"{member}.S3Object reached the service unread: read it from a registered source, or send {member}.Bytes."
         )
     if "Bytes" not in image:
         raise InvalidParameterException(f"{member} needs Bytes: the image's bytes (base64 on the wire).")

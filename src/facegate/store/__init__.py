@@ -1,7 +1,7 @@
 """The store: collections, faces and users, owned by organisations, and the governance records around them.
 
 It is a few narrow ports, each named for what its callers need (``CollectionStore``, ``FaceStore``,
-``FaceSearchStore``, ``RequestTokens``, ``KeyStore``, ``GovernanceStore``); ``Store`` is all of them at once. The
+``FaceSearchStore``, ``RequestTokens``, ``KeyStore``, ``GovernanceStore``, ``SourceStore``); ``Store`` is all of them at once. The
 embedded default is SQLite (``SqliteStore``); ``PostgresStore`` (PostgreSQL + pgvector) implements the same
 ports, so every SQL dialect detail stays behind them. ``tests/test_store_contract.py`` is what any implementation
 must pass."""
@@ -83,6 +83,18 @@ class Organisation:
     groups: tuple[str, ...]  # named groups, e.g. a moratorium's exemption list
     created_at: float
     status_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ObjectSource:
+    """Where an organisation's ``S3Object`` images are read from: ``name`` is the Bucket clients send; ``kind``
+    is "dir" (``location`` a local directory)."""
+
+    owner: str
+    name: str
+    kind: str
+    location: str
+    created_at: float
 
 
 @dataclass(frozen=True)
@@ -205,7 +217,19 @@ class GovernanceStore(Protocol):
     def set_policy_state(self, state: PolicyState) -> None: ...
 
 
-class Store(CollectionStore, FaceStore, FaceSearchStore, RequestTokens, KeyStore, GovernanceStore, Protocol):
+class SourceStore(Protocol):
+    """Object sources, per organisation: a source of another organisation is never returned."""
+
+    # Changes bump governance_generation(), like every other governance record.
+    def add_source(self, source: ObjectSource) -> None: ...
+    def get_source(self, owner: str, name: str) -> ObjectSource | None: ...
+    def list_sources(self, owner: str | None = None) -> list[ObjectSource]: ...
+    def remove_source(self, owner: str, name: str) -> bool: ...
+
+
+class Store(
+    CollectionStore, FaceStore, FaceSearchStore, RequestTokens, KeyStore, GovernanceStore, SourceStore, Protocol
+):
     """Every port at once: what the service and the governance layer are given today."""
 
     def close(self) -> None: ...

@@ -2,7 +2,7 @@
 
 What is copied, as it is (ids, creation times, counts, model versions): collections with their tags and
 retention rules, users, faces with their embeddings bit for bit, remembered ClientRequestTokens, access keys
-(their secrets sealed as they are), organisations, use cases, policy states, settings, and the audit log: every
+(their secrets sealed as they are), organisations, use cases, policy states, object sources, settings, and the audit log: every
 entry's bytes and every signed checkpoint, so the hash chain, the Merkle roots and old checkpoints stay valid.
 Files are not copied: the servers on PostgreSQL are given the source's sealing key and audit signing key
 (``FACEGATE_SEALING_KEY``, ``FACEGATE_AUDIT_KEY``), and the active fairness audit stays the file its setting
@@ -174,6 +174,7 @@ def _copy_governance(source: SqliteStore, target: PostgresStore, report: CopyRep
     for chunk in _chunks(keys, batch):
         wrote("access keys", target.import_keys(chunk))
     wrote("policy states", target.import_policy_states(list(source.policy_states().values())))
+    wrote("object sources", target.import_sources(source.list_sources()))
     report.settings = source.settings()
     wrote("settings", target.import_settings(report.settings))
 

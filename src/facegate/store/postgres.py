@@ -19,7 +19,17 @@ import time
 import numpy as np
 
 from facegate.errors import ConflictException, ResourceAlreadyExistsException, ResourceNotFoundException
-from facegate.store import AccessKey, Collection, Gallery, Organisation, PolicyState, StoredFace, StoredUser, UseCase
+from facegate.store import (
+    AccessKey,
+    Collection,
+    Gallery,
+    ObjectSource,
+    Organisation,
+    PolicyState,
+    StoredFace,
+    StoredUser,
+    UseCase,
+)
 
 try:
     import psycopg
@@ -143,6 +153,17 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     );
     INSERT INTO meta (key, value) VALUES ('governance_generation', 0);
+    """,
+    # Where an organisation's S3Object images are read from (Bucket = name).
+    """
+    CREATE TABLE object_sources (
+        owner TEXT COLLATE "C" NOT NULL,
+        name TEXT COLLATE "C" NOT NULL,
+        kind TEXT NOT NULL,
+        location TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (owner, name)
+    );
     """,
 ]
 
@@ -605,6 +626,42 @@ class PostgresStore:
     def _bump_governance(db: psycopg.Connection) -> None:
         db.execute("UPDATE meta SET value = value + 1 WHERE key = 'governance_generation'")
 
+    # Object sources (S3Object's Bucket, per organisation)
+
+    def add_source(self, source: ObjectSource) -> None:
+        db = self._db
+        with db.transaction():
+            inserted = db.execute(
+                "INSERT INTO object_sources (owner, name, kind, location, created_at) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (source.owner, source.name, source.kind, source.location, source.created_at),
+            ).rowcount
+            if not inserted:
+                raise ResourceAlreadyExistsException(f"The source {source.name} already exists for {source.owner}.")
+            self._bump_governance(db)
+
+    def get_source(self, owner: str, name: str) -> ObjectSource | None:
+        row = self._db.execute(
+            "SELECT owner, name, kind, location, created_at FROM object_sources WHERE owner = %s AND name = %s",
+            (owner, name),
+        ).fetchone()
+        return ObjectSource(*row) if row else None
+
+    def list_sources(self, owner: str | None = None) -> list[ObjectSource]:
+        rows = self._db.execute(
+            "SELECT owner, name, kind, location, created_at FROM object_sources "
+            "WHERE %s::text IS NULL OR owner = %s ORDER BY owner, name",
+            (owner, owner),
+        ).fetchall()
+        return [ObjectSource(*row) for row in rows]
+
+    def remove_source(self, owner: str, name: str) -> bool:
+        db = self._db
+        with db.transaction():
+            removed = db.execute("DELETE FROM object_sources WHERE owner = %s AND name = %s", (owner, name)).rowcount
+            self._bump_governance(db)
+        return bool(removed)
+
     def get_setting(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM settings WHERE key = %s", (key,)).fetchone()
         return row[0] if row else None
@@ -953,6 +1010,14 @@ class PostgresStore:
             ("template", "active", "params", "changed_at", "reason"),
             1,
             [(s.template, s.active, Jsonb(s.params), s.changed_at, s.reason) for s in states],
+        )
+
+    def import_sources(self, sources: list[ObjectSource]) -> int:
+        return self._import_governance(
+            "object_sources",
+            ("owner", "name", "kind", "location", "created_at"),
+            2,
+            [(s.owner, s.name, s.kind, s.location, s.created_at) for s in sources],
         )
 
     def import_settings(self, settings: dict[str, str]) -> int:

@@ -17,7 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from facegate.errors import ResourceAlreadyExistsException
-from facegate.store import AccessKey, Collection, Gallery, Organisation, PolicyState, StoredFace, StoredUser, UseCase
+from facegate.store import (
+    AccessKey,
+    Collection,
+    Gallery,
+    ObjectSource,
+    Organisation,
+    PolicyState,
+    StoredFace,
+    StoredUser,
+    UseCase,
+)
 from facegate.store.vector_index import ANN_MIN_FACES, IndexedCollection, VectorIndexes, face_key
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
@@ -143,6 +153,16 @@ MIGRATIONS: list[str] = [
     # files keyed by it would otherwise serve a deleted collection's faces to the next one created.
     """
     INSERT OR IGNORE INTO meta (key, value) SELECT 'last_collection_pk', CAST(COALESCE(MAX(pk), 0) AS TEXT) FROM collections;
+    """,  # Where an organisation's S3Object images are read from (Bucket = name).
+    """
+    CREATE TABLE object_sources (
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        location TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (owner, name)
+    );
     """,
 ]
 
@@ -643,6 +663,42 @@ class SqliteStore:
     @staticmethod
     def _bump_governance(db: sqlite3.Connection) -> None:
         db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'governance_generation'")
+
+    # Object sources (S3Object's Bucket, per organisation)
+
+    def add_source(self, source: ObjectSource) -> None:
+        with self._write() as db:
+            try:
+                db.execute(
+                    "INSERT INTO object_sources (owner, name, kind, location, created_at) VALUES (?, ?, ?, ?, ?)",
+                    (source.owner, source.name, source.kind, source.location, source.created_at),
+                )
+            except sqlite3.IntegrityError:
+                raise ResourceAlreadyExistsException(
+                    f"The source {source.name} already exists for {source.owner}."
+                ) from None
+            self._bump_governance(db)
+
+    def get_source(self, owner: str, name: str) -> ObjectSource | None:
+        row = self._db.execute(
+            "SELECT owner, name, kind, location, created_at FROM object_sources WHERE owner = ? AND name = ?",
+            (owner, name),
+        ).fetchone()
+        return ObjectSource(*row) if row else None
+
+    def list_sources(self, owner: str | None = None) -> list[ObjectSource]:
+        rows = self._db.execute(
+            "SELECT owner, name, kind, location, created_at FROM object_sources "
+            "WHERE ? IS NULL OR owner = ? ORDER BY owner, name",
+            (owner, owner),
+        ).fetchall()
+        return [ObjectSource(*row) for row in rows]
+
+    def remove_source(self, owner: str, name: str) -> bool:
+        with self._write() as db:
+            removed = db.execute("DELETE FROM object_sources WHERE owner = ? AND name = ?", (owner, name)).rowcount
+            self._bump_governance(db)
+        return bool(removed)
 
     def get_setting(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", ("setting:" + key,)).fetchone()

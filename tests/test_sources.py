@@ -1,0 +1,146 @@
+"""S3Object images from registered object sources: unmodified boto3 passing S3Object to every image operation,
+names that cannot leave their source, versions checked, and another organisation's bucket indistinguishable from
+one that does not exist."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+from botocore.exceptions import ClientError
+
+from facegate.errors import ImageTooLargeException, InvalidParameterException, InvalidS3ObjectException
+from facegate.sources import MAX_OBJECT_BYTES, directory_source, read_object, resolve_images
+
+from .test_http import boto_client, running_server
+from .test_http import facegate as run_facegate
+
+NOT_FOUND = "Unable to get object metadata from S3"
+
+
+@pytest.fixture
+def bucket(tmp_path, people):
+    """A source directory of real photos, with a sibling directory outside it."""
+    root = tmp_path / "bucket"
+    (root / "blair").mkdir(parents=True)
+    for i, path in enumerate(people["Tony_Blair"][:2]):
+        shutil.copy(path, root / "blair" / f"{i}.jpg")
+    shutil.copy(people["Colin_Powell"][0], root / "powell.jpg")
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    shutil.copy(people["Serena_Williams"][0], outside / "private.jpg")
+    return root
+
+
+def test_objects_are_read_from_the_owners_source_only(store, bucket):
+    store.add_source(directory_source("acme", "photos", bucket))
+    data = read_object(store, "acme", {"Bucket": "photos", "Name": "blair/0.jpg"})
+    assert data == (bucket / "blair" / "0.jpg").read_bytes()
+    with pytest.raises(InvalidS3ObjectException, match=NOT_FOUND) as other_org:
+        read_object(store, "city-of-x", {"Bucket": "photos", "Name": "blair/0.jpg"})
+    with pytest.raises(InvalidS3ObjectException, match=NOT_FOUND) as no_bucket:
+        read_object(store, "acme", {"Bucket": "nothing-here", "Name": "blair/0.jpg"})
+    assert str(other_org.value) == str(no_bucket.value)  # nothing tells another's bucket from a missing one
+    with pytest.raises(InvalidS3ObjectException, match=NOT_FOUND):
+        read_object(store, "acme", {"Bucket": "photos", "Name": "blair/9.jpg"})
+
+
+@pytest.mark.parametrize(
+    "name", ["../secret/private.jpg", "blair/../../secret/private.jpg", "/etc/passwd", "blair//0.jpg", "./powell.jpg"]
+)
+def test_a_name_cannot_leave_its_source(store, bucket, name):
+    store.add_source(directory_source("acme", "photos", bucket))
+    with pytest.raises(InvalidS3ObjectException, match="is not an object key"):
+        read_object(store, "acme", {"Bucket": "photos", "Name": name})
+
+
+def test_a_symlink_out_of_the_source_is_not_followed(store, bucket):
+    os.symlink(bucket.parent / "secret" / "private.jpg", bucket / "link.jpg")
+    os.symlink(bucket.parent / "secret", bucket / "linked-dir")
+    os.symlink(bucket / "powell.jpg", bucket / "inside.jpg")  # a link within the source is fine
+    store.add_source(directory_source("acme", "photos", bucket))
+    for name in ("link.jpg", "linked-dir/private.jpg"):
+        with pytest.raises(InvalidS3ObjectException, match=NOT_FOUND):
+            read_object(store, "acme", {"Bucket": "photos", "Name": name})
+    assert (
+        read_object(store, "acme", {"Bucket": "photos", "Name": "inside.jpg"}) == (bucket / "powell.jpg").read_bytes()
+    )
+
+
+def test_version_is_the_objects_sha256(store, bucket):
+    store.add_source(directory_source("acme", "photos", bucket))
+    digest = hashlib.sha256((bucket / "powell.jpg").read_bytes()).hexdigest()
+    assert read_object(store, "acme", {"Bucket": "photos", "Name": "powell.jpg", "Version": digest})
+    with pytest.raises(InvalidS3ObjectException, match="is not this object's version"):
+        read_object(store, "acme", {"Bucket": "photos", "Name": "powell.jpg", "Version": "0" * 64})
+
+
+def test_bad_objects_and_sources_get_clear_errors(store, bucket):
+    store.add_source(directory_source("acme", "photos", bucket))
+    (bucket / "huge.jpg").write_bytes(b"\xff\xd8" + b"\0" * MAX_OBJECT_BYTES)
+    with pytest.raises(ImageTooLargeException, match="at most"):
+        read_object(store, "acme", {"Bucket": "photos", "Name": "huge.jpg"})
+    (bucket / "folder").mkdir()
+    with pytest.raises(InvalidS3ObjectException, match=NOT_FOUND):
+        read_object(store, "acme", {"Bucket": "photos", "Name": "folder"})
+    for bad in ("not a dict", {"Bucket": "photos"}, {"Name": "powell.jpg"}, {"Bucket": "photos", "Name": 3}):
+        with pytest.raises(InvalidS3ObjectException):
+            read_object(store, "acme", bad)
+    with pytest.raises(InvalidParameterException, match="not both"):
+        resolve_images(store, "acme", {"Image": {"Bytes": b"x", "S3Object": {"Bucket": "photos", "Name": "x"}}})
+    with pytest.raises(InvalidParameterException, match="not a valid bucket name"):
+        directory_source("acme", "Photos_2020", bucket)
+    with pytest.raises(InvalidParameterException, match="does not exist"):
+        directory_source("acme", "photos", bucket / "missing")
+
+
+def test_boto3_passes_s3objects_to_every_image_operation(tmp_path, bucket):
+    home = tmp_path / "data"
+    run_facegate(home, "orgs", "create", "acme", "--category", "commercial", "--jurisdiction", "US-NY")
+    run_facegate(home, "orgs", "create", "city-of-x", "--category", "commercial", "--jurisdiction", "US-NY")
+    acme = json.loads(run_facegate(home, "keys", "create", "--org", "acme", "--json"))
+    city = json.loads(run_facegate(home, "keys", "create", "--org", "city-of-x", "--json"))
+    run_facegate(home, "sources", "add", "family-photos", "--org", "acme", "--dir", str(bucket), "--reason", "pilot")
+    listed = json.loads(run_facegate(home, "sources", "list", "--json"))
+    assert [(s["Organisation"], s["Bucket"]) for s in listed] == [("acme", "family-photos")]
+
+    def obj(name: str) -> dict:
+        return {"S3Object": {"Bucket": "family-photos", "Name": name}}
+
+    with running_server(home, "--workers", "1") as endpoint:
+        rek = boto_client(endpoint, acme, retries=1)
+        rek.create_collection(CollectionId="family")
+        indexed = rek.index_faces(CollectionId="family", Image=obj("blair/0.jpg"), ExternalImageId="blair-0")
+        face_id = indexed["FaceRecords"][0]["Face"]["FaceId"]
+        found = rek.search_faces_by_image(CollectionId="family", Image=obj("blair/1.jpg"))
+        assert [m["Face"]["FaceId"] for m in found["FaceMatches"]] == [face_id]
+        compared = rek.compare_faces(SourceImage=obj("blair/0.jpg"), TargetImage=obj("powell.jpg"))
+        assert compared["UnmatchedFaces"] and not compared["FaceMatches"]
+        assert len(rek.detect_faces(Image=obj("powell.jpg"))["FaceDetails"]) == 1
+        rek.create_user(CollectionId="family", UserId="tony")
+        rek.associate_faces(CollectionId="family", UserId="tony", FaceIds=[face_id])
+        users = rek.search_users_by_image(CollectionId="family", Image=obj("blair/1.jpg"))["UserMatches"]
+        assert [u["User"]["UserId"] for u in users] == ["tony"]
+
+        other = boto_client(endpoint, city, retries=1)
+        other.create_collection(CollectionId="family")
+        messages = []
+        for bucket_name in ("family-photos", "no-such-bucket"):
+            with pytest.raises(ClientError) as refused:
+                other.detect_faces(Image={"S3Object": {"Bucket": bucket_name, "Name": "powell.jpg"}})
+            assert refused.value.response["Error"]["Code"] == "InvalidS3ObjectException"
+            messages.append(refused.value.response["Error"]["Message"])
+        assert messages[0] == messages[1]
+        with pytest.raises(ClientError) as escaping:
+            rek.detect_faces(Image=obj("../secret/private.jpg"))
+        assert escaping.value.response["Error"]["Code"] == "InvalidS3ObjectException"
+
+    records = [json.loads(line) for line in run_facegate(home, "audit", "show", "--json").splitlines()]
+    index_record = next(r for r in records if r.get("operation") == "IndexFaces" and r.get("decision") == "allow")
+    assert index_record["image_sha256"] == [hashlib.sha256((bucket / "blair" / "0.jpg").read_bytes()).hexdigest()]
+    assert any(r.get("event") == "source_added" and r.get("source") == "family-photos" for r in records)
+    refusals = [r for r in records if r.get("error_code") == "InvalidS3ObjectException"]
+    assert len(refusals) == 3  # each refused read is audited
