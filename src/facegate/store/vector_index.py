@@ -49,9 +49,9 @@ MIN_EXPANSION_SEARCH = 768
 # faces): the largest |x| is 0.577, and at 1.9 2.0 components in 100,000 are clipped, which can only cost
 # recall, never a wrong answer.
 VECTOR_SCALE = 1.9
-# A face its own vector does not find within this search depth is treated as unreachable. A node with no
-# incoming links (a multi-threaded build, or later inserts pruning its neighbours' lists) is found at no depth;
-# a shallow check also flags a few that are merely hard to reach, which only costs them an exact scan.
+# A face its own vector does not find is unreachable: a node with no incoming links (a multi-threaded build, or
+# later inserts pruning its neighbours' lists) is found at no depth. Faces are first searched this shallowly,
+# and those missed again at the search depth real searches use.
 CHECK_EXPANSION = 64
 CHECK_K = 10
 SAVE_INTERVAL_S = 60.0  # incremental changes are saved at most this often; a stale file is reconciled on load
@@ -139,15 +139,23 @@ class FaceIndex:
             self._check_batch(keys[start : start + _BATCH])
 
     def _check_batch(self, keys: np.ndarray) -> None:
-        if not len(keys):
-            return
-        vectors = self._stored(keys)
-        self.index.expansion_search = CHECK_EXPANSION
-        found = self.index.search(vectors, min(CHECK_K, len(self.index)), threads=0 if len(keys) >= 1000 else 1)
-        hits = np.asarray(found.keys, dtype=np.uint64).reshape(len(keys), -1) == keys[:, None]
-        missed = keys[~hits.any(axis=1)]
+        # A shallow search clears almost every face cheaply; those it misses get the depth real searches use,
+        # and only faces that one misses too are kept aside.
+        missed = self._not_found(keys, CHECK_EXPANSION)
+        if len(missed):
+            missed = self._not_found(missed, MIN_EXPANSION_SEARCH)
         if len(missed):
             self._keep_aside(missed)
+
+    def _not_found(self, keys: np.ndarray, depth: int) -> np.ndarray:
+        if not len(keys):
+            return keys
+        self.index.expansion_search = depth
+        found = self.index.search(
+            self._stored(keys), min(CHECK_K, len(self.index)), threads=0 if len(keys) >= 1000 else 1
+        )
+        hits = np.asarray(found.keys, dtype=np.uint64).reshape(len(keys), -1) == keys[:, None]
+        return keys[~hits.any(axis=1)]
 
     def _stored(self, keys: np.ndarray) -> np.ndarray:
         """The graph's own (scaled, int8-rounded) vectors of ``keys``: what a search compares against."""
