@@ -90,7 +90,7 @@ class GovernedService:
         intent = self._intent(outcome, principal, operation, facts) if operation in MUTATIONS else None
         try:
             # S3Object images are read only once the gate allows the request, and audited by their SHA-256.
-            params = resolve_images(self.governance.store, principal.owner, outcome.params)
+            params = resolve_images(self.governance.store, principal.owner, outcome.params, self.governance.keys)
             if params is not outcome.params and not facts["image_sha256"]:
                 facts["image_sha256"] = _digests(params)
             result = self.service.call(principal.owner, operation, params)

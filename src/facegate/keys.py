@@ -93,6 +93,16 @@ class KeyRing:
             return None
         return Principal(key.access_key_id, key.owner, key.role, key.use_case_id), secret
 
+    def seal(self, secret: str) -> bytes:
+        """Another secret facegate must keep (an object source's key), sealed as access keys' secrets are."""
+        return self._fernet.encrypt(secret.encode())
+
+    def unseal(self, sealed: bytes) -> str | None:
+        try:
+            return self._fernet.decrypt(sealed).decode()
+        except InvalidToken:
+            return None
+
     def has_keys(self, role: str) -> bool:
         return self.store.count_keys(role) > 0
 

@@ -1,8 +1,8 @@
 """``S3Object`` images: read from the object sources an operator registered for an organisation.
 
 In Rekognition's model an image is ``Bytes`` or ``S3Object`` {Bucket, Name, Version}. facegate maps a Bucket to a
-source the operator added for the caller's organisation (``facegate sources add``); a source of "dir" kind is a
-local directory. An object's Name cannot leave its source (no ``..``, no absolute path, no symlink out of it), a
+source the operator added for the caller's organisation (``facegate sources add``): a local directory ("dir")
+or a bucket on an S3-compatible object store ("s3", read with botocore under the source's own credentials). An object's Name cannot leave its source (no ``..``, no absolute path, no symlink out of it), a
 Version must equal the object's SHA-256, and a Bucket of another organisation answers exactly as one that does
 not exist.
 """
@@ -10,14 +10,24 @@ not exist.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import stat
 import time
 from pathlib import Path
+from typing import Protocol
 
 from facegate.errors import ImageTooLargeException, InvalidParameterException, InvalidS3ObjectException
 from facegate.store import ObjectSource, SourceStore
+
+
+class Sealer(Protocol):
+    """What seals a source's secret key (the key ring that seals access keys)."""
+
+    def seal(self, secret: str) -> bytes: ...
+    def unseal(self, sealed: bytes) -> str | None: ...
+
 
 IMAGE_MEMBERS = ("Image", "SourceImage", "TargetImage")
 # Rekognition's limit for an image in S3 (Bytes are limited by the request size instead).
@@ -26,6 +36,7 @@ MAX_OBJECT_BYTES = 15 * 1024 * 1024
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # One message for a missing bucket, another organisation's bucket and a missing object: none tells them apart.
 _NOT_FOUND = "Unable to get object metadata from S3. Check object key, region and/or access permissions."
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def check_source_name(name: str) -> str:
@@ -45,7 +56,29 @@ def directory_source(owner: str, name: str, directory: str | os.PathLike) -> Obj
     return ObjectSource(owner, check_source_name(name), "dir", str(root.resolve()), time.time())
 
 
-def resolve_images(sources: SourceStore, owner: str, params: dict) -> dict:
+def s3_source(
+    owner: str,
+    name: str,
+    endpoint_url: str,
+    *,
+    bucket: str | None,
+    region: str,
+    access_key_id: str,
+    secret_access_key: str,
+    sealer: Sealer,
+) -> ObjectSource:
+    """An "s3" source: ``bucket`` (default ``name``) at ``endpoint_url``, read with these credentials."""
+    if not re.match(r"^https?://[^\s/]+", endpoint_url):
+        raise InvalidParameterException(f"Endpoint {endpoint_url!r} is not an http(s) URL.")
+    if not access_key_id or not secret_access_key:
+        raise InvalidParameterException("An S3 source needs an access key id and a secret access key.")
+    location = {"endpoint": endpoint_url, "bucket": bucket or name, "region": region, "access_key_id": access_key_id}
+    return ObjectSource(
+        owner, check_source_name(name), "s3", json.dumps(location), time.time(), sealer.seal(secret_access_key)
+    )
+
+
+def resolve_images(sources: SourceStore, owner: str, params: dict, sealer: Sealer) -> dict:
     """``params`` with each image member given as S3Object replaced by its Bytes, read from ``owner``'s source.
     Returns ``params`` itself when no member is an S3Object."""
     resolved = None
@@ -55,11 +88,11 @@ def resolve_images(sources: SourceStore, owner: str, params: dict) -> dict:
             if "Bytes" in image:
                 raise InvalidParameterException(f"{member} takes Bytes or S3Object, not both.")
             resolved = resolved or dict(params)
-            resolved[member] = {"Bytes": read_object(sources, owner, image["S3Object"], member)}
+            resolved[member] = {"Bytes": read_object(sources, owner, sealer, image["S3Object"], member)}
     return resolved or params
 
 
-def read_object(sources: SourceStore, owner: str, s3_object: object, member: str = "Image") -> bytes:
+def read_object(sources: SourceStore, owner: str, sealer: Sealer, s3_object: object, member: str = "Image") -> bytes:
     """The bytes of one S3Object of ``owner``'s, or Rekognition's error naming what is wrong."""
     if not isinstance(s3_object, dict):
         raise InvalidS3ObjectException(f"{member}.S3Object must be an object with Bucket and Name.")
@@ -71,9 +104,15 @@ def read_object(sources: SourceStore, owner: str, s3_object: object, member: str
     source = sources.get_source(owner, bucket)
     if source is None:
         raise InvalidS3ObjectException(_NOT_FOUND)
-    if source.kind != "dir":
+    _check_key(name, member)
+    if source.kind == "dir":
+        data = _read_in_directory(Path(source.location), name, member)
+    elif source.kind == "s3":
+        data, object_version = _read_from_s3(source, name, version, sealer, member)
+        if version is not None and version == object_version:
+            return data
+    else:
         raise InvalidS3ObjectException(f"Source {bucket} is of kind {source.kind!r}, which facegate cannot read.")
-    data = _read_in_directory(Path(source.location), name, member)
     if version is not None and version != hashlib.sha256(data).hexdigest():
         raise InvalidS3ObjectException(
             f"{member}.S3Object.Version {version!r} is not this object's version (its SHA-256)."
@@ -81,12 +120,64 @@ def read_object(sources: SourceStore, owner: str, s3_object: object, member: str
     return data
 
 
-def _read_in_directory(root: Path, name: str, member: str) -> bytes:
-    parts = name.split("/")
-    if name.startswith("/") or "\0" in name or any(part in ("", ".", "..") for part in parts):
+def _check_key(name: str, member: str) -> None:
+    if name.startswith("/") or "\0" in name or any(part in ("", ".", "..") for part in name.split("/")):
         raise InvalidS3ObjectException(
             f"{member}.S3Object.Name {name!r} is not an object key: no leading '/', empty, '.' or '..' parts."
         )
+
+
+def _too_large(size: int, member: str) -> ImageTooLargeException:
+    return ImageTooLargeException(
+        f"{member}.S3Object is {size:,} bytes; images in S3 may be at most {MAX_OBJECT_BYTES:,} bytes."
+    )
+
+
+def _read_from_s3(
+    source: ObjectSource, name: str, version: str | None, sealer: Sealer, member: str
+) -> tuple[bytes, str | None]:
+    """(the object's bytes, its VersionId) from the source's bucket. A Version that is not a SHA-256 is asked
+    for as the object's VersionId; a SHA-256 is checked against the latest object's content by the caller."""
+    import botocore.session
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    where = json.loads(source.location)
+    secret = sealer.unseal(source.sealed_secret or b"")
+    if secret is None:
+        raise InvalidS3ObjectException(f"The credentials of source {source.name} cannot be unsealed on this server.")
+    client = botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=where["endpoint"],
+        region_name=where["region"],
+        aws_access_key_id=where["access_key_id"],
+        aws_secret_access_key=secret,
+        config=Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 2}, s3={"addressing_style": "path"}),
+    )
+    request = {"Bucket": where["bucket"], "Key": name}
+    if version is not None and not _SHA256.fullmatch(version):
+        request["VersionId"] = version
+    try:
+        head = client.head_object(**request)
+        if head.get("ContentLength", 0) > MAX_OBJECT_BYTES:
+            raise _too_large(head["ContentLength"], member)
+        response = client.get_object(**request)
+        data = response["Body"].read(MAX_OBJECT_BYTES + 1)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if request.get("VersionId") and code in ("InvalidArgument", "400", "NoSuchVersion"):
+            raise InvalidS3ObjectException(f"{member}.S3Object.Version {version!r} is not a version of it.") from None
+        raise InvalidS3ObjectException(_NOT_FOUND) from None
+    except BotoCoreError as exc:
+        raise InvalidS3ObjectException(f"Source {source.name} could not be read: {type(exc).__name__}.") from None
+    finally:
+        client.close()
+    if len(data) > MAX_OBJECT_BYTES:
+        raise _too_large(len(data), member)
+    return data, response.get("VersionId")
+
+
+def _read_in_directory(root: Path, name: str, member: str) -> bytes:
     try:
         real_root = root.resolve(strict=True)
         path = (real_root / name).resolve(strict=True)
@@ -100,10 +191,7 @@ def _read_in_directory(root: Path, name: str, member: str) -> bytes:
             if not stat.S_ISREG(info.st_mode):
                 raise InvalidS3ObjectException(_NOT_FOUND)
             if info.st_size > MAX_OBJECT_BYTES:
-                raise ImageTooLargeException(
-                    f"{member}.S3Object is {info.st_size:,} bytes; images in S3 may be at most "
-                    f"{MAX_OBJECT_BYTES:,} bytes."
-                )
+                raise _too_large(info.st_size, member)
             return fh.read(MAX_OBJECT_BYTES + 1)[:MAX_OBJECT_BYTES]
     except OSError:
         raise InvalidS3ObjectException(_NOT_FOUND) from None

@@ -88,13 +88,15 @@ class Organisation:
 @dataclass(frozen=True)
 class ObjectSource:
     """Where an organisation's ``S3Object`` images are read from: ``name`` is the Bucket clients send; ``kind``
-    is "dir" (``location`` a local directory)."""
+    is "dir" (``location`` a local directory) or "s3" (``location`` JSON: endpoint, bucket, region, access key
+    id; the secret key sealed, as access keys' are)."""
 
     owner: str
     name: str
     kind: str
     location: str
     created_at: float
+    sealed_secret: bytes | None = None
 
 
 @dataclass(frozen=True)

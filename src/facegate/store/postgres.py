@@ -156,11 +156,12 @@ MIGRATIONS: list[str] = [
     """,
     # Where an organisation's S3Object images are read from (Bucket = name).
     """
-    CREATE TABLE object_sources (
+    CREATE TABLE IF NOT EXISTS object_sources (
         owner TEXT COLLATE "C" NOT NULL,
         name TEXT COLLATE "C" NOT NULL,
         kind TEXT NOT NULL,
         location TEXT NOT NULL,
+        sealed_secret BYTEA,
         created_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (owner, name)
     );
@@ -632,9 +633,10 @@ class PostgresStore:
         db = self._db
         with db.transaction():
             inserted = db.execute(
-                "INSERT INTO object_sources (owner, name, kind, location, created_at) VALUES (%s, %s, %s, %s, %s) "
+                "INSERT INTO object_sources (owner, name, kind, location, created_at, sealed_secret) "
+                "VALUES (%s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT DO NOTHING",
-                (source.owner, source.name, source.kind, source.location, source.created_at),
+                (source.owner, source.name, source.kind, source.location, source.created_at, source.sealed_secret),
             ).rowcount
             if not inserted:
                 raise ResourceAlreadyExistsException(f"The source {source.name} already exists for {source.owner}.")
@@ -642,18 +644,19 @@ class PostgresStore:
 
     def get_source(self, owner: str, name: str) -> ObjectSource | None:
         row = self._db.execute(
-            "SELECT owner, name, kind, location, created_at FROM object_sources WHERE owner = %s AND name = %s",
+            "SELECT owner, name, kind, location, created_at, sealed_secret FROM object_sources "
+            "WHERE owner = %s AND name = %s",
             (owner, name),
         ).fetchone()
-        return ObjectSource(*row) if row else None
+        return _source(row) if row else None
 
     def list_sources(self, owner: str | None = None) -> list[ObjectSource]:
         rows = self._db.execute(
-            "SELECT owner, name, kind, location, created_at FROM object_sources "
+            "SELECT owner, name, kind, location, created_at, sealed_secret FROM object_sources "
             "WHERE %s::text IS NULL OR owner = %s ORDER BY owner, name",
             (owner, owner),
         ).fetchall()
-        return [ObjectSource(*row) for row in rows]
+        return [_source(row) for row in rows]
 
     def remove_source(self, owner: str, name: str) -> bool:
         db = self._db
@@ -1015,9 +1018,9 @@ class PostgresStore:
     def import_sources(self, sources: list[ObjectSource]) -> int:
         return self._import_governance(
             "object_sources",
-            ("owner", "name", "kind", "location", "created_at"),
+            ("owner", "name", "kind", "location", "created_at", "sealed_secret"),
             2,
-            [(s.owner, s.name, s.kind, s.location, s.created_at) for s in sources],
+            [(s.owner, s.name, s.kind, s.location, s.created_at, s.sealed_secret) for s in sources],
         )
 
     def import_settings(self, settings: dict[str, str]) -> int:
@@ -1134,3 +1137,8 @@ def _face_row(face: StoredFace, collection_pk: int) -> tuple:
         collection_pk,
         np.asarray(f.embedding, dtype=np.float32),
     )
+
+
+def _source(row: tuple) -> ObjectSource:
+    owner, name, kind, location, created_at, sealed = row
+    return ObjectSource(owner, name, kind, location, created_at, bytes(sealed) if sealed is not None else None)

@@ -155,11 +155,12 @@ MIGRATIONS: list[str] = [
     INSERT OR IGNORE INTO meta (key, value) SELECT 'last_collection_pk', CAST(COALESCE(MAX(pk), 0) AS TEXT) FROM collections;
     """,  # Where an organisation's S3Object images are read from (Bucket = name).
     """
-    CREATE TABLE object_sources (
+    CREATE TABLE IF NOT EXISTS object_sources (
         owner TEXT NOT NULL,
         name TEXT NOT NULL,
         kind TEXT NOT NULL,
         location TEXT NOT NULL,
+        sealed_secret BLOB,
         created_at REAL NOT NULL,
         PRIMARY KEY (owner, name)
     );
@@ -670,8 +671,9 @@ class SqliteStore:
         with self._write() as db:
             try:
                 db.execute(
-                    "INSERT INTO object_sources (owner, name, kind, location, created_at) VALUES (?, ?, ?, ?, ?)",
-                    (source.owner, source.name, source.kind, source.location, source.created_at),
+                    "INSERT INTO object_sources (owner, name, kind, location, created_at, sealed_secret) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (source.owner, source.name, source.kind, source.location, source.created_at, source.sealed_secret),
                 )
             except sqlite3.IntegrityError:
                 raise ResourceAlreadyExistsException(
@@ -681,18 +683,19 @@ class SqliteStore:
 
     def get_source(self, owner: str, name: str) -> ObjectSource | None:
         row = self._db.execute(
-            "SELECT owner, name, kind, location, created_at FROM object_sources WHERE owner = ? AND name = ?",
+            "SELECT owner, name, kind, location, created_at, sealed_secret FROM object_sources "
+            "WHERE owner = ? AND name = ?",
             (owner, name),
         ).fetchone()
-        return ObjectSource(*row) if row else None
+        return _source(row) if row else None
 
     def list_sources(self, owner: str | None = None) -> list[ObjectSource]:
         rows = self._db.execute(
-            "SELECT owner, name, kind, location, created_at FROM object_sources "
+            "SELECT owner, name, kind, location, created_at, sealed_secret FROM object_sources "
             "WHERE ? IS NULL OR owner = ? ORDER BY owner, name",
             (owner, owner),
         ).fetchall()
-        return [ObjectSource(*row) for row in rows]
+        return [_source(row) for row in rows]
 
     def remove_source(self, owner: str, name: str) -> bool:
         with self._write() as db:
@@ -961,3 +964,8 @@ def _face(row: tuple) -> StoredFace:
         user_id=row[11],
         embedding=embedding,
     )
+
+
+def _source(row: tuple) -> ObjectSource:
+    owner, name, kind, location, created_at, sealed = row
+    return ObjectSource(owner, name, kind, location, created_at, bytes(sealed) if sealed is not None else None)
