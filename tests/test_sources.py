@@ -13,12 +13,19 @@ import pytest
 from botocore.exceptions import ClientError
 
 from facegate.errors import ImageTooLargeException, InvalidParameterException, InvalidS3ObjectException
+from facegate.keys import KeyRing
 from facegate.sources import MAX_OBJECT_BYTES, directory_source, read_object, resolve_images
 
 from .test_http import boto_client, running_server
 from .test_http import facegate as run_facegate
 
 NOT_FOUND = "Unable to get object metadata from S3"
+
+
+@pytest.fixture
+def sealer(store, tmp_path):
+    """The key ring that seals access keys' secrets seals sources' too."""
+    return KeyRing(store, tmp_path / "keys")
 
 
 @pytest.fixture
@@ -37,15 +44,15 @@ def bucket(tmp_path, people):
 
 def test_objects_are_read_from_the_owners_source_only(store, bucket):
     store.add_source(directory_source("acme", "photos", bucket))
-    data = read_object(store, "acme", {"Bucket": "photos", "Name": "blair/0.jpg"})
+    data = read_object(store, "acme", sealer, {"Bucket": "photos", "Name": "blair/0.jpg"})
     assert data == (bucket / "blair" / "0.jpg").read_bytes()
     with pytest.raises(InvalidS3ObjectException, match=NOT_FOUND) as other_org:
-        read_object(store, "city-of-x", {"Bucket": "photos", "Name": "blair/0.jpg"})
+        read_object(store, "city-of-x", sealer, {"Bucket": "photos", "Name": "blair/0.jpg"})
     with pytest.raises(InvalidS3ObjectException, match=NOT_FOUND) as no_bucket:
-        read_object(store, "acme", {"Bucket": "nothing-here", "Name": "blair/0.jpg"})
+        read_object(store, "acme", sealer, {"Bucket": "nothing-here", "Name": "blair/0.jpg"})
     assert str(other_org.value) == str(no_bucket.value)  # nothing tells another's bucket from a missing one
     with pytest.raises(InvalidS3ObjectException, match=NOT_FOUND):
-        read_object(store, "acme", {"Bucket": "photos", "Name": "blair/9.jpg"})
+        read_object(store, "acme", sealer, {"Bucket": "photos", "Name": "blair/9.jpg"})
 
 
 @pytest.mark.parametrize(
@@ -54,7 +61,7 @@ def test_objects_are_read_from_the_owners_source_only(store, bucket):
 def test_a_name_cannot_leave_its_source(store, bucket, name):
     store.add_source(directory_source("acme", "photos", bucket))
     with pytest.raises(InvalidS3ObjectException, match="is not an object key"):
-        read_object(store, "acme", {"Bucket": "photos", "Name": name})
+        read_object(store, "acme", sealer, {"Bucket": "photos", "Name": name})
 
 
 def test_a_symlink_out_of_the_source_is_not_followed(store, bucket):
@@ -64,33 +71,34 @@ def test_a_symlink_out_of_the_source_is_not_followed(store, bucket):
     store.add_source(directory_source("acme", "photos", bucket))
     for name in ("link.jpg", "linked-dir/private.jpg"):
         with pytest.raises(InvalidS3ObjectException, match=NOT_FOUND):
-            read_object(store, "acme", {"Bucket": "photos", "Name": name})
+            read_object(store, "acme", sealer, {"Bucket": "photos", "Name": name})
     assert (
-        read_object(store, "acme", {"Bucket": "photos", "Name": "inside.jpg"}) == (bucket / "powell.jpg").read_bytes()
+        read_object(store, "acme", sealer, {"Bucket": "photos", "Name": "inside.jpg"})
+        == (bucket / "powell.jpg").read_bytes()
     )
 
 
 def test_version_is_the_objects_sha256(store, bucket):
     store.add_source(directory_source("acme", "photos", bucket))
     digest = hashlib.sha256((bucket / "powell.jpg").read_bytes()).hexdigest()
-    assert read_object(store, "acme", {"Bucket": "photos", "Name": "powell.jpg", "Version": digest})
+    assert read_object(store, "acme", sealer, {"Bucket": "photos", "Name": "powell.jpg", "Version": digest})
     with pytest.raises(InvalidS3ObjectException, match="is not this object's version"):
-        read_object(store, "acme", {"Bucket": "photos", "Name": "powell.jpg", "Version": "0" * 64})
+        read_object(store, "acme", sealer, {"Bucket": "photos", "Name": "powell.jpg", "Version": "0" * 64})
 
 
 def test_bad_objects_and_sources_get_clear_errors(store, bucket):
     store.add_source(directory_source("acme", "photos", bucket))
     (bucket / "huge.jpg").write_bytes(b"\xff\xd8" + b"\0" * MAX_OBJECT_BYTES)
     with pytest.raises(ImageTooLargeException, match="at most"):
-        read_object(store, "acme", {"Bucket": "photos", "Name": "huge.jpg"})
+        read_object(store, "acme", sealer, {"Bucket": "photos", "Name": "huge.jpg"})
     (bucket / "folder").mkdir()
     with pytest.raises(InvalidS3ObjectException, match=NOT_FOUND):
-        read_object(store, "acme", {"Bucket": "photos", "Name": "folder"})
+        read_object(store, "acme", sealer, {"Bucket": "photos", "Name": "folder"})
     for bad in ("not a dict", {"Bucket": "photos"}, {"Name": "powell.jpg"}, {"Bucket": "photos", "Name": 3}):
         with pytest.raises(InvalidS3ObjectException):
-            read_object(store, "acme", bad)
+            read_object(store, "acme", sealer, bad)
     with pytest.raises(InvalidParameterException, match="not both"):
-        resolve_images(store, "acme", {"Image": {"Bytes": b"x", "S3Object": {"Bucket": "photos", "Name": "x"}}})
+        resolve_images(store, "acme", {"Image": {"Bytes": b"x", "S3Object": {"Bucket": "photos", "Name": "x"}}}, sealer)
     with pytest.raises(InvalidParameterException, match="not a valid bucket name"):
         directory_source("acme", "Photos_2020", bucket)
     with pytest.raises(InvalidParameterException, match="does not exist"):
@@ -144,3 +152,65 @@ def test_boto3_passes_s3objects_to_every_image_operation(tmp_path, bucket):
     assert any(r.get("event") == "source_added" and r.get("source") == "family-photos" for r in records)
     refusals = [r for r in records if r.get("error_code") == "InvalidS3ObjectException"]
     assert len(refusals) == 3  # each refused read is audited
+
+
+@pytest.fixture
+def s3_endpoint():
+    """A local S3-compatible server (moto's server mode) on a free loopback port: the code under test is
+    facegate's S3 client, reading with the credentials a source was given."""
+    moto_server = pytest.importorskip("moto.server", reason="moto is not installed: pip install -e '.[test]'")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def test_an_s3_source_is_read_with_its_own_sealed_credentials(tmp_path, s3_endpoint, people, monkeypatch):
+    import boto3
+
+    s3 = boto3.client(
+        "s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="AKIDSOURCE",
+        aws_secret_access_key="source-secret-0123456789",
+    )  # fmt: skip
+    s3.create_bucket(Bucket="ring-doorbell")
+    s3.put_bucket_versioning(Bucket="ring-doorbell", VersioningConfiguration={"Status": "Enabled"})
+    first = s3.put_object(Bucket="ring-doorbell", Key="2020/visitor.jpg", Body=people["Colin_Powell"][0].read_bytes())
+    s3.put_object(Bucket="ring-doorbell", Key="2020/visitor.jpg", Body=b"replaced: not an image any more")
+
+    home = tmp_path / "data"
+    run_facegate(home, "orgs", "create", "acme", "--category", "commercial", "--jurisdiction", "US-NY")
+    key = json.loads(run_facegate(home, "keys", "create", "--org", "acme", "--json"))
+    monkeypatch.setenv("FACEGATE_SOURCE_SECRET_KEY", "source-secret-0123456789")
+    run_facegate(
+        home, "sources", "add", "doorbell", "--org", "acme", "--s3", s3_endpoint, "--s3-bucket", "ring-doorbell",
+        "--access-key-id", "AKIDSOURCE", "--reason", "pilot",
+    )  # fmt: skip
+    assert b"source-secret-0123456789" not in (home / "facegate.sqlite3").read_bytes()  # stored sealed
+
+    def obj(**extra) -> dict:
+        return {"S3Object": {"Bucket": "doorbell", "Name": "2020/visitor.jpg", **extra}}
+
+    with running_server(home, "--workers", "1") as endpoint:
+        rek = boto_client(endpoint, key, retries=1)
+        with pytest.raises(ClientError) as latest:
+            rek.detect_faces(Image=obj())  # the latest version is not an image
+        assert latest.value.response["Error"]["Code"] == "InvalidImageFormatException"
+        found = rek.detect_faces(Image=obj(Version=first["VersionId"]))["FaceDetails"]
+        assert len(found) == 1
+        digest = hashlib.sha256(people["Colin_Powell"][0].read_bytes()).hexdigest()
+        with pytest.raises(ClientError) as stale:  # a SHA-256 names content: the latest object's is another
+            rek.detect_faces(Image=obj(Version=digest))
+        assert "is not this object's version" in stale.value.response["Error"]["Message"]
+        with pytest.raises(ClientError) as refused:
+            rek.detect_faces(Image=obj(Version="not-a-version-id"))
+        assert refused.value.response["Error"]["Code"] == "InvalidS3ObjectException"
+        assert "is not a version of it" in refused.value.response["Error"]["Message"]
+        with pytest.raises(ClientError) as missing:
+            rek.detect_faces(Image={"S3Object": {"Bucket": "doorbell", "Name": "2020/nobody.jpg"}})
+        assert missing.value.response["Error"]["Code"] == "InvalidS3ObjectException"
+        assert NOT_FOUND in missing.value.response["Error"]["Message"]

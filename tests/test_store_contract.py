@@ -716,7 +716,9 @@ def test_object_sources_belong_to_their_organisation(open_store):
     store = open_store()
     photos = ObjectSource("acme", "photos", "dir", "/srv/acme/photos", 1_700_000_000.5)
     store.add_source(photos)
-    store.add_source(ObjectSource("city-of-x", "photos", "dir", "/srv/city/photos", 1_700_000_001.0))
+    bucket = ObjectSource("city-of-x", "photos", "s3", '{"endpoint": "http://s3"}', 1_700_000_001.0, b"\x00sealed")
+    store.add_source(bucket)
+    assert store.get_source("city-of-x", "photos") == bucket  # the sealed secret as bytes, exactly
     assert store.get_source("acme", "photos") == photos
     assert store.get_source("acme", "other") is None
     assert store.get_source("someone-else", "photos") is None  # the same name of another organisation: not theirs

@@ -32,6 +32,7 @@ from rich.progress import (
 from rich.table import Table
 
 from facegate.audit.commands import audit_app
+from facegate.cli_errors import fail
 from facegate.compose import Facegate, Settings, build
 from facegate.config import DEFAULT_DETECTOR, DEFAULT_OWNER, data_dir
 from facegate.engine.image import sniff_format
@@ -711,14 +712,38 @@ def orgs_list(as_json: JsonOption = False) -> None:
 def sources_add(
     name: Annotated[str, typer.Argument(help="The Bucket clients name in S3Object.")],
     org: Annotated[str, typer.Option("--org", help="The organisation whose requests may read it.")],
-    directory: Annotated[Path, typer.Option("--dir", help="A local directory: object Names are paths in it.")],
     reason: ReasonOption,
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="A local directory: object Names are paths in it.")
+    ] = None,
+    s3: Annotated[str | None, typer.Option("--s3", help="An S3-compatible endpoint URL to read from.")] = None,
+    s3_bucket: Annotated[str | None, typer.Option(help="The bucket there (default: NAME).")] = None,
+    region: Annotated[str, typer.Option(help="The endpoint's region.")] = "us-east-1",
+    access_key_id: Annotated[str | None, typer.Option(help="The key facegate reads the bucket with.")] = None,
 ) -> None:
-    """Register a source: S3Object {Bucket: NAME, Name: path} then reads DIR/path for ORG's requests only."""
-    from facegate.sources import directory_source
+    """Register a source: S3Object {Bucket: NAME, Name: key} then reads DIR/key, or the key in the S3 bucket,
+    for ORG's requests only. An S3 source's secret key comes from $FACEGATE_SOURCE_SECRET_KEY (or a prompt) and
+    is stored sealed."""
+    from facegate.sources import directory_source, s3_source
 
-    source = _governance().add_source(directory_source(org, name, directory), reason)
-    out.print(f"source {source.name} for {source.owner}: {source.location}")
+    if (directory is None) == (s3 is None):
+        fail("give exactly one of --dir PATH and --s3 ENDPOINT_URL")
+    if directory is not None:
+        source = directory_source(org, name, directory)
+    else:
+        secret = os.environ.get("FACEGATE_SOURCE_SECRET_KEY") or typer.prompt("secret access key", hide_input=True)
+        source = s3_source(
+            org,
+            name,
+            s3,
+            bucket=s3_bucket,
+            region=region,
+            access_key_id=access_key_id or "",
+            secret_access_key=secret,
+            sealer=_governance().keys,
+        )
+    source = _governance().add_source(source, reason)
+    out.print(f"source {source.name} for {source.owner}: {source.kind} {source.location}")
 
 
 @sources_app.command("list")

@@ -163,9 +163,8 @@ def _read_from_s3(
             raise _too_large(head["ContentLength"], member)
         response = client.get_object(**request)
         data = response["Body"].read(MAX_OBJECT_BYTES + 1)
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if request.get("VersionId") and code in ("InvalidArgument", "400", "NoSuchVersion"):
+    except ClientError:
+        if "VersionId" in request and _exists(client, where["bucket"], name):
             raise InvalidS3ObjectException(f"{member}.S3Object.Version {version!r} is not a version of it.") from None
         raise InvalidS3ObjectException(_NOT_FOUND) from None
     except BotoCoreError as exc:
@@ -175,6 +174,16 @@ def _read_from_s3(
     if len(data) > MAX_OBJECT_BYTES:
         raise _too_large(len(data), member)
     return data, response.get("VersionId")
+
+
+def _exists(client, bucket: str, key: str) -> bool:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+        return True
+    except (ClientError, BotoCoreError):
+        return False
 
 
 def _read_in_directory(root: Path, name: str, member: str) -> bytes:
