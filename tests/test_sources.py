@@ -42,7 +42,7 @@ def bucket(tmp_path, people):
     return root
 
 
-def test_objects_are_read_from_the_owners_source_only(store, bucket):
+def test_objects_are_read_from_the_owners_source_only(store, sealer, bucket):
     store.add_source(directory_source("acme", "photos", bucket))
     data = read_object(store, "acme", sealer, {"Bucket": "photos", "Name": "blair/0.jpg"})
     assert data == (bucket / "blair" / "0.jpg").read_bytes()
@@ -58,27 +58,24 @@ def test_objects_are_read_from_the_owners_source_only(store, bucket):
 @pytest.mark.parametrize(
     "name", ["../secret/private.jpg", "blair/../../secret/private.jpg", "/etc/passwd", "blair//0.jpg", "./powell.jpg"]
 )
-def test_a_name_cannot_leave_its_source(store, bucket, name):
+def test_a_name_cannot_leave_its_source(store, sealer, bucket, name):
     store.add_source(directory_source("acme", "photos", bucket))
     with pytest.raises(InvalidS3ObjectException, match="is not an object key"):
         read_object(store, "acme", sealer, {"Bucket": "photos", "Name": name})
 
 
-def test_a_symlink_out_of_the_source_is_not_followed(store, bucket):
+def test_no_symlink_is_followed_and_nothing_but_a_file_is_opened(store, sealer, bucket):
     os.symlink(bucket.parent / "secret" / "private.jpg", bucket / "link.jpg")
     os.symlink(bucket.parent / "secret", bucket / "linked-dir")
-    os.symlink(bucket / "powell.jpg", bucket / "inside.jpg")  # a link within the source is fine
+    os.symlink(bucket / "powell.jpg", bucket / "inside.jpg")  # even within the source: S3 has no links
+    os.mkfifo(bucket / "pipe.jpg")  # opening a FIFO to read would block the request for good
     store.add_source(directory_source("acme", "photos", bucket))
-    for name in ("link.jpg", "linked-dir/private.jpg"):
+    for name in ("link.jpg", "linked-dir/private.jpg", "inside.jpg", "pipe.jpg"):
         with pytest.raises(InvalidS3ObjectException, match=NOT_FOUND):
             read_object(store, "acme", sealer, {"Bucket": "photos", "Name": name})
-    assert (
-        read_object(store, "acme", sealer, {"Bucket": "photos", "Name": "inside.jpg"})
-        == (bucket / "powell.jpg").read_bytes()
-    )
 
 
-def test_version_is_the_objects_sha256(store, bucket):
+def test_version_is_the_objects_sha256(store, sealer, bucket):
     store.add_source(directory_source("acme", "photos", bucket))
     digest = hashlib.sha256((bucket / "powell.jpg").read_bytes()).hexdigest()
     assert read_object(store, "acme", sealer, {"Bucket": "photos", "Name": "powell.jpg", "Version": digest})
@@ -86,7 +83,7 @@ def test_version_is_the_objects_sha256(store, bucket):
         read_object(store, "acme", sealer, {"Bucket": "photos", "Name": "powell.jpg", "Version": "0" * 64})
 
 
-def test_bad_objects_and_sources_get_clear_errors(store, bucket):
+def test_bad_objects_and_sources_get_clear_errors(store, sealer, bucket):
     store.add_source(directory_source("acme", "photos", bucket))
     (bucket / "huge.jpg").write_bytes(b"\xff\xd8" + b"\0" * MAX_OBJECT_BYTES)
     with pytest.raises(ImageTooLargeException, match="at most"):
@@ -127,6 +124,9 @@ def test_boto3_passes_s3objects_to_every_image_operation(tmp_path, bucket):
         assert [m["Face"]["FaceId"] for m in found["FaceMatches"]] == [face_id]
         compared = rek.compare_faces(SourceImage=obj("blair/0.jpg"), TargetImage=obj("powell.jpg"))
         assert compared["UnmatchedFaces"] and not compared["FaceMatches"]
+        source_bytes = (bucket / "powell.jpg").read_bytes()
+        mixed = rek.compare_faces(SourceImage={"Bytes": source_bytes}, TargetImage=obj("blair/1.jpg"))
+        assert mixed["UnmatchedFaces"]
         assert len(rek.detect_faces(Image=obj("powell.jpg"))["FaceDetails"]) == 1
         rek.create_user(CollectionId="family", UserId="tony")
         rek.associate_faces(CollectionId="family", UserId="tony", FaceIds=[face_id])
@@ -150,6 +150,9 @@ def test_boto3_passes_s3objects_to_every_image_operation(tmp_path, bucket):
     index_record = next(r for r in records if r.get("operation") == "IndexFaces" and r.get("decision") == "allow")
     assert index_record["image_sha256"] == [hashlib.sha256((bucket / "blair" / "0.jpg").read_bytes()).hexdigest()]
     assert any(r.get("event") == "source_added" and r.get("source") == "family-photos" for r in records)
+    comparisons = [r for r in records if r.get("operation") == "CompareFaces" and r.get("decision") == "allow"]
+    digests = [hashlib.sha256(data).hexdigest() for data in (source_bytes, (bucket / "blair" / "1.jpg").read_bytes())]
+    assert comparisons[-1]["image_sha256"] == digests  # Bytes and S3Object in one request: both audited
     refusals = [r for r in records if r.get("error_code") == "InvalidS3ObjectException"]
     assert len(refusals) == 3  # each refused read is audited
 
@@ -191,6 +194,7 @@ def test_an_s3_source_is_read_with_its_own_sealed_credentials(tmp_path, s3_endpo
         "--access-key-id", "AKIDSOURCE", "--reason", "pilot",
     )  # fmt: skip
     assert b"source-secret-0123456789" not in (home / "facegate.sqlite3").read_bytes()  # stored sealed
+    assert "source-secret" not in run_facegate(home, "audit", "show", "--json")  # and never audited
 
     def obj(**extra) -> dict:
         return {"S3Object": {"Bucket": "doorbell", "Name": "2020/visitor.jpg", **extra}}

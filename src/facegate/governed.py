@@ -12,6 +12,8 @@ operations (a test reads the source to hold that).
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import logging
 import time
@@ -85,14 +87,14 @@ class GovernedService:
         """Decide, run and audit one request. Raises the request's FacegateError (marked ``audited``), or
         AccessDeniedException for a denial, or AuditUnavailable when the audit log cannot be written."""
         context = context or RequestContext()
-        facts = {"request_id": context.request_id, "image_sha256": context.image_sha256 or _digests(params)}
+        facts = {"request_id": context.request_id, "image_sha256": context.image_sha256 or image_digests(params)}
         outcome = self._decide(principal, operation, params, context, facts)
         intent = self._intent(outcome, principal, operation, facts) if operation in MUTATIONS else None
         try:
             # S3Object images are read only once the gate allows the request, and audited by their SHA-256.
             params = resolve_images(self.governance.store, principal.owner, outcome.params, self.governance.keys)
-            if params is not outcome.params and not facts["image_sha256"]:
-                facts["image_sha256"] = _digests(params)
+            if params is not outcome.params:  # every image's digest, Bytes and S3Object alike, in member order
+                facts["image_sha256"] = image_digests(params)
             result = self.service.call(principal.owner, operation, params)
         except Exception as raised:
             raise self._failed(raised, outcome, principal, operation, context, facts, intent) from None
@@ -119,7 +121,7 @@ class GovernedService:
         results: list[Outcome | FacegateError | None] = [None] * len(requests)
         allowed: list[tuple[int, GateOutcome, dict]] = []
         for i, (params, context) in enumerate(zip(requests, contexts, strict=True)):
-            facts = {"request_id": context.request_id, "image_sha256": context.image_sha256 or _digests(params)}
+            facts = {"request_id": context.request_id, "image_sha256": context.image_sha256 or image_digests(params)}
             try:
                 allowed.append((i, self._decide(principal, "IndexFaces", params, context, facts), facts))
             except FacegateError as exc:
@@ -268,14 +270,19 @@ def _error_facts(error: FacegateError, context: RequestContext, facts: dict, int
     }
 
 
-def _digests(params: dict) -> list[str] | None:
-    """SHA-256 of each image in decoded params (the audit keeps these, never the image)."""
-    images = [
-        params[m]["Bytes"]
-        for m in ("Image", "SourceImage", "TargetImage")
-        if isinstance(params.get(m), dict) and isinstance(params[m].get("Bytes"), bytes | bytearray)
-    ]
-    return [hashlib.sha256(b).hexdigest() for b in images] or None
+def image_digests(params: dict) -> list[str] | None:
+    """SHA-256 of each image in the request, in member order (the audit keeps these, never the image): Bytes as
+    decoded bytes or, straight off the wire, base64 text."""
+    digests = []
+    for member in ("Image", "SourceImage", "TargetImage"):
+        image = params.get(member)
+        data = image.get("Bytes") if isinstance(image, dict) else None
+        if isinstance(data, str):
+            with contextlib.suppress(ValueError):
+                data = base64.b64decode(data, validate=True)
+        if isinstance(data, bytes | bytearray):
+            digests.append(hashlib.sha256(data).hexdigest())
+    return digests or None
 
 
 def _ms(started: float) -> float:

@@ -2,9 +2,9 @@
 
 In Rekognition's model an image is ``Bytes`` or ``S3Object`` {Bucket, Name, Version}. facegate maps a Bucket to a
 source the operator added for the caller's organisation (``facegate sources add``): a local directory ("dir")
-or a bucket on an S3-compatible object store ("s3", read with botocore under the source's own credentials). An object's Name cannot leave its source (no ``..``, no absolute path, no symlink out of it), a
-Version must equal the object's SHA-256, and a Bucket of another organisation answers exactly as one that does
-not exist.
+or a bucket on an S3-compatible object store ("s3", read with botocore under the source's own credentials).
+An object's Name cannot leave its source (no ``..``, no absolute path, no symlink followed), a Version must
+equal the object's SHA-256 (or an S3 VersionId), and another organisation's Bucket answers as a missing one.
 """
 
 from __future__ import annotations
@@ -68,8 +68,10 @@ def s3_source(
     sealer: Sealer,
 ) -> ObjectSource:
     """An "s3" source: ``bucket`` (default ``name``) at ``endpoint_url``, read with these credentials."""
-    if not re.match(r"^https?://[^\s/]+", endpoint_url):
-        raise InvalidParameterException(f"Endpoint {endpoint_url!r} is not an http(s) URL.")
+    if not re.match(r"^https?://[^\s/@]+(/|$)", endpoint_url):
+        raise InvalidParameterException(
+            f"Endpoint {endpoint_url!r} is not an http(s) URL without credentials in it (give those as options)."
+        )
     if not access_key_id or not secret_access_key:
         raise InvalidParameterException("An S3 source needs an access key id and a secret access key.")
     location = {"endpoint": endpoint_url, "bucket": bucket or name, "region": region, "access_key_id": access_key_id}
@@ -187,20 +189,28 @@ def _exists(client, bucket: str, key: str) -> bool:
 
 
 def _read_in_directory(root: Path, name: str, member: str) -> bytes:
+    """Open ``name`` one component at a time from the source's root, never following a symlink and never
+    blocking on something that is not a regular file, so that nothing swapped in meanwhile can lead outside."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    opened: list[int] = []
     try:
-        real_root = root.resolve(strict=True)
-        path = (real_root / name).resolve(strict=True)
-    except (OSError, RuntimeError):  # missing, or a symlink loop
+        opened.append(os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        *folders, leaf = name.split("/")
+        for folder in folders:
+            opened.append(os.open(folder, flags | os.O_DIRECTORY, dir_fd=opened[-1]))
+        opened.append(os.open(leaf, flags | os.O_NONBLOCK, dir_fd=opened[-1]))
+        info = os.fstat(opened[-1])
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidS3ObjectException(_NOT_FOUND)
+        if info.st_size > MAX_OBJECT_BYTES:
+            raise _too_large(info.st_size, member)
+        with os.fdopen(opened.pop(), "rb") as fh:
+            data = fh.read(MAX_OBJECT_BYTES + 1)
+    except OSError:  # missing, a symlink (ELOOP), a file where a folder should be
         raise InvalidS3ObjectException(_NOT_FOUND) from None
-    if real_root not in path.parents:
-        raise InvalidS3ObjectException(_NOT_FOUND)  # a symlink out of the source: as if it were not there
-    try:
-        with path.open("rb") as fh:
-            info = os.fstat(fh.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise InvalidS3ObjectException(_NOT_FOUND)
-            if info.st_size > MAX_OBJECT_BYTES:
-                raise _too_large(info.st_size, member)
-            return fh.read(MAX_OBJECT_BYTES + 1)[:MAX_OBJECT_BYTES]
-    except OSError:
-        raise InvalidS3ObjectException(_NOT_FOUND) from None
+    finally:
+        for fd in opened:
+            os.close(fd)
+    if len(data) > MAX_OBJECT_BYTES:
+        raise _too_large(len(data), member)
+    return data

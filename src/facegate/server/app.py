@@ -8,9 +8,7 @@ of SQL: it reaches the store only through the governed operation and the key rin
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import logging
 import os
 import time
@@ -38,7 +36,7 @@ from facegate.errors import (
     ValidationException,
 )
 from facegate.governance import GateOutcome
-from facegate.governed import RequestContext
+from facegate.governed import RequestContext, image_digests
 from facegate.server import sigv4
 from facegate.server.admin import admin_routes
 from facegate.server.protocol import GuardedH11Protocol
@@ -126,7 +124,7 @@ def create_app(settings: Settings, *, workers: int | None = None, queue: int | N
                 case_reference=request.headers.get("x-facegate-case"),
                 consent_reference=request.headers.get("x-facegate-consent"),
                 request_id=request_id,
-                image_sha256=_image_digests(params),
+                image_sha256=image_digests(params),
                 started=started,
             )
             # Gate → service → audit, on a thread; the gate decides before any image is decoded.
@@ -276,18 +274,6 @@ def _source(request: Request) -> str:
 
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
-
-
-def _image_digests(params: dict) -> list[str] | None:
-    """SHA-256 of each image in the request (the audit keeps these, never the image)."""
-    digests = []
-    for member in ("Image", "SourceImage", "TargetImage"):
-        image = params.get(member)
-        data = image.get("Bytes") if isinstance(image, dict) else None
-        if isinstance(data, str):
-            with contextlib.suppress(ValueError):
-                digests.append(hashlib.sha256(base64.b64decode(data, validate=True)).hexdigest())
-    return digests or None
 
 
 def _decision_members(outcome: GateOutcome) -> dict:
