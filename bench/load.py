@@ -304,29 +304,34 @@ def main() -> None:
     }
     probes = [p.read_bytes() for p in all_paths[args.gallery : args.gallery + 200]]
 
+    given_urls = [s for s in args.store if s not in ("embedded", "postgresql")]
+    if given_urls and len(args.servers) > 1:
+        sys.exit("a given postgresql:// URL holds one setup: run once per --servers value (or use 'postgresql')")
     setups = []
     with tempfile.TemporaryDirectory() as tmp:
         server = None
-        for store in args.store:
-            for servers in args.servers:
-                if store == "embedded":
-                    if servers != 1:
-                        continue  # one writer process per data directory
-                    setups.append(run_setup("", 1, args, paths, probes))
-                    continue
-                if store == "postgresql":
-                    server = server or postgres_database(Path(tmp))
-                    import psycopg
+        try:
+            for store in args.store:
+                for servers in args.servers:
+                    if store == "embedded":
+                        if servers != 1:
+                            continue  # one writer process per data directory
+                        setups.append(run_setup("", 1, args, paths, probes))
+                        continue
+                    if store == "postgresql":  # a fresh database per setup
+                        server = server or postgres_database(Path(tmp))
+                        import psycopg
 
-                    name = f"facegate_load_{len(setups)}"
-                    with psycopg.connect(server.get_uri(), autocommit=True) as db:
-                        db.execute(f'CREATE DATABASE "{name}"')
-                    url = server.get_uri(name)
-                else:
-                    url = store
-                setups.append(run_setup(url, servers, args, paths, probes))
-        if server is not None:
-            server.cleanup()
+                        name = f"facegate_load_{len(setups)}"
+                        with psycopg.connect(server.get_uri(), autocommit=True) as db:
+                            db.execute(f'CREATE DATABASE "{name}"')
+                        url = server.get_uri(name)
+                    else:
+                        url = store
+                    setups.append(run_setup(url, servers, args, paths, probes))
+        finally:
+            if server is not None:
+                server.cleanup()
 
     peer = peer_face_recognition(paths["gallery"], probes, args.seconds)
     report = {"setups": setups, "peer_face_recognition_in_process": peer, "cpu_cores": os.cpu_count()}

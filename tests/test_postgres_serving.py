@@ -77,9 +77,9 @@ def test_the_cli_and_the_python_api_use_the_store_they_are_given(on_postgres, tm
     assert "family" not in run_facegate(home, "--store", "", "collections", "list")
 
 
-def test_a_fairness_audit_activated_on_one_host_gates_every_host(on_postgres, shared_keys, tmp_path):
-    """The audit of record is governance state: activated through one host, the other host's gate reads it from
-    the database, with no file copied between them."""
+def test_a_fairness_audit_activated_on_one_host_is_read_by_every_host(on_postgres, shared_keys, tmp_path):
+    """The audit of record is governance state: activated through one host, the other host reads it from the
+    database (where its gate loads it), with no file copied between them."""
     from .test_policy import synthetic_report
 
     home, other = tmp_path / "host-1", tmp_path / "host-2"

@@ -245,7 +245,7 @@ def test_an_interrupted_copy_resumes_without_duplicates(deployment, postgres_url
 
 
 def test_a_second_run_catches_up_with_what_the_source_did_since(deployment, postgres_url, tmp_path):
-    """Copied, then the embedded deployment goes on (a user and a face deleted, a collection dropped): the next
+    """Copied, then the embedded deployment goes on (a user, a face and a source removed, a collection dropped): the next
     run appends the new audit entries and leaves the target holding what the source holds now."""
     home = tmp_path / "data"
     shutil.copytree(deployment["home"], home)
@@ -254,6 +254,7 @@ def test_a_second_run_catches_up_with_what_the_source_did_since(deployment, post
     face = next(iter(deployment["staff"].values()))
     assert "deleted 1 faces" in run_facegate(home, "--org", ORG, "faces", "delete", "-c", "staff", face)
     run_facegate(home, "--org", ORG, "collections", "delete", "visitors")
+    run_facegate(home, "sources", "remove", "site-photos", "--org", ORG, "--reason", "pilot over")
     caught_up = copy_deployment(home, postgres_url)
     appended = caught_up.audit_entries - first.audit_entries
     assert appended >= 3 and caught_up.written["audit entries"] == appended

@@ -6,6 +6,7 @@ from real faces) only push the collection over a lowered ANN threshold so that t
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -265,6 +266,23 @@ def test_every_face_is_found_by_its_own_embedding_after_a_multithreaded_build():
     assert _not_found_by_own_vector(index, keys, vectors) == []
 
 
+def test_a_face_the_graph_cannot_return_is_found_through_the_side_list():
+    """Deterministically: a face taken out of the graph but kept aside is still found, keys and vectors stay
+    paired when part of the side list is removed, and removing a face removes it from the side list."""
+    keys, vectors = _synthetic_faces(3_000, seed=5)
+    index = FaceIndex(128)
+    index.add(keys, vectors)
+    chosen = keys[[10, 20, 30]]
+    index._keep_aside(chosen)
+    index.index.remove(chosen)  # the graph no longer has them: only the side list can answer
+    for key in chosen:
+        assert key in index.search(vectors[int(key) - 1], 216)
+    index.remove(chosen[:1])
+    assert chosen[0] not in index.unreachable
+    for key in chosen[1:]:  # asked for one face, the side list offers its nearest: the pairs stayed aligned
+        assert index.search(vectors[int(key) - 1], 1)[-1] == key
+
+
 def test_faces_added_one_by_one_are_all_found_and_deletion_empties_the_side_list():
     keys, vectors = _synthetic_faces(10_500, seed=11)
     index = FaceIndex(128)
@@ -292,10 +310,24 @@ def test_the_faces_kept_aside_survive_a_save_and_load(tmp_path):
         def index_embeddings(self, collection, wanted):
             return wanted, vectors[(wanted - 1).astype(np.int64)]
 
+    class Loading(Source):  # after the build, reading embeddings would mean a rebuild
+        def index_embeddings(self, collection, wanted):
+            raise AssertionError("the index was rebuilt, not loaded")
+
     collection = IndexedCollection(1, 1.0, "dlib-resnet-v1")
     built = VectorIndexes(tmp_path, min_faces=1).rebuild(Source(), collection)
     loaded = VectorIndexes(tmp_path, min_faces=1)
-    loaded.prepare(Source(), collection)
+    loaded.prepare(Loading(), collection)
     again = loaded._indexes[collection.pk]
     assert sorted(again.unreachable) == sorted(built.unreachable)
     assert _not_found_by_own_vector(again, keys[:3000], vectors[:3000]) == []
+    # A file saved before faces were checked has no list: it is checked once on load, and saved again.
+    pointer_file = tmp_path / f"{collection.pk}.json"
+    meta = json.loads(pointer_file.read_text())
+    del meta["unreachable"]
+    pointer_file.write_text(json.dumps(meta))
+    upgraded = VectorIndexes(tmp_path, min_faces=1)
+    upgraded.prepare(Loading(), collection)
+    assert sorted(upgraded._indexes[collection.pk].unreachable) == sorted(built.unreachable)
+    upgraded.save_changed()
+    assert "unreachable" in json.loads(pointer_file.read_text())

@@ -365,6 +365,7 @@ class Governance:
             raise InvalidParameterException(
                 f"The audit measured model {curves.model_version}; this facegate embeds with {self.model_version}."
             )
+        # A copy on this host, by model version, for people to read; gates read the report from the store.
         home = Path(self.keys.data_dir) / "fairness" / "audits" / curves.model_version
         home.mkdir(parents=True, exist_ok=True)
         (home / f"{curves.audit_id}.json").write_text(text)

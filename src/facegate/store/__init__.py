@@ -1,10 +1,10 @@
 """The store: collections, faces and users, owned by organisations, and the governance records around them.
 
 It is a few narrow ports, each named for what its callers need (``CollectionStore``, ``FaceStore``,
-``FaceSearchStore``, ``RequestTokens``, ``KeyStore``, ``GovernanceStore``, ``SourceStore``); ``Store`` is all of them at once. The
-embedded default is SQLite (``SqliteStore``); ``PostgresStore`` (PostgreSQL + pgvector) implements the same
-ports, so every SQL dialect detail stays behind them. ``tests/test_store_contract.py`` is what any implementation
-must pass."""
+``FaceSearchStore``, ``RequestTokens``, ``KeyStore``, ``GovernanceStore``, ``SourceStore``); ``Store`` is all of
+them at once. The embedded default is SQLite (``SqliteStore``); ``PostgresStore`` (PostgreSQL + pgvector)
+implements the same ports, so every SQL dialect detail stays behind them. ``tests/test_store_contract.py`` is
+what any implementation must pass."""
 
 from __future__ import annotations
 

@@ -2,11 +2,11 @@
 
 What is copied, as it is (ids, creation times, counts, model versions): collections with their tags and
 retention rules, users, faces with their embeddings bit for bit, remembered ClientRequestTokens, access keys
-(their secrets sealed as they are), organisations, use cases, policy states, object sources, settings, and the audit log: every
-entry's bytes and every signed checkpoint, so the hash chain, the Merkle roots and old checkpoints stay valid.
-Files are not copied: the servers on PostgreSQL are given the source's sealing key and audit signing key
-(``FACEGATE_SEALING_KEY``, ``FACEGATE_AUDIT_KEY``), and the active fairness audit stays the file its setting
-names.
+(their secrets sealed as they are), organisations, use cases, policy states, object sources, settings (the
+active fairness audit's report among them), and the audit log: every entry's bytes and every signed checkpoint,
+so the hash chain, the Merkle roots and old checkpoints stay valid. Files are not copied: the servers on
+PostgreSQL are given the source's sealing key and audit signing key (``FACEGATE_SEALING_KEY``,
+``FACEGATE_AUDIT_KEY``).
 
 The source is only read (both its databases opened read-only, the store in one snapshot). Stop its servers
 first: what they write meanwhile is left for the next run. The copy is resumable. It goes in a fixed order, in

@@ -1016,12 +1016,20 @@ class PostgresStore:
         )
 
     def import_sources(self, sources: list[ObjectSource]) -> int:
-        return self._import_governance(
-            "object_sources",
-            ("owner", "name", "kind", "location", "created_at", "sealed_secret"),
-            2,
-            [(s.owner, s.name, s.kind, s.location, s.created_at, s.sealed_secret) for s in sources],
-        )
+        """The sources, exactly: one here that the source deployment no longer has is removed (it is refused)."""
+        db = self._db
+        rows = [(s.owner, s.name, s.kind, s.location, s.created_at, s.sealed_secret) for s in sources]
+        with db.transaction():
+            written = _upsert(
+                db, "object_sources", ("owner", "name", "kind", "location", "created_at", "sealed_secret"), 2, rows
+            )
+            written += db.execute(
+                "DELETE FROM object_sources WHERE NOT (owner || '/' || name) = ANY(%s::text[])",
+                ([f"{s.owner}/{s.name}" for s in sources],),
+            ).rowcount
+            if written:
+                self._bump_governance(db)
+        return written
 
     def import_settings(self, settings: dict[str, str]) -> int:
         """The settings, exactly: one here that is not among them is removed."""

@@ -153,7 +153,8 @@ MIGRATIONS: list[str] = [
     # files keyed by it would otherwise serve a deleted collection's faces to the next one created.
     """
     INSERT OR IGNORE INTO meta (key, value) SELECT 'last_collection_pk', CAST(COALESCE(MAX(pk), 0) AS TEXT) FROM collections;
-    """,  # Where an organisation's S3Object images are read from (Bucket = name).
+    """,
+    # Where an organisation's S3Object images are read from (Bucket = name).
     """
     CREATE TABLE IF NOT EXISTS object_sources (
         owner TEXT NOT NULL,

@@ -55,6 +55,7 @@ VECTOR_SCALE = 1.9
 # deeper, wider first pass at half its cost; asking for 1 result leaves more (int8 vectors can tie).
 CHECK_EXPANSION = 32
 CHECK_K = 4
+RECHECK_PER_ADD = 10
 SAVE_INTERVAL_S = 60.0  # incremental changes are saved at most this often; a stale file is reconciled on load
 _BATCH = 10_000
 
@@ -97,7 +98,7 @@ class FaceIndex:
         self.generation = generation
         self._side_keys = np.zeros(0, dtype=np.uint64)
         self._side_vectors = np.zeros((0, ndim), dtype=np.float32)  # as the graph holds them: scaled, int8 steps
-        self._added_since_check = 0
+        self._recheck_at = 0
         if unreachable is not None and len(unreachable):
             self._keep_aside(np.asarray(unreachable, dtype=np.uint64))
 
@@ -120,20 +121,38 @@ class FaceIndex:
         self.index.add(keys[fresh], vectors, threads=1 if fresh.sum() < 1000 else 0)
         if check:
             self._check(keys[fresh])
-            # New faces prune their neighbours' links, which can strand faces checked earlier: re-check them all
-            # once the graph has grown by a tenth (amortised, a few checks' worth per added face).
-            self._added_since_check += int(fresh.sum())
-            if self._added_since_check > max(_BATCH, len(self.index) // 10):
-                self.check_all()
+            # New faces prune their neighbours' links, which can strand faces checked earlier: each add re-checks
+            # RECHECK_PER_ADD earlier faces per face added, in turn, so the whole graph is re-checked by the time it
+            # has grown by a tenth, a little at a time rather than in one stall.
+            self._recheck(RECHECK_PER_ADD * int(fresh.sum()))
 
     def check_all(self) -> int:
         """Search every face by its own vector and keep aside those not found (after a build: later inserts can
         prune links that earlier faces depended on). Returns how many are kept aside."""
         self._side_keys = np.zeros(0, dtype=np.uint64)
         self._side_vectors = np.zeros((0, self.ndim), dtype=np.float32)
-        self._added_since_check = 0
+        self._recheck_at = 0
         self._check(self.keys())
         return len(self._side_keys)
+
+    def _recheck(self, count: int) -> None:
+        size = len(self.index)
+        if not size:
+            return
+        start = self._recheck_at % size
+        keys = np.asarray(self.index.keys[start : min(size, start + count)], dtype=np.uint64)
+        self._recheck_at = start + len(keys)
+        stranded = self._not_found_checked(keys)
+        reachable = np.setdiff1d(keys, stranded)
+        if len(reachable) and len(self._side_keys):  # faces a later insert linked back in leave the side list
+            kept = ~np.isin(self._side_keys, reachable)
+            self._side_keys, self._side_vectors = self._side_keys[kept], self._side_vectors[kept]
+        if len(stranded):
+            self._keep_aside(stranded)
+
+    def _not_found_checked(self, keys: np.ndarray) -> np.ndarray:
+        missed = self._not_found(keys, CHECK_EXPANSION)
+        return self._not_found(missed, MIN_EXPANSION_SEARCH) if len(missed) else missed
 
     def _check(self, keys: np.ndarray) -> None:
         for start in range(0, len(keys), _BATCH):
@@ -142,9 +161,7 @@ class FaceIndex:
     def _check_batch(self, keys: np.ndarray) -> None:
         # A shallow search clears almost every face cheaply; those it misses get the depth real searches use,
         # and only faces that one misses too are kept aside.
-        missed = self._not_found(keys, CHECK_EXPANSION)
-        if len(missed):
-            missed = self._not_found(missed, MIN_EXPANSION_SEARCH)
+        missed = self._not_found_checked(keys)
         if len(missed):
             self._keep_aside(missed)
 
