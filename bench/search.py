@@ -26,7 +26,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets  # noqa: E402
 
-from facegate.store import vector_index  # noqa: E402
 from facegate.store.vector_index import VECTOR_SCALE, FaceIndex  # noqa: E402
 
 
@@ -144,12 +143,12 @@ def measure(gallery: np.ndarray, probes: np.ndarray, synthetic: int, max_faces: 
         warm_ms.append((time.perf_counter() - t0) * 1e3)
     cold = cold_pass(index, gallery, norms, probes, max_faces)
     sweep = []
-    for depth in depths:  # the search depth the store uses, as if MIN_EXPANSION_SEARCH were this
-        default, vector_index.MIN_EXPANSION_SEARCH = vector_index.MIN_EXPANSION_SEARCH, depth
+    for depth in depths:  # fixed depths instead of the store's size-dependent one
+        index.search_depth = lambda k, depth=depth: max(k, depth)  # type: ignore[method-assign]
         try:
             sweep.append({"depth": depth, **cold_pass(index, gallery, norms, probes, max_faces)})
         finally:
-            vector_index.MIN_EXPANSION_SEARCH = default
+            del index.search_depth
     return {
         "size": size,
         "real_faces": size - synthetic,
@@ -157,7 +156,7 @@ def measure(gallery: np.ndarray, probes: np.ndarray, synthetic: int, max_faces: 
         "synthetic": "Gaussian fitted to the real embeddings' mean and covariance" if synthetic else None,
         "queries": len(probes),
         "max_faces": max_faces,
-        "depth": vector_index.MIN_EXPANSION_SEARCH,
+        "depth": index.search_depth(2 * max_faces + 16),
         "p50_ms": cold["p50_ms"],
         "p99_ms": cold["p99_ms"],
         "warm_p50_ms": round(float(np.percentile(warm_ms, 50)), 3),

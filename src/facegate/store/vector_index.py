@@ -44,6 +44,11 @@ FORMAT = 3  # bump when the on-disk layout changes: older files are then rebuilt
 CONNECTIVITY = 24
 EXPANSION_ADD = 128
 MIN_EXPANSION_SEARCH = 768
+# Past a million faces the same depth finds less of the true top 10, so it grows with the collection: keeping
+# recall@10 at 0.99 took 768 at 1M and 1024 at 2M in bench/search.py (depth ∝ size^0.415). Beyond 2M this is
+# an extrapolation, not yet measured.
+DEPTH_BASE_FACES = 1_000_000
+DEPTH_GROWTH = 0.415
 # usearch stores a vector as int8 round(127·x), clipped to ±127. dlib's embedding components are small, so they
 # are scaled up first to use more of the int8 range. `bench/search.py --size 20000 --queries 50` (13,539 real
 # faces): the largest |x| is 0.577, and at 1.9 2.0 components in 100,000 are clipped, which can only cost
@@ -152,7 +157,7 @@ class FaceIndex:
 
     def _not_found_checked(self, keys: np.ndarray) -> np.ndarray:
         missed = self._not_found(keys, CHECK_EXPANSION)
-        return self._not_found(missed, MIN_EXPANSION_SEARCH) if len(missed) else missed
+        return self._not_found(missed, self.search_depth(CHECK_K)) if len(missed) else missed
 
     def _check(self, keys: np.ndarray) -> None:
         for start in range(0, len(keys), _BATCH):
@@ -204,7 +209,7 @@ class FaceIndex:
         if not len(self.index):
             return np.zeros(0, dtype=np.uint64)
         k = min(k, len(self.index))
-        self.index.expansion_search = max(MIN_EXPANSION_SEARCH, k)
+        self.index.expansion_search = self.search_depth(k)
         scaled = np.asarray(probe, dtype=np.float32) * VECTOR_SCALE
         found = np.asarray(self.index.search(scaled, k, threads=1).keys, dtype=np.uint64)
         if not len(self._side_keys):
@@ -212,6 +217,11 @@ class FaceIndex:
         distances = ((self._side_vectors - scaled) ** 2).sum(axis=1)
         nearest = self._side_keys[np.argsort(distances)[:k]]
         return np.concatenate([found, nearest[~np.isin(nearest, found)]])
+
+    def search_depth(self, k: int) -> int:
+        """How many candidates a search of this graph keeps while it walks (usearch's expansion_search)."""
+        growth = max(1.0, len(self.index) / DEPTH_BASE_FACES) ** DEPTH_GROWTH
+        return max(k, round(MIN_EXPANSION_SEARCH * growth))
 
     def memory_bytes(self) -> int:
         return int(self.index.memory_usage)
