@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -108,16 +110,25 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory):
     server.cleanup()
 
 
-@pytest.fixture
-def postgres_url(postgres_server):
-    """The URL of a new, empty database on the session's PostgreSQL server, dropped after the test."""
+@contextmanager
+def fresh_database(server, prefix: str = "facegate_test") -> Iterator[str]:
+    """The URL of a new, empty database on ``server``, dropped afterwards."""
     import uuid
 
     import psycopg
 
-    name = f"facegate_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server.get_uri(), autocommit=True) as db:
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server.get_uri(), autocommit=True) as db:
         db.execute(f'CREATE DATABASE "{name}"')
-    yield postgres_server.get_uri(name)
-    with psycopg.connect(postgres_server.get_uri(), autocommit=True) as db:
-        db.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    try:
+        yield server.get_uri(name)
+    finally:
+        with psycopg.connect(server.get_uri(), autocommit=True) as db:
+            db.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """The URL of a new, empty database on the session's PostgreSQL server, dropped after the test."""
+    with fresh_database(postgres_server) as url:
+        yield url

@@ -23,6 +23,7 @@ from facegate.store.copy import copy_deployment
 from facegate.store.postgres import PostgresStore
 from facegate.store.sqlite import SqliteStore
 
+from .conftest import fresh_database
 from .test_http import boto_client, running_server
 from .test_http import facegate as run_facegate
 
@@ -264,16 +265,8 @@ def test_a_second_run_catches_up_with_what_the_source_did_since(deployment, post
 @pytest.fixture
 def another_postgres_url(postgres_server):
     """A second empty database on the session's server, for a test that needs two."""
-    import uuid
-
-    import psycopg
-
-    name = f"facegate_other_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server.get_uri(), autocommit=True) as db:
-        db.execute(f'CREATE DATABASE "{name}"')
-    yield postgres_server.get_uri(name)
-    with psycopg.connect(postgres_server.get_uri(), autocommit=True) as db:
-        db.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    with fresh_database(postgres_server, "facegate_other") as url:
+        yield url
 
 
 def test_a_database_holding_another_deployment_is_refused(deployment, postgres_url, another_postgres_url, tmp_path):

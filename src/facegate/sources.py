@@ -9,6 +9,7 @@ equal the object's SHA-256 (or an S3 VersionId), and another organisation's Buck
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -140,22 +141,13 @@ def _read_from_s3(
 ) -> tuple[bytes, str | None]:
     """(the object's bytes, its VersionId) from the source's bucket. A Version that is not a SHA-256 is asked
     for as the object's VersionId; a SHA-256 is checked against the latest object's content by the caller."""
-    import botocore.session
-    from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
     where = json.loads(source.location)
     secret = sealer.unseal(source.sealed_secret or b"")
     if secret is None:
         raise InvalidS3ObjectException(f"The credentials of source {source.name} cannot be unsealed on this server.")
-    client = botocore.session.get_session().create_client(
-        "s3",
-        endpoint_url=where["endpoint"],
-        region_name=where["region"],
-        aws_access_key_id=where["access_key_id"],
-        aws_secret_access_key=secret,
-        config=Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 2}, s3={"addressing_style": "path"}),
-    )
+    client = _s3_client(where["endpoint"], where["region"], where["access_key_id"], secret)
     request = {"Bucket": where["bucket"], "Key": name}
     if version is not None and not _SHA256.fullmatch(version):
         request["VersionId"] = version
@@ -171,11 +163,26 @@ def _read_from_s3(
         raise InvalidS3ObjectException(_NOT_FOUND) from None
     except BotoCoreError as exc:
         raise InvalidS3ObjectException(f"Source {source.name} could not be read: {type(exc).__name__}.") from None
-    finally:
-        client.close()
     if len(data) > MAX_OBJECT_BYTES:
         raise _too_large(len(data), member)
     return data, response.get("VersionId")
+
+
+@functools.lru_cache(maxsize=64)
+def _s3_client(endpoint: str, region: str, access_key_id: str, secret: str):  # a botocore S3 client
+    """One client per source's endpoint and credentials, reused across requests (botocore clients are
+    thread-safe; making one loads the S3 service model, which is slow)."""
+    import botocore.session
+    from botocore.config import Config
+
+    return botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret,
+        config=Config(connect_timeout=5, read_timeout=20, retries={"max_attempts": 2}, s3={"addressing_style": "path"}),
+    )
 
 
 def _exists(client, bucket: str, key: str) -> bool:

@@ -24,7 +24,6 @@ speed and each measured by ``bench/detect.py`` against it:
 from __future__ import annotations
 
 import math
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,11 +34,10 @@ from facegate.engine.dlib_format import Affine, Conv, DlibNetwork, Relu, read_ne
 from facegate.engine.faces import Box
 from facegate.engine.mmod_onnx import _output_to_input, tile_levels
 from facegate.engine.models import cnn_detector_weights
-from facegate.engine.onnx_resnet import ArchitectureError, _GraphBuilder, available_cores, cpu_session
+from facegate.engine.onnx_resnet import ArchitectureError, LazySession, _GraphBuilder, available_cores, cpu_session
 
 if TYPE_CHECKING:
     import onnx
-    import onnxruntime
 
 OPSET = 18  # Col2Im
 INPUT_NAME, OUTPUT_NAME = "pixels", "scores"
@@ -352,21 +350,13 @@ class Int8MmodDetector:
         self._padding = (round(padding / 2), round(outer / 2))
         self.threads = threads or available_cores()
         self.threshold = threshold
-        self._session: onnxruntime.InferenceSession | None = None
-        self._lock = threading.Lock()
-
-    def _get_session(self) -> onnxruntime.InferenceSession:
-        if self._session is None:
-            with self._lock:
-                if self._session is None:
-                    # Idle threads sleep rather than spin: on cores shared with other work, spinning ones slow
-                    # it down (measured: AWS photos under load 448 → 391 ms; LFW crops, machine idle, 3.5 → 4.4).
-                    self._session = cpu_session(self._model, self.threads, spin=False)
-        return self._session
+        # Idle threads sleep rather than spin: on cores shared with other work, spinning ones slow it down
+        # (measured: AWS photos under load 448 → 391 ms; LFW crops, machine idle, 3.5 → 4.4).
+        self._session = LazySession(lambda: cpu_session(self._model, self.threads, spin=False))
 
     def scores(self, pixels: np.ndarray) -> np.ndarray:
         """The network's score map for ``tiled_pixels`` output."""
-        return self._get_session().run([OUTPUT_NAME], {INPUT_NAME: pixels})[0][0, 0]
+        return self._session.get().run([OUTPUT_NAME], {INPUT_NAME: pixels})[0][0, 0]
 
     def run(self, image: np.ndarray) -> list[tuple[Box, float]]:
         """Faces in ``image`` (RGB or grey uint8) as boxes in its pixels and raw detector scores, found as

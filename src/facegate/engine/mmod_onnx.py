@@ -15,7 +15,6 @@ Only the convolutions run in ONNX Runtime. The rest follows dlib's sources (v20)
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,11 +25,10 @@ from facegate.engine.detect import _logistic, _resize, plan_detection
 from facegate.engine.dlib_format import Affine, Conv, DlibNetwork, MmodOptions, Relu, read_network
 from facegate.engine.faces import Box
 from facegate.engine.models import cnn_detector_weights
-from facegate.engine.onnx_resnet import ArchitectureError, _GraphBuilder, available_cores, cpu_session
+from facegate.engine.onnx_resnet import ArchitectureError, LazySession, _GraphBuilder, available_cores, cpu_session
 
 if TYPE_CHECKING:
     import onnx
-    import onnxruntime
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "tiled_pyramid", "scores"
@@ -291,15 +289,7 @@ class OnnxMmodDetector:
         self._model = build_model(self.network).SerializeToString()  # small (0.7 MB): built, not cached
         self._mapping = _output_to_input(self.network)
         self.threads = threads or available_cores()
-        self._session: onnxruntime.InferenceSession | None = None
-        self._lock = threading.Lock()
-
-    def _get_session(self) -> onnxruntime.InferenceSession:
-        if self._session is None:
-            with self._lock:
-                if self._session is None:
-                    self._session = cpu_session(self._model, self.threads)
-        return self._session
+        self._session = LazySession(lambda: cpu_session(self._model, self.threads))
 
     def run(self, image: np.ndarray, upsample: int = 0, threshold: float = 0.0) -> list[Detection]:
         """What ``cnn_face_detection_model_v1(image, upsample)`` returns, as inclusive rectangles and scores."""
@@ -313,7 +303,7 @@ class OnnxMmodDetector:
         if min(image.shape[:2]) < 1:
             return []
         data, rects = tiled_pyramid(image, self.network.input_means, self.network.pyramid_padding or (10, 11))
-        scores = self._get_session().run([OUTPUT_NAME], {INPUT_NAME: data})[0][0]
+        scores = self._session.get().run([OUTPUT_NAME], {INPUT_NAME: data})[0][0]
         found = decode(scores, rects, self.network.mmod, self._mapping, threshold)  # type: ignore[arg-type]
         if not upsample:
             return found

@@ -14,6 +14,7 @@ import contextlib
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -96,6 +97,22 @@ def cpu_session(model: str | bytes, threads: int, *, spin: bool = True) -> onnxr
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
+class LazySession:
+    """An ONNX Runtime session created on first use, once, whichever thread asks first."""
+
+    def __init__(self, create: Callable[[], onnxruntime.InferenceSession]) -> None:
+        self._create = create
+        self._session: onnxruntime.InferenceSession | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> onnxruntime.InferenceSession:
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._session = self._create()
+        return self._session
+
+
 class OnnxResnet:
     """dlib's 128-d ResNet run by ONNX Runtime on the CPU; embeddings match ``DlibResnet``'s within 1e-6.
 
@@ -123,15 +140,7 @@ class OnnxResnet:
         self.cache_dir = cache_dir
         self.threads = threads or available_cores()
         self.batch_size = batch_size
-        self._session: onnxruntime.InferenceSession | None = None
-        self._lock = threading.Lock()
-
-    def _get_session(self) -> onnxruntime.InferenceSession:
-        if self._session is None:
-            with self._lock:
-                if self._session is None:
-                    self._session = self._create_session()
-        return self._session
+        self._session = LazySession(self._create_session)
 
     def _create_session(self) -> onnxruntime.InferenceSession:
         path = onnx_model_path(self.weights, self.cache_dir)
@@ -147,7 +156,7 @@ class OnnxResnet:
         if not len(chips):
             return np.zeros((0, self.dimensions), dtype=np.float32)
         batch = np.stack([self._check_chip(i, chip) for i, chip in enumerate(chips)])
-        session = self._get_session()
+        session = self._session.get()
         parts = [
             session.run([OUTPUT_NAME], {INPUT_NAME: batch[start : start + self.batch_size]})[0]
             for start in range(0, len(batch), self.batch_size)

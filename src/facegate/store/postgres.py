@@ -727,26 +727,12 @@ class PostgresStore:
     )
 
     def add_use_case(self, use_case: UseCase) -> None:
-        u = use_case
         db = self._db
         with db.transaction():
             db.execute(
                 f"INSERT INTO use_cases ({self._USE_CASE_COLUMNS}) "
                 "VALUES (%s, %s, %s, %s::text[], %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    u.use_case_id,
-                    u.organisation,
-                    u.purpose,
-                    None if u.collections is None else list(u.collections),
-                    u.valid_from,
-                    u.valid_until,
-                    u.legal_basis,
-                    u.authorisation_reference,
-                    u.approver,
-                    u.status,
-                    u.created_at,
-                    u.status_reason,
-                ),
+                _use_case_row(use_case),
             )
             self._bump_governance(db)
 
@@ -975,23 +961,7 @@ class PostgresStore:
             "use_cases",
             tuple(self._USE_CASE_COLUMNS.split(", ")),
             1,
-            [
-                (
-                    u.use_case_id,
-                    u.organisation,
-                    u.purpose,
-                    None if u.collections is None else list(u.collections),
-                    u.valid_from,
-                    u.valid_until,
-                    u.legal_basis,
-                    u.authorisation_reference,
-                    u.approver,
-                    u.status,
-                    u.created_at,
-                    u.status_reason,
-                )
-                for u in use_cases
-            ],
+            [_use_case_row(u) for u in use_cases],
             casts={"collections": "::text[]"},
         )
 
@@ -1144,6 +1114,24 @@ def _face_row(face: StoredFace, collection_pk: int) -> tuple:
         f.user_id,
         collection_pk,
         np.asarray(f.embedding, dtype=np.float32),
+    )
+
+
+def _use_case_row(u: UseCase) -> tuple:
+    """A use case as its row, in _USE_CASE_COLUMNS order."""
+    return (
+        u.use_case_id,
+        u.organisation,
+        u.purpose,
+        None if u.collections is None else list(u.collections),
+        u.valid_from,
+        u.valid_until,
+        u.legal_basis,
+        u.authorisation_reference,
+        u.approver,
+        u.status,
+        u.created_at,
+        u.status_reason,
     )
 
 

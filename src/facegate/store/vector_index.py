@@ -56,8 +56,9 @@ DEPTH_GROWTH = 0.415
 VECTOR_SCALE = 1.9
 # A face its own vector does not find is unreachable: a node with no incoming links (a multi-threaded build, or
 # later inserts pruning its neighbours' lists) is found at no depth. Faces are first searched this shallowly,
-# and those missed again at the search depth real searches use. Measured: this leaves the same faces aside as a
-# deeper, wider first pass at half its cost; asking for 1 result leaves more (int8 vectors can tie).
+# and those missed again at the search depth real searches use. An ad-hoc measurement (in the closing note, not
+# a bench script) found this leaves the same faces aside as a deeper, wider first pass at half its cost; asking
+# for 1 result leaves more (int8 vectors can tie).
 CHECK_EXPANSION = 32
 CHECK_K = 4
 RECHECK_PER_ADD = 10
