@@ -160,6 +160,18 @@ def _record(**fields: object) -> dict:
     return record
 
 
+def assert_proofs_tie(log, second: dict, small: dict, big: dict) -> None:
+    """In a 13-entry log checkpointed at 2 (``small``) and 13 (``big``): the second entry's inclusion proof
+    verifies against the big root, and the consistency proof from 2 ties the small root to it."""
+    proof = log.inclusion_proof(1)
+    assert proof["leaf_hash"] == merkle.leaf_hash(canonical_json(second)).hex()
+    hashes = [bytes.fromhex(h) for h in proof["proof"]]
+    assert merkle.verify_inclusion(bytes.fromhex(proof["leaf_hash"]), 1, 13, hashes, bytes.fromhex(big["root"]))
+    consistency = log.consistency_proof(2)
+    hashes = [bytes.fromhex(h) for h in consistency["proof"]]
+    assert merkle.verify_consistency(2, 13, bytes.fromhex(small["root"]), bytes.fromhex(big["root"]), hashes)
+
+
 def test_append_assigns_seq_time_and_prev_and_proofs_tie_entries_to_checkpoints(tmp_path):
     log = AuditLog(tmp_path / "data")
     first = log.append(_record())
@@ -174,13 +186,7 @@ def test_append_assigns_seq_time_and_prev_and_proofs_tie_entries_to_checkpoints(
     big = log.checkpoint()
     assert (small["size"], big["size"], log.size()) == (2, 13, 13)
 
-    proof = log.inclusion_proof(1)
-    assert proof["leaf_hash"] == merkle.leaf_hash(canonical_json(second)).hex()
-    hashes = [bytes.fromhex(h) for h in proof["proof"]]
-    assert merkle.verify_inclusion(bytes.fromhex(proof["leaf_hash"]), 1, 13, hashes, bytes.fromhex(big["root"]))
-    consistency = log.consistency_proof(2)
-    hashes = [bytes.fromhex(h) for h in consistency["proof"]]
-    assert merkle.verify_consistency(2, 13, bytes.fromhex(small["root"]), bytes.fromhex(big["root"]), hashes)
+    assert_proofs_tie(log, second, small, big)
     # A signature over the documented message verifies with the published key.
     assert (tmp_path / "data" / "audit_signing.key").stat().st_mode & 0o777 == 0o600
     published = (tmp_path / "data" / "audit_public.pem").read_bytes()

@@ -25,7 +25,7 @@ from facegate.audit import AuditUnavailable, merkle, verify_export
 from facegate.audit.base import create_signing_key, load_signing_key
 from facegate.audit.canonical import canonical_json, checkpoint_message
 from facegate.errors import FacegateError
-from tests.test_audit import _record
+from tests.test_audit import _record, assert_proofs_tie
 from tests.test_audit_columns import HOUR, MAY_1, RECORDS
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed: pip install -e '.[test]'")
@@ -75,13 +75,7 @@ def test_appends_and_proofs_tie_entries_to_checkpoints_signed_with_the_configure
     assert (small["size"], big["size"], log.size()) == (2, 13, 13)
     assert log.checkpoints() == [small, big]
 
-    proof = log.inclusion_proof(1)
-    assert proof["leaf_hash"] == merkle.leaf_hash(canonical_json(second)).hex()
-    hashes = [bytes.fromhex(h) for h in proof["proof"]]
-    assert merkle.verify_inclusion(bytes.fromhex(proof["leaf_hash"]), 1, 13, hashes, bytes.fromhex(big["root"]))
-    consistency = log.consistency_proof(2)
-    hashes = [bytes.fromhex(h) for h in consistency["proof"]]
-    assert merkle.verify_consistency(2, 13, bytes.fromhex(small["root"]), bytes.fromhex(big["root"]), hashes)
+    assert_proofs_tie(log, second, small, big)
     # The public key is derived from the configured private key; nothing is written beside the key file.
     load_pem_public_key(log.public_key_pem).verify(
         base64.b64decode(big["signature"]), checkpoint_message(big["size"], big["root"], big["time"])
