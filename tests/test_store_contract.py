@@ -18,6 +18,7 @@ from facegate.errors import ResourceAlreadyExistsException
 from facegate.store import (
     AccessKey,
     Collection,
+    JobFinding,
     ObjectSource,
     Organisation,
     PolicyState,
@@ -25,6 +26,7 @@ from facegate.store import (
     StoredFace,
     StoredUser,
     UseCase,
+    VideoJob,
 )
 from facegate.store.sqlite import SqliteStore
 
@@ -734,3 +736,67 @@ def test_object_sources_belong_to_their_organisation(open_store):
     reopened = open_store()
     assert reopened.get_source("acme", "photos") is None
     assert [s.owner for s in reopened.list_sources()] == ["city-of-x"]
+
+
+def _job(job_id: str, owner: str = "acme", token: str | None = None, api: str = "FaceSearch") -> VideoJob:
+    return VideoJob(
+        job_id=job_id,
+        owner=owner,
+        api=api,
+        status="IN_PROGRESS",
+        request={"Video": {"S3Object": {"Bucket": "cams", "Name": "door.mp4"}}, "CollectionId": "staff"},
+        requester={"principal": {"access_key_id": "AKIA1", "owner": owner, "role": "client", "use_case_id": None}},
+        created_at=1_700_000_000.0 + int(job_id.removeprefix("job-")),
+        updated_at=1_700_000_000.0,
+        client_token=token,
+        fingerprint="f1" if token else None,
+    )
+
+
+def test_video_jobs_belong_to_their_organisation_and_repeat_by_client_token(open_store):
+    store = open_store()
+    first = store.add_job(_job("job-1", token="t-1"))
+    assert store.get_job("acme", "job-1") == first
+    assert store.get_job("city-of-x", "job-1") is None  # another organisation's job id: not theirs
+    assert store.add_job(_job("job-2", token="t-1")) == first  # the same token: the earlier job, nothing new
+    assert store.add_job(_job("job-3", token="t-1", api="FaceDetection")).job_id == "job-3"  # per api
+    assert store.add_job(_job("job-4", owner="city-of-x", token="t-1")).job_id == "job-4"  # per organisation
+    store.add_job(_job("job-55"))
+    assert [j.job_id for j in store.list_jobs("acme")] == ["job-55", "job-3", "job-1"]  # newest first
+    assert {j.job_id for j in store.list_jobs(status="IN_PROGRESS")} == {"job-1", "job-3", "job-4", "job-55"}
+    store.close()
+    assert open_store().get_job("acme", "job-1") == first
+
+
+def test_a_video_job_is_run_by_the_worker_that_claimed_it_and_findings_are_ordered(open_store):
+    store = open_store()
+    store.add_job(_job("job-1"))
+    claimed = store.claim_job("job-1", "host:1:a", None)
+    assert claimed is not None and claimed.worker == "host:1:a" and claimed.attempts == 1
+    assert store.claim_job("job-1", "host:2:b", None) is None  # already claimed: a second worker does not get it
+    findings = [
+        JobFinding(1000, 1, {"face": "b1"}),
+        JobFinding(0, 0, {"face": "a0"}),
+        JobFinding(1000, 0, {"face": "a1"}),
+        JobFinding(500, 1, {"face": "b0"}),
+    ]
+    metadata = {"Codec": "h264", "DurationMillis": 2000}
+    assert store.record_job_progress("job-1", "host:1:a", findings[:2], 500, metadata)
+    assert store.record_job_progress("job-1", "host:1:a", findings[2:], 1000)
+    assert not store.record_job_progress("job-1", "host:2:b", [JobFinding(0, 9, {})], 2000)  # not its job
+    job = store.get_job("acme", "job-1")
+    assert job.progress_ms == 1000 and job.video_metadata == metadata
+    by_time = [f.body["face"] for f in store.job_findings("job-1", "TIMESTAMP", 0, 10)]
+    assert by_time == ["a0", "b0", "a1", "b1"]
+    assert [f.body["face"] for f in store.job_findings("job-1", "INDEX", 0, 10)] == ["a0", "a1", "b0", "b1"]
+    assert [f.body["face"] for f in store.job_findings("job-1", "INDEX", 1, 2)] == ["a1", "b0"]
+    # Taken over (its worker died): started again from nothing, the findings of the first attempt gone.
+    again = store.claim_job("job-1", "host:2:b", "host:1:a")
+    assert again.attempts == 2 and again.progress_ms == 0
+    assert store.job_findings("job-1", "TIMESTAMP", 0, 10) == []
+    assert store.finish_job("job-1", "host:1:a", "SUCCEEDED", None) is None  # the old worker cannot finish it
+    done = store.finish_job("job-1", "host:2:b", "FAILED", "The video is truncated.")
+    assert done.status == "FAILED" and done.status_message == "The video is truncated." and done.worker is None
+    assert store.finish_job("job-1", "host:2:b", "SUCCEEDED", None) is None  # finished once
+    assert store.claim_job("job-1", "host:3:c", None) is None  # a finished job is never claimed
+    assert store.list_jobs(status="IN_PROGRESS") == []

@@ -1,7 +1,8 @@
 """The store: collections, faces and users, owned by organisations, and the governance records around them.
 
 It is a few narrow ports, each named for what its callers need (``CollectionStore``, ``FaceStore``,
-``FaceSearchStore``, ``RequestTokens``, ``KeyStore``, ``GovernanceStore``, ``SourceStore``); ``Store`` is all of
+``FaceSearchStore``, ``RequestTokens``, ``KeyStore``, ``GovernanceStore``, ``SourceStore``, ``JobStore``); ``Store`` is
+all of
 them at once. The embedded default is SQLite (``SqliteStore``); ``PostgresStore`` (PostgreSQL + pgvector)
 implements the same ports, so every SQL dialect detail stays behind them. ``tests/test_store_contract.py`` is
 what any implementation must pass."""
@@ -97,6 +98,38 @@ class ObjectSource:
     location: str
     created_at: float
     sealed_secret: bytes | None = None
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """A stored-video job (StartFaceSearch, StartFaceDetection): its request as the gate allowed it, who asked
+    (the job re-runs the gate as them before each batch), its state and which server is running it."""
+
+    job_id: str
+    owner: str
+    api: str  # "FaceSearch" or "FaceDetection"
+    status: str  # IN_PROGRESS, SUCCEEDED, FAILED
+    request: dict  # the Start request's members (JSON), after the gate's obligations
+    requester: dict  # principal and case/consent references, as the governed operation recorded them
+    created_at: float
+    updated_at: float
+    client_token: str | None = None
+    fingerprint: str | None = None
+    status_message: str | None = None
+    video_metadata: dict | None = None
+    progress_ms: int = 0  # how far into the video the analysis has got
+    attempts: int = 0  # how many times a server has started it
+    worker: str | None = None  # the server running it ("host:pid:nonce"), None when none is
+    heartbeat: float | None = None
+
+
+@dataclass(frozen=True)
+class JobFinding:
+    """One result of a video job: a face at a timestamp (with its track, for face search) as JSON."""
+
+    timestamp_ms: int
+    person_index: int | None
+    body: dict
 
 
 @dataclass(frozen=True)
@@ -229,8 +262,39 @@ class SourceStore(Protocol):
     def remove_source(self, owner: str, name: str) -> bool: ...
 
 
+class JobStore(Protocol):
+    """Video jobs and their findings. A job is run by one worker at a time: every write names the worker and
+    is refused (False/None) once another has claimed the job, so two servers never both run it."""
+
+    # The stored job: an earlier one when (owner, api, client_token) was already used.
+    def add_job(self, job: VideoJob) -> VideoJob: ...
+    def get_job(self, owner: str, job_id: str) -> VideoJob | None: ...
+    def list_jobs(self, owner: str | None = None, status: str | None = None) -> list[VideoJob]: ...
+    # Take an IN_PROGRESS job over from ``expected_worker`` (None: unclaimed): attempts + 1, findings cleared.
+    def claim_job(self, job_id: str, worker: str, expected_worker: str | None) -> VideoJob | None: ...
+    def record_job_progress(
+        self,
+        job_id: str,
+        worker: str,
+        findings: list[JobFinding],
+        progress_ms: int,
+        video_metadata: dict | None = None,
+    ) -> bool: ...
+    def finish_job(self, job_id: str, worker: str | None, status: str, message: str | None) -> VideoJob | None: ...
+    # Findings in TIMESTAMP (time, then track) or INDEX (track, then time) order.
+    def job_findings(self, job_id: str, order: str, offset: int, limit: int) -> list[JobFinding]: ...
+
+
 class Store(
-    CollectionStore, FaceStore, FaceSearchStore, RequestTokens, KeyStore, GovernanceStore, SourceStore, Protocol
+    CollectionStore,
+    FaceStore,
+    FaceSearchStore,
+    RequestTokens,
+    KeyStore,
+    GovernanceStore,
+    SourceStore,
+    JobStore,
+    Protocol,
 ):
     """Every port at once: what the service and the governance layer are given today."""
 

@@ -12,6 +12,7 @@ database owner who is not a superuser cannot do, so an administrator may have to
 
 from __future__ import annotations
 
+import json
 import struct
 import threading
 import time
@@ -23,13 +24,16 @@ from facegate.store import (
     AccessKey,
     Collection,
     Gallery,
+    JobFinding,
     ObjectSource,
     Organisation,
     PolicyState,
     StoredFace,
     StoredUser,
     UseCase,
+    VideoJob,
 )
+from facegate.store.job_rows import JOB_COLUMN_COUNT, JOB_COLUMNS, job_from_row, job_row, json_or_none
 
 try:
     import psycopg
@@ -165,6 +169,39 @@ MIGRATIONS: list[str] = [
         created_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (owner, name)
     );
+    """,
+    # Stored-video jobs and what they found.
+    """
+    CREATE TABLE IF NOT EXISTS video_jobs (
+        job_id TEXT COLLATE "C" PRIMARY KEY,
+        owner TEXT COLLATE "C" NOT NULL,
+        api TEXT NOT NULL,
+        status TEXT NOT NULL,
+        request TEXT NOT NULL,
+        requester TEXT NOT NULL,
+        client_token TEXT COLLATE "C",
+        fingerprint TEXT,
+        status_message TEXT,
+        video_metadata TEXT,
+        progress_ms BIGINT NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        worker TEXT,
+        heartbeat DOUBLE PRECISION,
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE UNIQUE INDEX IF NOT EXISTS video_jobs_by_token ON video_jobs (owner, api, client_token)
+        WHERE client_token IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS video_jobs_by_status ON video_jobs (status, owner);
+    CREATE TABLE IF NOT EXISTS video_job_findings (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        job_id TEXT COLLATE "C" NOT NULL REFERENCES video_jobs (job_id) ON DELETE CASCADE,
+        timestamp_ms BIGINT NOT NULL,
+        person_index INTEGER,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS findings_by_time ON video_job_findings (job_id, timestamp_ms, person_index, seq);
+    CREATE INDEX IF NOT EXISTS findings_by_person ON video_job_findings (job_id, person_index, timestamp_ms, seq);
     """,
 ]
 
@@ -664,6 +701,98 @@ class PostgresStore:
             removed = db.execute("DELETE FROM object_sources WHERE owner = %s AND name = %s", (owner, name)).rowcount
             self._bump_governance(db)
         return bool(removed)
+
+    # Video jobs
+
+    def add_job(self, job: VideoJob) -> VideoJob:
+        db = self._db
+        with db.transaction():
+            inserted = db.execute(
+                f"INSERT INTO video_jobs ({JOB_COLUMNS}) VALUES ({', '.join(['%s'] * JOB_COLUMN_COUNT)}) "
+                "ON CONFLICT DO NOTHING",
+                job_row(job),
+            ).rowcount
+            if inserted:
+                return job
+            row = db.execute(
+                f"SELECT {JOB_COLUMNS} FROM video_jobs WHERE owner = %s AND api = %s AND client_token = %s",
+                (job.owner, job.api, job.client_token),
+            ).fetchone()
+        if row is None:
+            raise ConflictException(f"Job id {job.job_id} is already taken.")
+        return job_from_row(row)
+
+    def get_job(self, owner: str, job_id: str) -> VideoJob | None:
+        row = self._db.execute(
+            f"SELECT {JOB_COLUMNS} FROM video_jobs WHERE owner = %s AND job_id = %s", (owner, job_id)
+        ).fetchone()
+        return job_from_row(row) if row else None
+
+    def list_jobs(self, owner: str | None = None, status: str | None = None) -> list[VideoJob]:
+        rows = self._db.execute(
+            f"SELECT {JOB_COLUMNS} FROM video_jobs WHERE (%s::text IS NULL OR owner = %s) "
+            "AND (%s::text IS NULL OR status = %s) ORDER BY created_at DESC, job_id",
+            (owner, owner, status, status),
+        ).fetchall()
+        return [job_from_row(row) for row in rows]
+
+    def claim_job(self, job_id: str, worker: str, expected_worker: str | None) -> VideoJob | None:
+        db = self._db
+        now = time.time()
+        with db.transaction():
+            row = db.execute(
+                "UPDATE video_jobs SET worker = %s, heartbeat = %s, attempts = attempts + 1, progress_ms = 0, "
+                "updated_at = %s WHERE job_id = %s AND status = 'IN_PROGRESS' AND worker IS NOT DISTINCT FROM %s "
+                f"RETURNING {JOB_COLUMNS}",
+                (worker, now, now, job_id, expected_worker),
+            ).fetchone()
+            if row:
+                db.execute("DELETE FROM video_job_findings WHERE job_id = %s", (job_id,))
+        return job_from_row(row) if row else None
+
+    def record_job_progress(
+        self,
+        job_id: str,
+        worker: str,
+        findings: list[JobFinding],
+        progress_ms: int,
+        video_metadata: dict | None = None,
+    ) -> bool:
+        db = self._db
+        now = time.time()
+        with db.transaction():
+            updated = db.execute(
+                "UPDATE video_jobs SET heartbeat = %s, updated_at = %s, progress_ms = GREATEST(progress_ms, %s), "
+                "video_metadata = COALESCE(%s, video_metadata) "
+                "WHERE job_id = %s AND worker = %s AND status = 'IN_PROGRESS'",
+                (now, now, progress_ms, json_or_none(video_metadata), job_id, worker),
+            ).rowcount
+            if updated and findings:
+                with db.cursor() as cursor:
+                    cursor.executemany(
+                        "INSERT INTO video_job_findings (job_id, timestamp_ms, person_index, body) "
+                        "VALUES (%s, %s, %s, %s)",
+                        [(job_id, f.timestamp_ms, f.person_index, json.dumps(f.body)) for f in findings],
+                    )
+        return bool(updated)
+
+    def finish_job(self, job_id: str, worker: str | None, status: str, message: str | None) -> VideoJob | None:
+        row = self._db.execute(
+            "UPDATE video_jobs SET status = %s, status_message = %s, worker = NULL, updated_at = %s "
+            "WHERE job_id = %s AND worker IS NOT DISTINCT FROM %s AND status = 'IN_PROGRESS' "
+            f"RETURNING {JOB_COLUMNS}",
+            (status, message, time.time(), job_id, worker),
+        ).fetchone()
+        return job_from_row(row) if row else None
+
+    def job_findings(self, job_id: str, order: str, offset: int, limit: int) -> list[JobFinding]:
+        by = "timestamp_ms, person_index, seq" if order == "TIMESTAMP" else "person_index, timestamp_ms, seq"
+        rows = self._db.execute(
+            "SELECT timestamp_ms, person_index, body FROM video_job_findings WHERE job_id = %s "
+            f"ORDER BY {by} LIMIT %s OFFSET %s",
+            (job_id, limit, offset),
+        ).fetchall()
+        return [JobFinding(t, i, json.loads(body)) for t, i, body in rows]
 
     def get_setting(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM settings WHERE key = %s", (key,)).fetchone()
