@@ -55,6 +55,7 @@ from facegate.results import (
     UserPage,
 )
 from facegate.store import Collection, StoredFace, StoredUser
+from facegate.video_commands import jobs_app, notifications_app, video_app
 from facegate.wire import to_wire
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="facegate: accountable face recognition.")
@@ -635,6 +636,9 @@ app.add_typer(policies_app, name="policies")
 app.add_typer(sources_app, name="sources")
 app.add_typer(audit_app, name="audit", help="The tamper-evident audit log: verify, export, show.")
 app.add_typer(fairness_app, name="fairness", help="Bias audits and the ACLU experiment.")
+app.add_typer(video_app, name="video")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(notifications_app, name="notifications")
 
 
 def _key_ring():

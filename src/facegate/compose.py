@@ -76,7 +76,19 @@ class Facegate:
     def service(self):
         from facegate.service import FaceService
 
-        return FaceService(self.store, self.engine, region=self.settings.regions[0])
+        return FaceService(self.store, self.engine, region=self.settings.regions[0], videos=self.videos)
+
+    @cached_property
+    def videos(self):
+        from facegate.sources import VideoObjects
+
+        return VideoObjects(self.store, self.keys, Path(self.settings.data_dir) / "video-scratch")
+
+    @cached_property
+    def jobs(self):
+        from facegate.jobs import VideoJobs
+
+        return VideoJobs(self.governed, self.store, self.videos)
 
     @cached_property
     def keys(self):
@@ -113,6 +125,8 @@ class Facegate:
         return GovernedService(self.governance, self.service)
 
     def close(self) -> None:
+        if "jobs" in self.__dict__:
+            self.jobs.close()
         if "store" in self.__dict__:
             self.store.close()
         if "audit" in self.__dict__:

@@ -56,6 +56,18 @@ class InvalidS3ObjectException(_ClientError):
     code = "InvalidS3ObjectException"
 
 
+class VideoTooLargeException(_ClientError):
+    """Rekognition's VideoTooLargeException."""
+
+    code = "VideoTooLargeException"
+
+
+class LimitExceededException(_ClientError):
+    """Rekognition's LimitExceededException: too many jobs in progress."""
+
+    code = "LimitExceededException"
+
+
 class ResourceNotFoundException(_ClientError):
     """Rekognition's ResourceNotFoundException."""
 

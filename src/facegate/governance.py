@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -26,6 +27,7 @@ from facegate.config import DEFAULT_OWNER
 from facegate.errors import InvalidParameterException, ResourceNotFoundException
 from facegate.fairness.calibrated import AuditCurves
 from facegate.keys import IssuedKey, KeyRing, Principal
+from facegate.notifications import NOTIFICATION_CHANNELS, notification_channels
 from facegate.policy.gate import Circumstances, CompiledPolicies, Decision, PolicyInvalid, Subject, Target, decide
 from facegate.policy.templates import CATEGORIES, PURPOSES, TEMPLATES, parse_params
 from facegate.results import (
@@ -36,8 +38,11 @@ from facegate.results import (
     FacesLoaded,
     FacesPurged,
     IndexResult,
+    JobStarted,
     Result,
     UserMatches,
+    VideoBatch,
+    VideoJobResults,
 )
 from facegate.store import AccessKey, ObjectSource, Organisation, PolicyState, Store, UseCase
 
@@ -49,6 +54,7 @@ THRESHOLD_MEMBER = {
     "CompareFaces": "SimilarityThreshold",
     "SearchUsers": "UserMatchThreshold",
     "SearchUsersByImage": "UserMatchThreshold",
+    "StartFaceSearch": "FaceMatchThreshold",
 }
 RESULTS_MEMBER = {
     "SearchFaces": "MaxFaces",
@@ -208,6 +214,30 @@ class Governance:
 
     def sources(self, owner: str | None = None) -> list[ObjectSource]:
         return self.store.list_sources(owner)
+
+    # Notification channels (a video job's SNS topic, delivered to a webhook)
+
+    def add_notification(self, owner: str, topic_arn: str, url: str, reason: str, actor: str = OPERATOR) -> None:
+        if owner != DEFAULT_OWNER:
+            self._organisation(owner)
+        if not re.fullmatch(r"arn:aws:sns:[^:]*:\d{12}:[A-Za-z0-9_-]{1,256}", topic_arn):
+            raise InvalidParameterException(f"{topic_arn!r} is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME).")
+        if not re.match(r"^https?://[^\s/@]+(/|$)", url):
+            raise InvalidParameterException(f"Webhook {url!r} is not an http(s) URL without credentials in it.")
+        channels = notification_channels(self.store)
+        channels.setdefault(owner, {})[topic_arn] = url
+        self.store.set_setting(NOTIFICATION_CHANNELS, json.dumps(channels))
+        self.record_event("notification_added", actor, organisation=owner, topic=topic_arn, url=url, reason=reason)
+
+    def remove_notification(self, owner: str, topic_arn: str, reason: str, actor: str = OPERATOR) -> None:
+        channels = notification_channels(self.store)
+        if channels.get(owner, {}).pop(topic_arn, None) is None:
+            raise ResourceNotFoundException(f"Organisation {owner} has no notification channel {topic_arn}.")
+        self.store.set_setting(NOTIFICATION_CHANNELS, json.dumps(channels))
+        self.record_event("notification_removed", actor, organisation=owner, topic=topic_arn, reason=reason)
+
+    def notifications(self) -> dict[str, dict[str, str]]:
+        return notification_channels(self.store)
 
     def _organisation(self, name: str) -> Organisation:
         organisation = self.store.get_organisation(name)
@@ -636,6 +666,24 @@ class Governance:
         elif isinstance(result, FacesLoaded):
             facts["faces_found"] = len(result.loaded)
             facts["indexed_face_ids"] = list(result.loaded)
+        elif isinstance(result, JobStarted):
+            facts["job_id"] = result.job_id
+        elif isinstance(result, VideoJobResults):
+            facts.update(job_id=result.job.job_id, job_status=result.job.status)
+            facts["results_returned"] = len(result.persons) + len(result.faces)
+        elif isinstance(result, VideoBatch):  # every person matched, with when and to which faces
+            facts["frames"] = [result.frames[0], result.frames[-1]] if result.frames else []
+            if not result.persons:
+                facts["faces_found"] = len(result.faces)
+            facts["matches"] = [
+                {
+                    "timestamp_ms": p.timestamp_ms,
+                    "person": p.index,
+                    "face_ids": [m.face.face_id for m in p.matches],
+                    "similarities": [round(m.similarity, 4) for m in p.matches],
+                }
+                for p in result.persons
+            ]
         return facts
 
     def record_event(self, event: str, actor: str, **facts: Any) -> None:

@@ -14,18 +14,23 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from facegate.errors import AccessDeniedException, FacegateError, InternalServerError
 from facegate.governance import GateOutcome, Governance
 from facegate.keys import Principal
-from facegate.results import FacesPurged, IndexResult, Result
+from facegate.results import FacesPurged, IndexResult, Result, VideoBatch
 from facegate.service import FaceService
 from facegate.sources import resolve_images
+from facegate.store import VideoJob
+from facegate.tracking import PersonTracker
 
 log = logging.getLogger("facegate")
 RETENTION_ACTOR = "retention"
@@ -45,6 +50,8 @@ MUTATIONS = frozenset(
         "UntagResource",
         "PurgeFaces",
         "LoadFaces",
+        "StartFaceSearch",
+        "StartFaceDetection",
     }
 )
 
@@ -88,6 +95,8 @@ class GovernedService:
         AccessDeniedException for a denial, or AuditUnavailable when the audit log cannot be written."""
         context = context or RequestContext()
         facts = {"request_id": context.request_id, "image_sha256": context.image_sha256 or image_digests(params)}
+        if isinstance(params.get("Video"), dict):
+            facts["video"] = params["Video"]
         outcome = self._decide(principal, operation, params, context, facts)
         intent = self._intent(outcome, principal, operation, facts) if operation in MUTATIONS else None
         try:
@@ -95,7 +104,7 @@ class GovernedService:
             params = resolve_images(self.governance.store, principal.owner, outcome.params, self.governance.keys)
             if params is not outcome.params:  # every image's digest, Bytes and S3Object alike, in member order
                 facts["image_sha256"] = image_digests(params)
-            result = self.service.call(principal.owner, operation, params)
+            result = self.service.call(principal.owner, operation, params, _requester(principal, context))
         except Exception as raised:
             raise self._failed(raised, outcome, principal, operation, context, facts, intent) from None
         facts.update(Governance.summarise_result(operation, result))
@@ -169,6 +178,39 @@ class GovernedService:
                 results[i] = Outcome(result, outcome, contexts[i].request_id, entry["seq"])
         return results  # type: ignore[return-value]
 
+    def analyse_video(self, job: VideoJob, frames: list[tuple[int, np.ndarray]], tracker: PersonTracker) -> VideoBatch:
+        """One batch of a running video job, governed like a request of its own: the gate decides again as the
+        job's requester (a revocation or a kill switch stops the job here, AccessDeniedException), the service
+        analyses the frames, and the batch's matches (persons, timestamps, face ids, similarities) are audited."""
+        principal, context = _requester_of(job)
+        operation = f"Start{job.api}"
+        facts = {"request_id": str(uuid.uuid4()), "job_id": job.job_id}
+        outcome = self._decide(principal, operation, job.request, context, facts, event="video-batch")
+        try:
+            batch = self.service.analyse_video(principal.owner, job, frames, tracker)
+        except Exception as raised:
+            error = self._failed(raised, outcome, principal, operation, context, {**facts, "event": "video-batch"}, None)
+            raise error from None
+        facts.update(Governance.summarise_result(operation, batch))
+        self.governance.record_request(
+            outcome, principal, operation, event="video-batch", decision="allow", latency_ms=_ms(context.started), **facts
+        )
+        return batch
+
+    def job_finished(self, job: VideoJob) -> None:
+        """The audit's record of how a video job ended."""
+        principal, _ = _requester_of(job)
+        self.governance.record_request(
+            None,
+            principal,
+            f"Start{job.api}",
+            event="video-job-finished",
+            job_id=job.job_id,
+            job_status=job.status,
+            reason=(job.status_message or "")[:500] or None,
+            attempts=job.attempts,
+        )
+
     def purge_expired(self, *, dry_run: bool = False) -> list[dict]:
         """Delete every face past its collection's retention, each collection's as one governed PurgeFaces run
         by the retention operator (faces associated with a user too: the law asks for it); each face's
@@ -205,7 +247,13 @@ class GovernedService:
         return report
 
     def _decide(
-        self, principal: Principal, operation: str, params: dict, context: RequestContext, facts: dict
+        self,
+        principal: Principal,
+        operation: str,
+        params: dict,
+        context: RequestContext,
+        facts: dict,
+        event: str | None = None,
     ) -> GateOutcome:
         """The gate's decision; a denial (or a gate that fails) is audited and raised."""
         try:
@@ -227,6 +275,7 @@ class GovernedService:
                 reason=outcome.decision.reason,
                 latency_ms=_ms(context.started),
                 **facts,
+                **({"event": event} if event else {}),
             )
             raise AccessDeniedException(
                 f"Denied by policy {', '.join(outcome.decision.policies) or '(none)'}: {outcome.decision.reason}.",
@@ -257,6 +306,22 @@ class GovernedService:
         self.governance.record_request(outcome, principal, operation, **_error_facts(error, context, facts, intent))
         error.audited = True
         return error
+
+
+def _requester(principal: Principal, context: RequestContext) -> dict:
+    """Who asked, as a video job keeps it to ask the gate again before each batch."""
+    return {
+        "principal": dataclasses.asdict(principal),
+        "case_reference": context.case_reference,
+        "consent_reference": context.consent_reference,
+        "request_id": context.request_id,
+    }
+
+
+def _requester_of(job: VideoJob) -> tuple[Principal, RequestContext]:
+    asked = job.requester
+    context = RequestContext(case_reference=asked.get("case_reference"), consent_reference=asked.get("consent_reference"))
+    return Principal(**asked["principal"]), context
 
 
 def _error_facts(error: FacegateError, context: RequestContext, facts: dict, intent: int | None) -> dict:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from facegate.store import Collection, StoredFace, StoredUser
+from facegate.store import Collection, JobFinding, StoredFace, StoredUser, VideoJob
 
 if TYPE_CHECKING:  # the engine's package loads dlib: the audit reads results without the face models
     from facegate.engine import AnalysedImage, Face
@@ -272,6 +272,57 @@ class ResourceTags:
     tags: Mapping[str, str]
 
 
+# Stored video
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    """StartFaceSearch or StartFaceDetection: the job's id (an earlier job's, for a repeated ClientRequestToken)."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
+class PersonMatch:
+    """A person (``index``: the same number throughout the video) at one timestamp, with the collection's faces
+    their face matched, most similar first."""
+
+    timestamp_ms: int
+    index: int
+    face: FoundFace
+    matches: tuple[FaceMatch, ...]
+
+
+@dataclass(frozen=True)
+class VideoFace:
+    """A face found at one timestamp of a video."""
+
+    timestamp_ms: int
+    face: FoundFace
+
+
+@dataclass(frozen=True)
+class VideoJobResults:
+    """GetFaceSearch (``persons``) or GetFaceDetection (``faces``): the job's state and, once it has succeeded,
+    one page of what it found."""
+
+    job: VideoJob
+    persons: tuple[PersonMatch, ...] = ()
+    faces: tuple[VideoFace, ...] = ()
+    next_token: str | None = None
+
+
+@dataclass(frozen=True)
+class VideoBatch:
+    """What one batch of a running job's sampled frames yielded (not a Rekognition response): the findings to
+    store, and the persons matched or faces found, for the audit."""
+
+    findings: tuple[JobFinding, ...]
+    persons: tuple[PersonMatch, ...] = ()
+    faces: tuple[VideoFace, ...] = ()
+    frames: tuple[int, ...] = ()  # the batch's sampled timestamps
+
+
 Result = (
     CollectionCreated
     | CollectionDescription
@@ -292,4 +343,7 @@ Result = (
     | UserMatches
     | TagsChanged
     | ResourceTags
+    | JobStarted
+    | VideoJobResults
+    | VideoBatch
 )

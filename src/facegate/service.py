@@ -12,10 +12,12 @@ import base64
 import binascii
 import hashlib
 import json
+import secrets
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -27,9 +29,13 @@ from facegate.errors import (
     InvalidPaginationTokenException,
     InvalidParameterException,
     InvalidS3ObjectException,
+    LimitExceededException,
     ResourceNotFoundException,
     ServiceQuotaExceededException,
+    VideoTooLargeException,
 )
+from facegate.keys import OPERATOR_ROLE
+from facegate.notifications import notification_url
 from facegate.quality import filter_reasons
 from facegate.results import (
     Association,
@@ -49,6 +55,8 @@ from facegate.results import (
     FacesPurged,
     FoundFace,
     IndexResult,
+    JobStarted,
+    PersonMatch,
     ResourceTags,
     Result,
     TagsChanged,
@@ -59,10 +67,24 @@ from facegate.results import (
     UserMatch,
     UserMatches,
     UserPage,
+    VideoBatch,
+    VideoFace,
+    VideoJobResults,
 )
-from facegate.store import Collection, Store, StoredFace, StoredUser
+from facegate.store import Collection, Store, StoredFace, StoredUser, VideoJob
 from facegate.store.search import FaceSearch, distances
+from facegate.tracking import PersonTracker
 from facegate.validation import validate_request
+from facegate.video import (
+    DETECTION,
+    IN_PROGRESS,
+    SEARCH,
+    SUCCEEDED,
+    face_finding,
+    face_of,
+    person_finding,
+    person_of,
+)
 
 DEFAULT_THRESHOLD = 80.0  # FaceMatchThreshold, SimilarityThreshold, UserMatchThreshold
 ASSOCIATE_THRESHOLD = 75.0  # AssociateFaces' UserMatchThreshold default
@@ -72,6 +94,11 @@ DEFAULT_USER_PAGE = 100
 MAX_FACES_PER_USER = 100
 MAX_COMPARE_TARGETS = 100
 REGION = "us-east-1"
+MAX_JOBS_IN_PROGRESS = 20  # per organisation, as Rekognition's default quota
+MAX_VIDEO_BYTES = 10 * 1024**3
+MAX_JOB_PAGE = 1000
+MAX_VIDEO_MATCHES = 100  # per face per sampled frame
+VIDEO_STARTS = frozenset({"StartFaceSearch", "StartFaceDetection"})
 
 
 @dataclass(frozen=True)
@@ -87,11 +114,13 @@ class _PendingIndex:
 class FaceService:
     """Rekognition's face operations over a face engine and a store."""
 
-    def __init__(self, store: Store, engine: FaceEngine, region: str = REGION) -> None:
+    def __init__(self, store: Store, engine: FaceEngine, region: str = REGION, videos: VideoSizes | None = None) -> None:
         self.store = store
         self.search = FaceSearch(store)
         self.engine = engine
         self.region = region
+        self.videos = videos
+        self.on_job_added: Callable[[], None] | None = None  # the job runner's wake-up, where one runs
         self._operations: dict[str, Callable[[str, dict], Result]] = {
             "CreateCollection": self.create_collection,
             "DescribeCollection": self.describe_collection,
@@ -114,6 +143,12 @@ class FaceService:
             "TagResource": self.tag_resource,
             "UntagResource": self.untag_resource,
             "ListTagsForResource": self.list_tags_for_resource,
+            "GetFaceSearch": self.get_face_search,
+            "GetFaceDetection": self.get_face_detection,
+        }
+        self._starts: dict[str, Callable[[str, dict, dict], Result]] = {
+            "StartFaceSearch": self.start_face_search,
+            "StartFaceDetection": self.start_face_detection,
         }
         # facegate's own operations, beyond Rekognition's: checked here, not against botocore's model.
         self._internal: dict[str, Callable[[str, dict], Result]] = {
@@ -124,12 +159,17 @@ class FaceService:
     @property
     def operations(self) -> frozenset[str]:
         """The Rekognition operations (what the HTTP API serves)."""
-        return frozenset(self._operations)
+        return frozenset(self._operations) | frozenset(self._starts)
 
-    def call(self, owner: str, operation: str, params: dict) -> Result:
-        """Validate ``params`` against Rekognition's model and run ``operation`` for ``owner``."""
+    def call(self, owner: str, operation: str, params: dict, requester: dict | None = None) -> Result:
+        """Validate ``params`` against Rekognition's model and run ``operation`` for ``owner``. A video job's
+        Start keeps ``requester`` (who asked, as the governed operation recorded it) with the job."""
         if operation in self._internal:
             return self._internal[operation](owner, params)
+        if operation in self._starts:
+            if requester is None:
+                raise InvalidParameterException(f"{operation} needs the requester its job will run for.")
+            return self._starts[operation](owner, _validate_start(operation, params, requester), requester)
         handler = self._operations.get(operation)
         if handler is None:
             raise InvalidParameterException(f"Operation {operation} is not supported by facegate.")
@@ -545,6 +585,108 @@ class FaceService:
         scored = [(float(self.engine.similarity.similarity(n.distance)), n.user_id) for n in found]
         return tuple(UserMatch(s, u) for s, u in scored if s >= threshold)
 
+    # Stored video
+
+    def start_face_search(self, owner: str, p: dict, requester: dict) -> JobStarted:
+        collection = self._collection(owner, p["CollectionId"])
+        self._check_model(collection)
+        return self._start_job(owner, SEARCH, p, requester)
+
+    def start_face_detection(self, owner: str, p: dict, requester: dict) -> JobStarted:
+        return self._start_job(owner, DETECTION, p, requester)
+
+    def _start_job(self, owner: str, api: str, p: dict, requester: dict) -> JobStarted:
+        if self.videos is None:
+            raise InvalidParameterException("This facegate has no video sources configured.")
+        size = self.videos.size(owner, p["Video"], local=_is_local(requester))
+        if size > MAX_VIDEO_BYTES:
+            raise VideoTooLargeException(f"The video is {size:,} bytes; at most {MAX_VIDEO_BYTES:,} can be analysed.")
+        channel = p.get("NotificationChannel")
+        if channel and notification_url(self.store, owner, channel["SNSTopicArn"]) is None:
+            raise InvalidParameterException(
+                f"SNSTopicArn {channel['SNSTopicArn']} is not a notification channel configured for {owner} "
+                "(facegate notifications add)."
+            )
+        fingerprint = _fingerprint(p)
+        token = p.get("ClientRequestToken")
+        running = self.store.list_jobs(owner, IN_PROGRESS)
+        repeat = next((j for j in running if token and j.client_token == token and j.api == api), None)
+        if repeat is None and len(running) >= MAX_JOBS_IN_PROGRESS:
+            raise LimitExceededException(
+                f"{owner} has {len(running)} video jobs in progress, the most it may have: wait for one to finish."
+            )
+        now = time.time()
+        job = VideoJob(
+            job_id=secrets.token_hex(32),
+            owner=owner,
+            api=api,
+            status=IN_PROGRESS,
+            request=_json_safe(p),
+            requester=requester,
+            created_at=now,
+            updated_at=now,
+            client_token=token,
+            fingerprint=fingerprint,
+        )
+        stored = self.store.add_job(job)
+        if stored.job_id != job.job_id:
+            if stored.fingerprint != fingerprint:
+                raise IdempotentParameterMismatchException(
+                    f"ClientRequestToken {token} was already used for a different Start{api} request."
+                )
+            return JobStarted(stored.job_id)
+        if self.on_job_added is not None:
+            self.on_job_added()
+        return JobStarted(job.job_id)
+
+    def get_face_search(self, owner: str, p: dict) -> VideoJobResults:
+        job = self._job(owner, p["JobId"], SEARCH)
+        findings, token = self._findings(owner, job, p, p.get("SortBy", "TIMESTAMP"))
+        return VideoJobResults(job, persons=tuple(person_of(f) for f in findings), next_token=token)
+
+    def get_face_detection(self, owner: str, p: dict) -> VideoJobResults:
+        job = self._job(owner, p["JobId"], DETECTION)
+        findings, token = self._findings(owner, job, p, "TIMESTAMP")
+        return VideoJobResults(job, faces=tuple(face_of(f) for f in findings), next_token=token)
+
+    def analyse_video(
+        self, owner: str, job: VideoJob, frames: list[tuple[int, np.ndarray]], tracker: PersonTracker
+    ) -> VideoBatch:
+        """One batch of a running job's sampled frames (not a Rekognition operation): faces found (and, for face
+        search, followed into persons and each searched in the collection at every sampled frame)."""
+        search = job.api == SEARCH
+        analysed = self.engine.analyse_many([frame for _, frame in frames], embed=search)
+        stamps = tuple(t for t, _ in frames)
+        if not search:
+            pairs = zip(stamps, analysed, strict=True)
+            faces = tuple(VideoFace(t, FoundFace.of(f, image)) for t, image in pairs for f in image.faces)
+            return VideoBatch(tuple(face_finding(f) for f in faces), faces=faces, frames=stamps)
+        collection = self._collection(owner, job.request["CollectionId"])  # deleted meanwhile: the job fails
+        threshold = job.request.get("FaceMatchThreshold", DEFAULT_THRESHOLD)
+        persons: list[PersonMatch] = []
+        for t, image in zip(stamps, analysed, strict=True):
+            for face, index in zip(image.faces, tracker.assign(t, image.faces), strict=True):
+                matches = self._search(collection, face.embedding, threshold, MAX_VIDEO_MATCHES)
+                if matches:  # Persons lists the persons whose face matched, at the timestamps it did
+                    persons.append(PersonMatch(t, index, FoundFace.of(face, image), matches))
+        return VideoBatch(tuple(person_finding(p) for p in persons), persons=tuple(persons), frames=stamps)
+
+    def _job(self, owner: str, job_id: str, api: str) -> VideoJob:
+        job = self.store.get_job(owner, job_id)
+        if job is None or job.api != api:
+            raise ResourceNotFoundException(f"The job id: {job_id} does not exist")
+        return job
+
+    def _findings(self, owner: str, job: VideoJob, p: dict, order: str) -> tuple[list, str | None]:
+        limit = min(p.get("MaxResults") or MAX_JOB_PAGE, MAX_JOB_PAGE)
+        scope = f"{owner}/{job.job_id}/{order}"
+        offset = int(_read_token(p.get("NextToken"), f"Get{job.api}", scope) or 0)
+        if job.status != SUCCEEDED:  # results are answered once the whole video is analysed
+            return [], None
+        page = self.store.job_findings(job.job_id, order, offset, limit + 1)
+        more = len(page) > limit
+        return page[:limit], _make_token(str(offset + limit), f"Get{job.api}", scope) if more else None
+
     # Tags
 
     def tag_resource(self, owner: str, p: dict) -> TagsChanged:
@@ -645,6 +787,30 @@ def _image_bytes(image: dict, member: str = "Image") -> bytes:
     if "Bytes" not in image:
         raise InvalidParameterException(f"{member} needs Bytes: the image's bytes (base64 on the wire).")
     return image["Bytes"]
+
+
+class VideoSizes(Protocol):
+    """What a job's Start checks of its video (``sources.VideoObjects``): that it exists, and its size."""
+
+    def size(self, owner: str, video: dict, *, local: bool = False) -> int: ...
+
+
+def _is_local(requester: dict) -> bool:
+    return requester.get("principal", {}).get("role") == OPERATOR_ROLE
+
+
+def _validate_start(operation: str, params: dict, requester: dict) -> dict:
+    """Rekognition's model for the Start request; the local operator may instead name a file, Video.File."""
+    video = params.get("Video")
+    if isinstance(video, dict) and set(video) == {"File"} and _is_local(requester):
+        checked = validate_request(operation, {**params, "Video": {"S3Object": {"Bucket": "local", "Name": "file"}}})
+        return {**checked, "Video": {"File": str(video["File"])}}
+    return validate_request(operation, params)
+
+
+def _json_safe(p: dict) -> dict:
+    """A validated Start request as it is kept with its job (its members are all JSON already)."""
+    return json.loads(json.dumps(p))
 
 
 # Pagination tokens: opaque to clients, bound to the listing they continue.

@@ -9,15 +9,18 @@ equal the object's SHA-256 (or an S3 VersionId), and another organisation's Buck
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import re
 import stat
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from facegate.errors import ImageTooLargeException, InvalidParameterException, InvalidS3ObjectException
 from facegate.store import ObjectSource, SourceStore
@@ -196,8 +199,22 @@ def _exists(client, bucket: str, key: str) -> bool:
 
 
 def _read_in_directory(root: Path, name: str, member: str) -> bytes:
-    """Open ``name`` one component at a time from the source's root, never following a symlink and never
-    blocking on something that is not a regular file, so that nothing swapped in meanwhile can lead outside."""
+    """The bytes of ``name`` in the source's directory (see ``_open_in_directory``)."""
+    fd = _open_in_directory(root, name)
+    with os.fdopen(fd, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > MAX_OBJECT_BYTES:
+            raise _too_large(size, member)
+        data = fh.read(MAX_OBJECT_BYTES + 1)
+    if len(data) > MAX_OBJECT_BYTES:
+        raise _too_large(len(data), member)
+    return data
+
+
+def _open_in_directory(root: Path, name: str) -> int:
+    """A descriptor of regular file ``name`` opened one component at a time from the source's root, never
+    following a symlink and never blocking on something that is not a regular file, so that nothing swapped in
+    meanwhile can lead outside."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
     opened: list[int] = []
     try:
@@ -206,18 +223,119 @@ def _read_in_directory(root: Path, name: str, member: str) -> bytes:
         for folder in folders:
             opened.append(os.open(folder, flags | os.O_DIRECTORY, dir_fd=opened[-1]))
         opened.append(os.open(leaf, flags | os.O_NONBLOCK, dir_fd=opened[-1]))
-        info = os.fstat(opened[-1])
-        if not stat.S_ISREG(info.st_mode):
+        if not stat.S_ISREG(os.fstat(opened[-1]).st_mode):
             raise InvalidS3ObjectException(_NOT_FOUND)
-        if info.st_size > MAX_OBJECT_BYTES:
-            raise _too_large(info.st_size, member)
-        with os.fdopen(opened.pop(), "rb") as fh:
-            data = fh.read(MAX_OBJECT_BYTES + 1)
+        return opened.pop()
     except OSError:  # missing, a symlink (ELOOP), a file where a folder should be
         raise InvalidS3ObjectException(_NOT_FOUND) from None
     finally:
         for fd in opened:
             os.close(fd)
-    if len(data) > MAX_OBJECT_BYTES:
-        raise _too_large(len(data), member)
-    return data
+
+
+class VideoObjects:
+    """Where a video job's ``Video`` is read from: an S3Object of the owner's sources, or (for the local
+    operator only: the CLI and the Python API) a file on this machine, ``{"File": path}``."""
+
+    def __init__(self, sources: SourceStore, sealer: Sealer, scratch: Path) -> None:
+        self.sources = sources
+        self.sealer = sealer
+        self.scratch = Path(scratch)  # where objects from S3 are downloaded while a job reads them
+
+    def size(self, owner: str, video: dict, *, local: bool = False) -> int:
+        """The video's size in bytes; InvalidS3ObjectException when it cannot be found."""
+        if "File" in video:
+            return self._local_file(video, local).stat().st_size
+        source, name, version = self._locate(owner, video)
+        if source.kind == "dir":
+            fd = _open_in_directory(Path(source.location), name)
+            try:
+                return os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+        client, request = self._s3_request(source, name, version)
+        return int(self._s3_call(client.head_object, request, name, version)["ContentLength"])
+
+    @contextlib.contextmanager
+    def open(self, owner: str, video: dict, *, local: bool = False) -> Iterator[str]:
+        """A path the video can be opened at for as long as the context lasts (a downloaded copy for S3, a
+        descriptor's /proc path for a directory source, so the file read is the one checked)."""
+        if "File" in video:
+            yield str(self._local_file(video, local))
+            return
+        source, name, version = self._locate(owner, video)
+        if source.kind == "dir":
+            fd = _open_in_directory(Path(source.location), name)
+            try:
+                if version is not None and version != _file_sha256(fd):
+                    raise InvalidS3ObjectException(f"Video.S3Object.Version {version!r} is not this object's SHA-256.")
+                yield f"/proc/self/fd/{fd}"
+            finally:
+                os.close(fd)
+            return
+        client, request = self._s3_request(source, name, version)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.scratch, suffix=".video") as copy:
+            body = self._s3_call(client.get_object, request, name, version)["Body"]
+            digest = hashlib.sha256()
+            for chunk in iter(lambda: body.read(1 << 20), b""):
+                copy.write(chunk)
+                digest.update(chunk)
+            copy.flush()
+            if version is not None and _SHA256.fullmatch(version) and version != digest.hexdigest():
+                raise InvalidS3ObjectException(f"Video.S3Object.Version {version!r} is not this object's SHA-256.")
+            yield copy.name
+
+    def _locate(self, owner: str, video: dict) -> tuple[ObjectSource, str, str | None]:
+        s3_object = video.get("S3Object")
+        if not isinstance(s3_object, dict):
+            raise InvalidS3ObjectException("Video needs an S3Object with Bucket and Name.")
+        bucket, name, version = s3_object.get("Bucket"), s3_object.get("Name"), s3_object.get("Version")
+        if not isinstance(bucket, str) or not isinstance(name, str) or not bucket or not name:
+            raise InvalidS3ObjectException("Video.S3Object needs a Bucket and a Name.")
+        source = self.sources.get_source(owner, bucket)
+        if source is None:
+            raise InvalidS3ObjectException(_NOT_FOUND)
+        _check_key(name, "Video")
+        if source.kind not in ("dir", "s3"):
+            raise InvalidS3ObjectException(f"Source {bucket} is of kind {source.kind!r}, which facegate cannot read.")
+        return source, name, version
+
+    def _s3_request(self, source: ObjectSource, name: str, version: str | None) -> tuple[Any, dict]:
+        where = json.loads(source.location)
+        secret = self.sealer.unseal(source.sealed_secret or b"")
+        if secret is None:
+            raise InvalidS3ObjectException(f"The credentials of source {source.name} cannot be unsealed on this server.")
+        request = {"Bucket": where["bucket"], "Key": name}
+        if version is not None and not _SHA256.fullmatch(version):
+            request["VersionId"] = version
+        return _s3_client(where["endpoint"], where["region"], where["access_key_id"], secret), request
+
+    @staticmethod
+    def _s3_call(call: Any, request: dict, name: str, version: str | None) -> dict:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return call(**request)
+        except ClientError:
+            raise InvalidS3ObjectException(_NOT_FOUND) from None
+        except BotoCoreError as exc:
+            raise InvalidS3ObjectException(f"The video's source could not be read: {type(exc).__name__}.") from None
+
+    @staticmethod
+    def _local_file(video: dict, local: bool) -> Path:
+        if not local:
+            raise InvalidS3ObjectException("Video.File is for the local operator: send Video.S3Object.")
+        path = Path(str(video["File"]))
+        if not path.is_absolute() or not path.is_file():
+            raise InvalidS3ObjectException(f"Video.File {str(path)!r} is not an existing file given by absolute path.")
+        return path
+
+
+def _file_sha256(fd: int) -> str:
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()

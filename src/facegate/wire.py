@@ -25,6 +25,8 @@ from facegate.results import (
     FacesDeleted,
     FoundFace,
     IndexResult,
+    JobStarted,
+    PersonMatch,
     ResourceTags,
     Result,
     TagsChanged,
@@ -33,6 +35,8 @@ from facegate.results import (
     UserMatch,
     UserMatches,
     UserPage,
+    VideoFace,
+    VideoJobResults,
 )
 from facegate.store import StoredFace
 
@@ -202,6 +206,55 @@ def _tags(r: ResourceTags) -> Json:
     return {"Tags": dict(r.tags)}
 
 
+# Stored video
+
+
+def _job_started(r: JobStarted) -> Json:
+    return {"JobId": r.job_id}
+
+
+def _face_search_results(r: VideoJobResults) -> Json:
+    return _continued({**_job_status(r), "Persons": [_person_match(p) for p in r.persons]}, r.next_token)
+
+
+def _face_detection_results(r: VideoJobResults) -> Json:
+    return _continued({**_job_status(r), "Faces": [_video_face(f) for f in r.faces]}, r.next_token)
+
+
+def _job_status(r: VideoJobResults) -> Json:
+    job = r.job
+    out: Json = {"JobStatus": job.status}
+    if job.status_message:
+        out["StatusMessage"] = job.status_message
+    if job.video_metadata:
+        m = job.video_metadata
+        out["VideoMetadata"] = {
+            "Codec": m["codec"],
+            "DurationMillis": m["duration_ms"],
+            "Format": m["format"],
+            "FrameRate": m["frame_rate"],
+            "FrameHeight": m["height"],
+            "FrameWidth": m["width"],
+            "ColorRange": m["color_range"],
+        }
+    out.update(JobId=job.job_id, Video=job.request["Video"])
+    if job.request.get("JobTag"):
+        out["JobTag"] = job.request["JobTag"]
+    return out
+
+
+def _person_match(p: PersonMatch) -> Json:
+    return {
+        "Timestamp": p.timestamp_ms,
+        "Person": {"Index": p.index, "BoundingBox": _box(p.face.bounding_box), "Face": _face_detail(p.face)},
+        "FaceMatches": [_face_match(m) for m in p.matches],
+    }
+
+
+def _video_face(f: VideoFace) -> Json:
+    return {"Timestamp": f.timestamp_ms, "Face": _face_detail(f.face)}
+
+
 # Shapes shared by several operations
 
 
@@ -280,4 +333,8 @@ _WRITERS: dict[str, Callable[[Any], Json]] = {
     "TagResource": _done,
     "UntagResource": _done,
     "ListTagsForResource": _tags,
+    "StartFaceSearch": _job_started,
+    "StartFaceDetection": _job_started,
+    "GetFaceSearch": _face_search_results,
+    "GetFaceDetection": _face_detection_results,
 }

@@ -142,7 +142,9 @@ class Circumstances:
     threshold: float | None = None
 
 
-IDENTIFICATION = frozenset({"SearchFaces", "SearchFacesByImage", "SearchUsers", "SearchUsersByImage"})
+IDENTIFICATION = frozenset(
+    {"SearchFaces", "SearchFacesByImage", "SearchUsers", "SearchUsersByImage", "StartFaceSearch", "GetFaceSearch"}
+)
 DEFAULT_THRESHOLD = 80.0
 
 

@@ -206,6 +206,7 @@ def create_app(settings: Settings, *, workers: int | None = None, queue: int | N
     async def lifespan(app: Starlette):
         runner.warm_up()
         prepare_search_indexes_in_background(service)
+        facegate.jobs.start()  # video jobs, including those a stopped server left in progress
         flusher = governance.start_tally_flusher()
         GuardedH11Protocol.on_refusal = governance.tally_unauthenticated
         try:
@@ -213,6 +214,7 @@ def create_app(settings: Settings, *, workers: int | None = None, queue: int | N
         finally:
             flusher.set()
             governance.flush_unauthenticated()
+            facegate.jobs.close()  # before the workers: a batch in flight finishes, the job is left to resume
             runner.close()
             facegate.close()
 

@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -60,11 +60,12 @@ class PooledEngine:
     dies (killed, or crashed in native code) fails the requests it held with InternalServerError, and a new
     pool takes over for the next ones."""
 
-    def __init__(self, new_pool: Callable[[], ProcessPoolExecutor], local: FaceEngine) -> None:
+    def __init__(self, new_pool: Callable[[], ProcessPoolExecutor], local: FaceEngine, workers: int = 1) -> None:
         self._new_pool = new_pool
         self.pool = new_pool()
         self._local = local
         self._lock = threading.Lock()
+        self._threads = ThreadPoolExecutor(max(2, workers), thread_name_prefix="facegate-frames")
 
     @property
     def model_version(self) -> str:
@@ -80,6 +81,11 @@ class PooledEngine:
 
     def analyse_bytes(self, data: bytes, **options: Any):
         return self._remote("analyse_bytes", data, **options)
+
+    def analyse_many(self, images: list, **options: Any) -> list:
+        """Each image in a worker, as many at once as there are workers (a video job's frames)."""
+        futures = [self._threads.submit(self._remote, "analyse", image, **options) for image in images]
+        return [future.result() for future in futures]
 
     def _remote(self, method: str, *args: Any, **kwargs: Any) -> Any:
         pool = self.pool
@@ -97,6 +103,7 @@ class PooledEngine:
         raise result
 
     def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -125,7 +132,7 @@ class OperationRunner:
                 ),
             )
 
-        self.engine = PooledEngine(new_pool, service.engine)
+        self.engine = PooledEngine(new_pool, service.engine, workers)
         service.engine = self.engine  # the service's face work now runs in the pool
         self.service = service
 
