@@ -43,18 +43,16 @@ def video_search(
 
     persons = summarise_persons(list(results.persons))
     table = Table(title=f"{len(persons)} persons matched in {video.name} at similarity ≥ {threshold:g}")
-    for column in ("person", "first seen", "last seen", "frames", "best match", "similarity", "external image id"):
-        table.add_column(column)
+    for column in ("person", "seen", "frames", "similarity", "best match"):
+        table.add_column(column, no_wrap=True)
     for p in persons:
         best = p.best
         table.add_row(
             str(p.index),
-            _clock(p.first_ms),
-            _clock(p.last_ms),
+            f"{_clock(p.first_ms)}–{_clock(p.last_ms)}",
             str(p.sightings),
-            best.face.face_id if best else "",
             f"{best.similarity:.2f}" if best else "",
-            (best.face.external_image_id or "") if best else "",
+            (best.face.external_image_id or best.face.face_id) if best else "",
         )
     out.print(table)
 
