@@ -394,3 +394,77 @@ def test_the_cli_searches_a_local_video(tmp_path, clips, people):
     assert failed.returncode != 0 and "could not be opened" in failed.stderr
     listed = json.loads(run_facegate(home, "jobs", "list", "--json"))
     assert [j["JobStatus"] for j in listed] == ["SUCCEEDED", "SUCCEEDED", "SUCCEEDED"]
+
+
+@pytest.fixture
+def s3_cams(clips):
+    """A local S3-compatible server (moto's server mode) holding door.mp4: the code under test is facegate's S3
+    client downloading a video with the source's credentials."""
+    moto_server = pytest.importorskip("moto.server", reason="moto is not installed: pip install -e '.[test]'")
+    import boto3
+
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    s3 = boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="AKIDCAMS",
+        aws_secret_access_key="cams-secret-0123456789",
+    )  # fmt: skip
+    s3.create_bucket(Bucket="doorbell-footage")
+    s3.put_object(Bucket="doorbell-footage", Key="2020/06/door.mp4", Body=(clips / "door.mp4").read_bytes())
+    yield endpoint
+    server.stop()
+
+
+def test_jobs_read_videos_from_s3_sources_and_the_limits_hold(tmp_path, clips, people, s3_cams, monkeypatch):
+    import hashlib
+
+    from facegate import service as service_module
+    from facegate.compose import Settings, build
+    from facegate.errors import InvalidS3ObjectException, LimitExceededException, VideoTooLargeException
+    from facegate.keys import Principal
+    from facegate.sources import s3_source
+
+    facegate = build(Settings(tmp_path / "data"))
+    try:
+        governance, governed = facegate.governance, facegate.governed
+        governance.create_organisation("acme", "commercial", "US-NY")
+        source = s3_source(
+            "acme", "doorbell", s3_cams, bucket="doorbell-footage", region="us-east-1", access_key_id="AKIDCAMS",
+            secret_access_key="cams-secret-0123456789", sealer=facegate.keys,
+        )  # fmt: skip
+        governance.add_source(source, "pilot")
+        operator = Principal.operator("acme")
+        governed.execute(operator, "CreateCollection", {"CollectionId": "staff"})
+        face = {"Bytes": people["George_W_Bush"][1].read_bytes()}
+        governed.execute(operator, "IndexFaces", {"CollectionId": "staff", "Image": face})
+        digest = hashlib.sha256((clips / "door.mp4").read_bytes()).hexdigest()
+        video = {"S3Object": {"Bucket": "doorbell", "Name": "2020/06/door.mp4", "Version": digest}}
+        started = governed.execute(operator, "StartFaceSearch", {"Video": video, "CollectionId": "staff"}).result
+        job = facegate.jobs.run(started.job_id, "acme")
+        assert job.status == "SUCCEEDED", job.status_message
+        found = governed.execute(operator, "GetFaceSearch", {"JobId": started.job_id}).result
+        assert [p.timestamp_ms for p in found.persons] == DOOR_TIMES
+        assert not list((tmp_path / "data" / "video-scratch").iterdir())  # the downloaded copy is gone
+
+        wrong = {"S3Object": {**video["S3Object"], "Version": "0" * 64}}
+        started = governed.execute(operator, "StartFaceDetection", {"Video": wrong}).result
+        job = facegate.jobs.run(started.job_id, "acme")
+        assert job.status == "FAILED" and "not this object's SHA-256" in job.status_message
+        with pytest.raises(InvalidS3ObjectException):
+            governed.execute(operator, "StartFaceDetection", {"Video": {"S3Object": {"Bucket": "doorbell", "Name": "x"}}})
+
+        monkeypatch.setattr(service_module, "MAX_VIDEO_BYTES", 1000)
+        with pytest.raises(VideoTooLargeException, match="at most 1,000"):
+            governed.execute(operator, "StartFaceDetection", {"Video": video})
+        monkeypatch.setattr(service_module, "MAX_VIDEO_BYTES", 10 * 1024**3)
+        monkeypatch.setattr(service_module, "MAX_JOBS_IN_PROGRESS", 2)
+        for i in range(2):  # nothing runs them: they stay in progress
+            governed.execute(operator, "StartFaceDetection", {"Video": video, "ClientRequestToken": f"t{i}"})
+        with pytest.raises(LimitExceededException, match="2 video jobs in progress"):
+            governed.execute(operator, "StartFaceDetection", {"Video": video})
+        repeat = governed.execute(operator, "StartFaceDetection", {"Video": video, "ClientRequestToken": "t1"})
+        assert repeat.result.job_id  # a repeated token is the same job, not a new one over the limit
+    finally:
+        facegate.close()
