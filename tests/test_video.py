@@ -468,3 +468,23 @@ def test_jobs_read_videos_from_s3_sources_and_the_limits_hold(tmp_path, clips, p
         assert repeat.result.job_id  # a repeated token is the same job, not a new one over the limit
     finally:
         facegate.close()
+
+
+def test_a_video_over_six_hours_is_refused_at_start(tmp_path, clips, monkeypatch):
+    from facegate.compose import Settings, build
+    from facegate.engine import video as video_limits
+    from facegate.errors import VideoTooLargeException
+    from facegate.keys import Principal
+    from facegate.sources import directory_source
+
+    facegate = build(Settings(tmp_path / "data"))
+    try:
+        facegate.governance.add_source(directory_source("default", "cams", clips), "test")
+        monkeypatch.setattr(video_limits, "MAX_VIDEO_MS", 4000)  # the 5-s clip stands for a 7-hour one
+        operator = Principal.operator("default")
+        for video in ({"File": str(clips / "door.mp4")}, {"S3Object": {"Bucket": "cams", "Name": "door.mp4"}}):
+            with pytest.raises(VideoTooLargeException, match="hours long"):
+                facegate.governed.execute(operator, "StartFaceDetection", {"Video": video})
+        assert facegate.store.list_jobs() == []
+    finally:
+        facegate.close()

@@ -75,6 +75,7 @@ class VideoJobs:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._last_heartbeat = 0.0
 
     # Background
 
@@ -125,6 +126,11 @@ class VideoJobs:
         ]
 
     def _heartbeat(self) -> None:
+        """Refresh the lease of jobs whose batches are slow to come (a long download): every quarter lease."""
+        now = time.monotonic()
+        if now - self._last_heartbeat < self.lease_s / 4:
+            return
+        self._last_heartbeat = now
         with self._lock:
             running = dict(self._running)
         for job_id, done in running.items():

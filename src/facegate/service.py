@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from facegate.engine import AnalysedImage, Face, FaceEngine
+from facegate.engine import video as video_limits
 from facegate.errors import (
     ConflictException,
     FacegateError,
@@ -598,9 +599,13 @@ class FaceService:
     def _start_job(self, owner: str, api: str, p: dict, requester: dict) -> JobStarted:
         if self.videos is None:
             raise InvalidParameterException("This facegate has no video sources configured.")
-        size = self.videos.size(owner, p["Video"], local=_is_local(requester))
+        local = _is_local(requester)
+        size = self.videos.size(owner, p["Video"], local=local)
         if size > MAX_VIDEO_BYTES:
             raise VideoTooLargeException(f"The video is {size:,} bytes; at most {MAX_VIDEO_BYTES:,} can be analysed.")
+        duration = self.videos.duration_ms(owner, p["Video"], local=local)  # None: the job checks it
+        if duration is not None and duration > video_limits.MAX_VIDEO_MS:
+            raise VideoTooLargeException(video_limits.too_long(duration))
         channel = p.get("NotificationChannel")
         if channel and notification_url(self.store, owner, channel["SNSTopicArn"]) is None:
             raise InvalidParameterException(
@@ -790,9 +795,11 @@ def _image_bytes(image: dict, member: str = "Image") -> bytes:
 
 
 class VideoSizes(Protocol):
-    """What a job's Start checks of its video (``sources.VideoObjects``): that it exists, and its size."""
+    """What a job's Start checks of its video (``sources.VideoObjects``): that it exists, its size and, where
+    its header can be read in place, its duration."""
 
     def size(self, owner: str, video: dict, *, local: bool = False) -> int: ...
+    def duration_ms(self, owner: str, video: dict, *, local: bool = False) -> int | None: ...
 
 
 def _is_local(requester: dict) -> bool:

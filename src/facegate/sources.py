@@ -256,10 +256,25 @@ class VideoObjects:
         client, request = self._s3_request(source, name, version)
         return int(self._s3_call(client.head_object, request, name, version)["ContentLength"])
 
+    def duration_ms(self, owner: str, video: dict, *, local: bool = False) -> int | None:
+        """The duration the video's header declares, where it can be read in place (a file, a directory source);
+        None for an S3 source (read when the job downloads it) or a header that cannot be read (the job will
+        fail with the reason)."""
+        from facegate.engine.video import VideoError, VideoFile
+
+        if "File" not in video and self._locate(owner, video)[0].kind != "dir":
+            return None
+        try:
+            with self.open(owner, video, local=local, verify=False) as path, VideoFile(path, max_ms=None) as opened:
+                return opened.metadata.duration_ms
+        except VideoError:
+            return None
+
     @contextlib.contextmanager
-    def open(self, owner: str, video: dict, *, local: bool = False) -> Iterator[str]:
+    def open(self, owner: str, video: dict, *, local: bool = False, verify: bool = True) -> Iterator[str]:
         """A path the video can be opened at for as long as the context lasts (a downloaded copy for S3, a
-        descriptor's /proc path for a directory source, so the file read is the one checked)."""
+        descriptor's /proc path for a directory source, so the file read is the one checked). ``verify``: check
+        a Version that is a SHA-256 against the content (reads it all)."""
         if "File" in video:
             yield str(self._local_file(video, local))
             return
@@ -267,7 +282,7 @@ class VideoObjects:
         if source.kind == "dir":
             fd = _open_in_directory(Path(source.location), name)
             try:
-                if version is not None and version != _file_sha256(fd):
+                if verify and version is not None and version != _file_sha256(fd):
                     raise InvalidS3ObjectException(f"Video.S3Object.Version {version!r} is not this object's SHA-256.")
                 yield f"/proc/self/fd/{fd}"
             finally:

@@ -16,7 +16,6 @@ import numpy as np
 
 from facegate.engine.image import working_size
 
-MAX_VIDEO_BYTES = 10 * 1024**3
 MAX_VIDEO_MS = 6 * 3600 * 1000
 # Two frames a second: a face in view for half a second is seen, at a quarter of the detector's work of every
 # frame at 8 fps; faces between samples are not reported (Rekognition's timestamps are as coarse).
@@ -46,10 +45,11 @@ class VideoMetadata:
 class VideoFile:
     """One video file opened for analysis (a context manager). Raises VideoError for what cannot be read."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, max_ms: int | None = MAX_VIDEO_MS) -> None:
         import av
 
         self.path = Path(path)
+        self.max_ms = max_ms
         try:
             self._container = av.open(str(self.path), metadata_errors="ignore")
         except av.error.FFmpegError as exc:
@@ -76,11 +76,8 @@ class VideoFile:
         if codec not in CODECS:
             raise VideoError(f"The video's codec is {codec}; facegate reads H.264 video only.")
         duration_ms = _duration_ms(container, stream)
-        if duration_ms > MAX_VIDEO_MS:
-            raise VideoError(
-                f"The video is {duration_ms / 3_600_000:.2f} hours long; at most {MAX_VIDEO_MS // 3_600_000} hours "
-                "can be analysed."
-            )
+        if self.max_ms is not None and duration_ms > self.max_ms:
+            raise VideoError(too_long(duration_ms))
         rate = stream.average_rate or stream.guessed_rate or 0
         width, height = stream.codec_context.width, stream.codec_context.height
         if not width or not height:
@@ -127,6 +124,10 @@ class VideoFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def too_long(duration_ms: int) -> str:
+    return f"The video is {duration_ms / 3_600_000:.2f} hours long; at most {MAX_VIDEO_MS / 3_600_000:g} can be analysed."
 
 
 def _duration_ms(container, stream) -> int:
