@@ -42,6 +42,7 @@ STATUSES = {
     "InvalidParameterException": 400,
     "InvalidS3ObjectException": 400,
     "InvalidSignatureException": 400,
+    "LimitExceededException": 400,
     "RequestTimeoutException": 408,
     "ResourceAlreadyExistsException": 400,
     "ResourceNotFoundException": 400,
@@ -51,6 +52,7 @@ STATUSES = {
     "UnknownOperationException": 400,
     "UnrecognizedClientException": 400,
     "ValidationException": 400,
+    "VideoTooLargeException": 400,
 }
 
 
@@ -95,7 +97,7 @@ def test_error_class_finds_each_class_by_its_code():
 
 def test_an_unknown_code_is_an_internal_server_error():
     """facegate raises only the codes it defines: one it does not know is the sender's fault, not the client's."""
-    assert error_class("LimitExceededException") is InternalServerError
+    assert error_class("ProvisionedThroughputExceededException") is InternalServerError
     assert error_class("") is InternalServerError
 
 

@@ -57,8 +57,43 @@ def wire(service, operation: str, params: dict, owner: str = OWNER) -> dict:
     return json.loads(json.dumps(to_wire(operation, service.call(owner, operation, params)), allow_nan=False))
 
 
+def video_answers(service, people, tmp_path, run) -> None:
+    """The video operations: jobs on a clip from a directory source, analysed as the job runner does."""
+    from facegate.engine.video import VideoFile
+    from facegate.keys import KeyRing
+    from facegate.sources import VideoObjects, directory_source
+    from facegate.tracking import PersonTracker
+
+    from .clips import Appearance, make_clip
+
+    (tmp_path / "cams").mkdir()
+    make_clip(tmp_path / "cams" / "door.mp4", [Appearance(people["Tony_Blair"][1], 0.0, 2.0)], 2)
+    service.store.add_source(directory_source(OWNER, "cams", tmp_path / "cams"))
+    service.videos = VideoObjects(service.store, KeyRing(service.store, tmp_path / "keys"), tmp_path / "scratch")
+    requester = {"principal": {"access_key_id": "AKIATEST", "owner": OWNER, "role": "client", "use_case_id": None}}
+    video = {"S3Object": {"Bucket": "cams", "Name": "door.mp4"}}
+    starts = [
+        ("StartFaceSearch", {"Video": video, "CollectionId": "people", "JobTag": "door", "FaceMatchThreshold": 50}),
+        ("StartFaceDetection", {"Video": video, "FaceAttributes": "ALL"}),
+    ]
+    for operation, params in starts:
+        response = json.loads(json.dumps(to_wire(operation, service.call(OWNER, operation, params, requester))))
+        run.done.append((operation, response))
+        job = service.store.claim_job(response["JobId"], "test:1:a", None)
+        with VideoFile(tmp_path / "cams" / "door.mp4") as clip:
+            frames = list(clip.frames())
+            metadata = {k: getattr(clip.metadata, k) for k in clip.metadata.__dataclass_fields__}
+        batch = service.analyse_video(OWNER, job, frames, PersonTracker())
+        assert batch.findings
+        service.store.record_job_progress(job.job_id, "test:1:a", list(batch.findings), 2000, metadata)
+        service.store.finish_job(job.job_id, "test:1:a", "SUCCEEDED", None)
+        get = operation.replace("Start", "Get")
+        run(get, {"JobId": job.job_id, "MaxResults": 1})  # with NextToken
+        run(get, {"JobId": job.job_id})
+
+
 @pytest.fixture
-def answers(service, people, group_photo) -> list[tuple[str, dict]]:
+def answers(service, people, group_photo, tmp_path) -> list[tuple[str, dict]]:
     """Every Rekognition operation, most in each of their shapes (every optional member present somewhere)."""
     done: list[tuple[str, dict]] = []
 
@@ -66,6 +101,8 @@ def answers(service, people, group_photo) -> list[tuple[str, dict]]:
         response = wire(service, operation, params)
         done.append((operation, response))
         return response
+
+    run.done = done
 
     arn = run("CreateCollection", {"CollectionId": "people", "Tags": {"team": "a"}})["CollectionArn"]
     run("CreateCollection", {"CollectionId": "other"})
@@ -110,6 +147,7 @@ def answers(service, people, group_photo) -> list[tuple[str, dict]]:
     run("UntagResource", {"ResourceArn": arn, "TagKeys": ["team"]})
     run("DeleteUser", {"CollectionId": "people", "UserId": "colin"})
     run("DeleteCollection", {"CollectionId": "other"})
+    video_answers(service, people, tmp_path, run)
     return done
 
 
@@ -125,6 +163,13 @@ def test_every_response_fits_botocores_output_shape(service, answers):
     written = {path for operation, response in answers for path in _paths(response, operation)}
     assert {
         "ListCollections.NextToken",
+        "GetFaceSearch.NextToken",
+        "GetFaceSearch.Persons.FaceMatches.Face.FaceId",
+        "GetFaceSearch.Persons.Person.Face.Landmarks.Type",
+        "GetFaceSearch.VideoMetadata.FrameRate",
+        "GetFaceSearch.JobTag",
+        "GetFaceDetection.Faces.Face.Pose.Yaw",
+        "GetFaceDetection.NextToken",
         "ListFaces.NextToken",
         "ListFaces.Faces.UserId",
         "ListUsers.NextToken",
