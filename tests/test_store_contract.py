@@ -18,10 +18,14 @@ from facegate.errors import ResourceAlreadyExistsException
 from facegate.store import (
     AccessKey,
     Collection,
+    ConsoleSession,
+    ConsoleUser,
     JobFinding,
     ObjectSource,
     Organisation,
     PolicyState,
+    ReviewCase,
+    ReviewDecision,
     Store,
     StoredFace,
     StoredUser,
@@ -800,3 +804,64 @@ def test_a_video_job_is_run_by_the_worker_that_claimed_it_and_findings_are_order
     assert store.finish_job("job-1", "host:2:b", "SUCCEEDED", None) is None  # finished once
     assert store.claim_job("job-1", "host:3:c", None) is None  # a finished job is never claimed
     assert store.list_jobs(status="IN_PROGRESS") == []
+
+
+def _case(case_id: str, owner: str = "acme", created: float = 1_700_000_000.0) -> ReviewCase:
+    return ReviewCase(
+        case_id=case_id,
+        owner=owner,
+        operation="SearchFacesByImage",
+        status="open",
+        reviewers_required=2,
+        withheld=True,
+        facts={"collection": "suspects", "threshold_applied": 99.0},
+        candidates=[{"rank": 1, "similarity": 99.5, "face": {"face_id": "f-1"}}],
+        requester="AKIA1",
+        request_id="r-1",
+        created_at=created,
+        updated_at=created,
+        probe_crop=b"\xff\xd8 a jpeg",
+    )
+
+
+def test_review_cases_take_one_decision_per_reviewer_and_close_once(open_store):
+    store = open_store()
+    store.add_case(_case("c-1"))
+    store.add_case(_case("c-2", owner="city-of-x", created=1_700_000_001.0))
+    assert store.get_case("c-1") == _case("c-1")
+    assert [c.case_id for c in store.list_cases()] == ["c-2", "c-1"]
+    assert [c.case_id for c in store.list_cases(["acme"])] == ["c-1"]
+    assert store.list_cases(["acme"], status="released") == []
+    first = ReviewDecision("c-1", "ana", "confirm", "f-1", 1_700_000_010.0, "same ear shape")
+    assert store.add_decision(first)
+    assert not store.add_decision(ReviewDecision("c-1", "ana", "reject", None, 1_700_000_011.0))  # decided once
+    assert store.add_decision(ReviewDecision("c-1", "ben", "confirm", "f-1", 1_700_000_012.0))
+    assert [d.reviewer for d in store.decisions("c-1")] == ["ana", "ben"] and store.decisions("c-1")[0] == first
+    closed = store.close_case("c-1", "released", ["f-1"])
+    assert closed.status == "released" and closed.released == ["f-1"] and closed.probe_crop is None
+    assert store.close_case("c-1", "rejected", None) is None  # closed once
+    store.close()
+    assert open_store().get_case("c-1").released == ["f-1"]
+
+
+def test_console_users_and_sessions(open_store):
+    store = open_store()
+    user = ConsoleUser("ana", "reviewer", ("acme", "city-of-x"), "$argon2id$…", 1_700_000_000.0)
+    store.add_console_user(user)
+    with pytest.raises(ResourceAlreadyExistsException):
+        store.add_console_user(dataclasses.replace(user, role="operator"))
+    assert store.get_console_user("ana") == user and store.get_console_user("nobody") is None
+    store.update_console_user("ana", failed_logins=5, locked_until=1_700_000_900.0)
+    locked = store.get_console_user("ana")
+    assert (locked.failed_logins, locked.locked_until, locked.password_hash) == (5, 1_700_000_900.0, "$argon2id$…")
+    store.update_console_user("ana", failed_logins=0, password_hash="$argon2id$new", must_change_password=False)
+    assert store.get_console_user("ana").locked_until is None
+    session = ConsoleSession("h-1", "ana", "csrf-1", 1_700_000_000.0, 1_700_003_600.0)
+    store.add_session(session)
+    store.add_session(ConsoleSession("h-2", "ana", "csrf-2", 1_700_000_000.0, 1_700_003_600.0))
+    assert store.get_session("h-1") == session
+    store.delete_sessions(token_hash="h-1")
+    assert store.get_session("h-1") is None and store.get_session("h-2") is not None
+    store.delete_sessions(username="ana")
+    assert store.get_session("h-2") is None
+    assert [u.username for u in store.list_console_users()] == ["ana"]

@@ -1,8 +1,8 @@
 """The store: collections, faces and users, owned by organisations, and the governance records around them.
 
 It is a few narrow ports, each named for what its callers need (``CollectionStore``, ``FaceStore``,
-``FaceSearchStore``, ``RequestTokens``, ``KeyStore``, ``GovernanceStore``, ``SourceStore``, ``JobStore``); ``Store`` is
-all of
+``FaceSearchStore``, ``RequestTokens``, ``KeyStore``, ``GovernanceStore``, ``SourceStore``, ``JobStore``,
+``ReviewStore``, ``ConsoleUserStore``); ``Store`` is all of
 them at once. The embedded default is SQLite (``SqliteStore``); ``PostgresStore`` (PostgreSQL + pgvector)
 implements the same ports, so every SQL dialect detail stays behind them. ``tests/test_store_contract.py`` is
 what any implementation must pass."""
@@ -130,6 +130,64 @@ class JobFinding:
     timestamp_ms: int
     person_index: int | None
     body: dict
+
+
+@dataclass(frozen=True)
+class ReviewCase:
+    """An identification held for human review: the candidates the search found (withheld from the client when
+    ``withheld``), what a reviewer needs to judge them, and how the case ended (``released``: the face ids the
+    reviewers confirmed)."""
+
+    case_id: str
+    owner: str
+    operation: str
+    status: str  # open, released, rejected, escalated
+    reviewers_required: int
+    withheld: bool
+    facts: dict  # use case, purpose, case reference, collection, thresholds, expected false candidates, probe
+    candidates: list  # [{rank, similarity, face: {...stored face...}}], most similar first
+    requester: str  # the access key (or operator) that searched
+    request_id: str
+    created_at: float
+    updated_at: float
+    released: list | None = None
+    probe_crop: bytes | None = None  # kept only while the case is open
+
+
+@dataclass(frozen=True)
+class ReviewDecision:
+    """One reviewer's verdict on a case: "confirm" a candidate (``face_id``) or "reject" them all."""
+
+    case_id: str
+    reviewer: str
+    verdict: str
+    face_id: str | None
+    decided_at: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ConsoleUser:
+    """A person who signs in to the console (not an access key): a reviewer, operator or auditor of some
+    organisations ("*": every one)."""
+
+    username: str
+    role: str
+    organisations: tuple[str, ...]
+    password_hash: str  # argon2id
+    created_at: float
+    failed_logins: int = 0
+    locked_until: float | None = None
+    must_change_password: bool = False
+
+
+@dataclass(frozen=True)
+class ConsoleSession:
+    token_hash: str  # SHA-256 of the cookie's token: the token itself is never stored
+    username: str
+    csrf_token: str
+    created_at: float
+    expires_at: float
 
 
 @dataclass(frozen=True)
@@ -285,6 +343,40 @@ class JobStore(Protocol):
     def job_findings(self, job_id: str, order: str, offset: int, limit: int) -> list[JobFinding]: ...
 
 
+class ReviewStore(Protocol):
+    """Review cases and reviewers' decisions: one decision per reviewer and case, a case closed once."""
+
+    def add_case(self, case: ReviewCase) -> None: ...
+    def get_case(self, case_id: str) -> ReviewCase | None: ...
+    # Newest first; ``owners`` None: every organisation's.
+    def list_cases(self, owners: list[str] | None = None, status: str | None = None) -> list[ReviewCase]: ...
+    # False when the reviewer has already decided this case (nothing written).
+    def add_decision(self, decision: ReviewDecision) -> bool: ...
+    def decisions(self, case_id: str) -> list[ReviewDecision]: ...
+    # An open case closed: its status, the face ids released, the probe crop deleted; None if it was not open.
+    def close_case(self, case_id: str, status: str, released: list[str] | None) -> ReviewCase | None: ...
+
+
+class ConsoleUserStore(Protocol):
+    """The console's users and their sessions."""
+
+    def add_console_user(self, user: ConsoleUser) -> None: ...
+    def get_console_user(self, username: str) -> ConsoleUser | None: ...
+    def list_console_users(self) -> list[ConsoleUser]: ...
+    def update_console_user(
+        self,
+        username: str,
+        *,
+        failed_logins: int | None = None,
+        locked_until: float | None = None,
+        password_hash: str | None = None,
+        must_change_password: bool | None = None,
+    ) -> None: ...
+    def add_session(self, session: ConsoleSession) -> None: ...
+    def get_session(self, token_hash: str) -> ConsoleSession | None: ...
+    def delete_sessions(self, *, token_hash: str | None = None, username: str | None = None) -> None: ...
+
+
 class Store(
     CollectionStore,
     FaceStore,
@@ -294,6 +386,8 @@ class Store(
     GovernanceStore,
     SourceStore,
     JobStore,
+    ReviewStore,
+    ConsoleUserStore,
     Protocol,
 ):
     """Every port at once: what the service and the governance layer are given today."""

@@ -34,6 +34,7 @@ from facegate.store import (
     VideoJob,
 )
 from facegate.store.job_rows import JOB_COLUMN_COUNT, JOB_COLUMNS, job_from_row, job_row, json_or_none
+from facegate.store.review_tables import ReviewTables, postgres_ddl
 
 try:
     import psycopg
@@ -203,6 +204,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS findings_by_time ON video_job_findings (job_id, timestamp_ms, person_index, seq);
     CREATE INDEX IF NOT EXISTS findings_by_person ON video_job_findings (job_id, person_index, timestamp_ms, seq);
     """,
+    # Human review of identifications, and the console's users.
+    postgres_ddl(),
 ]
 
 # Any constant will do: it serialises migrations of one database between processes starting together.
@@ -227,7 +230,7 @@ EF_SEARCH_MIN = 200
 MAX_SCAN_TUPLES = 100_000
 
 
-class PostgresStore:
+class PostgresStore(ReviewTables):
     """``Store`` on PostgreSQL + pgvector, opened from a ``postgresql://user:password@host:port/database`` URL.
 
     Safe to share between threads (each gets its own connection) and between processes and hosts (nothing
@@ -286,6 +289,17 @@ class PostgresStore:
 
     def schema_version(self) -> int:
         return self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+
+    # ReviewTables' primitives: one statement each, atomic on its own (autocommit).
+
+    def _fetchone(self, sql: str, params: tuple = ()) -> tuple | None:
+        return self._db.execute(sql.replace("?", "%s"), params).fetchone()
+
+    def _fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return self._db.execute(sql.replace("?", "%s"), params).fetchall()
+
+    def _execute(self, sql: str, params: tuple = ()) -> int:
+        return self._db.execute(sql.replace("?", "%s"), params).rowcount
 
     # Collections
 

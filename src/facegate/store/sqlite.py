@@ -31,6 +31,8 @@ from facegate.store import (
     VideoJob,
 )
 from facegate.store.job_rows import JOB_COLUMN_COUNT, JOB_COLUMNS, job_from_row, job_row, json_or_none
+from facegate.store.review_tables import DDL as REVIEW_DDL
+from facegate.store.review_tables import ReviewTables
 from facegate.store.vector_index import ANN_MIN_FACES, IndexedCollection, VectorIndexes, face_key
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
@@ -202,6 +204,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS findings_by_time ON video_job_findings (job_id, timestamp_ms, person_index, seq);
     CREATE INDEX IF NOT EXISTS findings_by_person ON video_job_findings (job_id, person_index, timestamp_ms, seq);
     """,
+    # Human review of identifications, and the console's users.
+    REVIEW_DDL,
 ]
 
 DB_NAME = "facegate.sqlite3"
@@ -212,7 +216,7 @@ _FACE_COLUMNS = (
 )
 
 
-class SqliteStore:
+class SqliteStore(ReviewTables):
     """``Store`` on SQLite. Safe to share between threads: each thread gets its own connection.
 
     ``read_only``: open an existing store without writing anything (no migration, no WAL switch), for
@@ -260,6 +264,19 @@ class SqliteStore:
 
     def _write(self):
         return _Transaction(self._db)
+
+    # ReviewTables' primitives: one statement each, atomic on its own.
+
+    def _fetchone(self, sql: str, params: tuple = ()) -> tuple | None:
+        with self._write() as db:
+            return db.execute(sql, params).fetchone()
+
+    def _fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return self._db.execute(sql, params).fetchall()
+
+    def _execute(self, sql: str, params: tuple = ()) -> int:
+        with self._write() as db:
+            return db.execute(sql, params).rowcount
 
     def _migrate(self) -> None:
         with self._write() as db:

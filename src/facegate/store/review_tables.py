@@ -1,0 +1,228 @@
+"""Review cases, reviewers' decisions, console users and sessions: the same tables and statements on every SQL
+store. Each statement is one atomic write (conflicts resolved by ``ON CONFLICT``), so the store supplies only how
+to run one: ``_fetchone``, ``_fetchall`` and ``_execute`` with ``?`` placeholders."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from facegate.errors import ResourceAlreadyExistsException
+from facegate.store import ConsoleSession, ConsoleUser, ReviewCase, ReviewDecision
+
+# SQLite's types; PostgreSQL's migration swaps them (``postgres_ddl``).
+DDL = """
+CREATE TABLE IF NOT EXISTS review_cases (
+    case_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reviewers_required INTEGER NOT NULL,
+    withheld INTEGER NOT NULL,
+    facts TEXT NOT NULL,
+    candidates TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    released TEXT,
+    probe_crop BLOB
+);
+CREATE INDEX IF NOT EXISTS review_cases_by_owner ON review_cases (owner, status, created_at);
+CREATE TABLE IF NOT EXISTS review_decisions (
+    case_id TEXT NOT NULL REFERENCES review_cases (case_id) ON DELETE CASCADE,
+    reviewer TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    face_id TEXT,
+    decided_at REAL NOT NULL,
+    note TEXT NOT NULL,
+    PRIMARY KEY (case_id, reviewer)
+);
+CREATE TABLE IF NOT EXISTS console_users (
+    username TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    organisations TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    failed_logins INTEGER NOT NULL DEFAULT 0,
+    locked_until REAL,
+    must_change_password INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS console_sessions (
+    token_hash TEXT PRIMARY KEY,
+    username TEXT NOT NULL REFERENCES console_users (username) ON DELETE CASCADE,
+    csrf_token TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+"""
+
+
+def postgres_ddl() -> str:
+    return DDL.replace(" REAL", " DOUBLE PRECISION").replace(" BLOB", " BYTEA").replace("TEXT PRIMARY KEY", 'TEXT COLLATE "C" PRIMARY KEY')
+
+
+_CASE = (
+    "case_id, owner, operation, status, reviewers_required, withheld, facts, candidates, requester, request_id, "
+    "created_at, updated_at, released, probe_crop"
+)
+_USER = "username, role, organisations, password_hash, created_at, failed_logins, locked_until, must_change_password"
+_SESSION = "token_hash, username, csrf_token, created_at, expires_at"
+
+
+class ReviewTables:
+    """``ReviewStore`` and ``ConsoleUserStore`` over the three primitives a SQL store provides."""
+
+    def _fetchone(self, sql: str, params: tuple = ()) -> tuple | None:
+        raise NotImplementedError
+
+    def _fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
+        raise NotImplementedError
+
+    def _execute(self, sql: str, params: tuple = ()) -> int:
+        raise NotImplementedError
+
+    # Review cases
+
+    def add_case(self, case: ReviewCase) -> None:
+        self._execute(
+            f"INSERT INTO review_cases ({_CASE}) VALUES ({', '.join('?' * 14)})",
+            (
+                case.case_id,
+                case.owner,
+                case.operation,
+                case.status,
+                case.reviewers_required,
+                int(case.withheld),
+                json.dumps(case.facts),
+                json.dumps(case.candidates),
+                case.requester,
+                case.request_id,
+                case.created_at,
+                case.updated_at,
+                json.dumps(case.released) if case.released is not None else None,
+                case.probe_crop,
+            ),
+        )
+
+    def get_case(self, case_id: str) -> ReviewCase | None:
+        row = self._fetchone(f"SELECT {_CASE} FROM review_cases WHERE case_id = ?", (case_id,))
+        return _case(row) if row else None
+
+    def list_cases(self, owners: list[str] | None = None, status: str | None = None) -> list[ReviewCase]:
+        rows = self._fetchall(
+            f"SELECT {_CASE} FROM review_cases WHERE (CAST(? AS TEXT) IS NULL OR status = ?) ORDER BY created_at DESC, case_id",
+            (status, status),
+        )
+        cases = [_case(row) for row in rows]
+        return cases if owners is None else [c for c in cases if c.owner in owners]
+
+    def add_decision(self, decision: ReviewDecision) -> bool:
+        return bool(
+            self._execute(
+                "INSERT INTO review_decisions (case_id, reviewer, verdict, face_id, decided_at, note) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (
+                    decision.case_id,
+                    decision.reviewer,
+                    decision.verdict,
+                    decision.face_id,
+                    decision.decided_at,
+                    decision.note,
+                ),
+            )
+        )
+
+    def decisions(self, case_id: str) -> list[ReviewDecision]:
+        rows = self._fetchall(
+            "SELECT case_id, reviewer, verdict, face_id, decided_at, note FROM review_decisions WHERE case_id = ? "
+            "ORDER BY decided_at, reviewer",
+            (case_id,),
+        )
+        return [ReviewDecision(*row) for row in rows]
+
+    def close_case(self, case_id: str, status: str, released: list[str] | None) -> ReviewCase | None:
+        row = self._fetchone(
+            "UPDATE review_cases SET status = ?, released = ?, probe_crop = NULL, updated_at = ? "
+            f"WHERE case_id = ? AND status = 'open' RETURNING {_CASE}",
+            (status, json.dumps(released) if released is not None else None, time.time(), case_id),
+        )
+        return _case(row) if row else None
+
+    # Console users and sessions
+
+    def add_console_user(self, user: ConsoleUser) -> None:
+        added = self._execute(
+            f"INSERT INTO console_users ({_USER}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (
+                user.username,
+                user.role,
+                json.dumps(list(user.organisations)),
+                user.password_hash,
+                user.created_at,
+                user.failed_logins,
+                user.locked_until,
+                int(user.must_change_password),
+            ),
+        )
+        if not added:
+            raise ResourceAlreadyExistsException(f"The console user {user.username} already exists.")
+
+    def get_console_user(self, username: str) -> ConsoleUser | None:
+        row = self._fetchone(f"SELECT {_USER} FROM console_users WHERE username = ?", (username,))
+        return _user(row) if row else None
+
+    def list_console_users(self) -> list[ConsoleUser]:
+        return [_user(row) for row in self._fetchall(f"SELECT {_USER} FROM console_users ORDER BY username")]
+
+    def update_console_user(
+        self,
+        username: str,
+        *,
+        failed_logins: int | None = None,
+        locked_until: float | None = None,
+        password_hash: str | None = None,
+        must_change_password: bool | None = None,
+    ) -> None:
+        changes: dict[str, Any] = {
+            "failed_logins": failed_logins,
+            "password_hash": password_hash,
+            "must_change_password": None if must_change_password is None else int(must_change_password),
+        }
+        sets = [f"{column} = ?" for column, value in changes.items() if value is not None]
+        values = [value for value in changes.values() if value is not None]
+        sets.append("locked_until = ?")  # always written: None unlocks
+        values.append(locked_until)
+        self._execute(f"UPDATE console_users SET {', '.join(sets)} WHERE username = ?", (*values, username))
+
+    def add_session(self, session: ConsoleSession) -> None:
+        self._execute(
+            f"INSERT INTO console_sessions ({_SESSION}) VALUES (?, ?, ?, ?, ?)",
+            (session.token_hash, session.username, session.csrf_token, session.created_at, session.expires_at),
+        )
+
+    def get_session(self, token_hash: str) -> ConsoleSession | None:
+        row = self._fetchone(f"SELECT {_SESSION} FROM console_sessions WHERE token_hash = ?", (token_hash,))
+        return ConsoleSession(*row) if row else None
+
+    def delete_sessions(self, *, token_hash: str | None = None, username: str | None = None) -> None:
+        self._execute(
+            "DELETE FROM console_sessions WHERE token_hash = ? OR username = ?", (token_hash or "", username or "")
+        )
+
+
+def _case(row: tuple) -> ReviewCase:
+    values = list(row)
+    values[5] = bool(values[5])
+    values[6], values[7] = json.loads(values[6]), json.loads(values[7])
+    values[12] = json.loads(values[12]) if values[12] is not None else None
+    values[13] = bytes(values[13]) if values[13] is not None else None
+    return ReviewCase(*values)
+
+
+def _user(row: tuple) -> ConsoleUser:
+    values = list(row)
+    values[2] = tuple(json.loads(values[2]))
+    values[7] = bool(values[7])
+    return ConsoleUser(*values)
