@@ -85,6 +85,12 @@ class Facegate:
         return VideoObjects(self.store, self.keys, Path(self.settings.data_dir) / "video-scratch")
 
     @cached_property
+    def console_accounts(self):
+        from facegate.console_users import ConsoleAccounts
+
+        return ConsoleAccounts(self.store, self.governance)
+
+    @cached_property
     def jobs(self):
         from facegate.jobs import VideoJobs
 

@@ -40,6 +40,7 @@ from facegate.results import (
     IndexResult,
     JobStarted,
     Result,
+    ReviewOutcome,
     UserMatches,
     VideoBatch,
     VideoJobResults,
@@ -666,6 +667,10 @@ class Governance:
         elif isinstance(result, FacesLoaded):
             facts["faces_found"] = len(result.loaded)
             facts["indexed_face_ids"] = list(result.loaded)
+        elif isinstance(result, ReviewOutcome):
+            facts.update(review_case=result.case.case_id, review_status=result.case.status)
+            facts["matches"] = [{"face_id": m.face.face_id, "similarity": round(m.similarity, 4)} for m in result.face_matches]
+            facts["matches"] += [{"user_id": m.user_id, "similarity": round(m.similarity, 4)} for m in result.user_matches]
         elif isinstance(result, JobStarted):
             facts["job_id"] = result.job_id
         elif isinstance(result, VideoJobResults):

@@ -27,9 +27,10 @@ from facegate.errors import AccessDeniedException, FacegateError, InternalServer
 from facegate.governance import GateOutcome, Governance
 from facegate.keys import Principal
 from facegate.results import FacesPurged, IndexResult, Result, VideoBatch
+from facegate.review import ReviewDesk
 from facegate.service import FaceService
 from facegate.sources import resolve_images
-from facegate.store import VideoJob
+from facegate.store import ReviewCase, VideoJob
 from facegate.tracking import PersonTracker
 
 log = logging.getLogger("facegate")
@@ -69,20 +70,23 @@ class RequestContext:
 
 @dataclass(frozen=True)
 class Outcome:
-    """An allowed, executed and audited request: the operation's typed result and what the gate applied."""
+    """An allowed, executed and audited request: the operation's typed result and what the gate applied (and
+    the review case its matches went to, when its use case obliges human review)."""
 
     result: Result
     gate: GateOutcome
     request_id: str
     audit_seq: int
+    review_case: ReviewCase | None = None
 
 
 class GovernedService:
     """The gate, the service and the audit log, composed into the only way to run a face operation."""
 
-    def __init__(self, governance: Governance, service: FaceService) -> None:
+    def __init__(self, governance: Governance, service: FaceService, review: ReviewDesk | None = None) -> None:
         self.governance = governance
         self.service = service
+        self.review = review or ReviewDesk(governance.store, governance)
 
     @property
     def operations(self) -> frozenset[str]:
@@ -107,7 +111,13 @@ class GovernedService:
             result = self.service.call(principal.owner, operation, params, _requester(principal, context))
         except Exception as raised:
             raise self._failed(raised, outcome, principal, operation, context, facts, intent) from None
-        facts.update(Governance.summarise_result(operation, result))
+        facts.update(Governance.summarise_result(operation, result))  # what was found, withheld or not
+        case = None
+        if self.review.applies(outcome, operation, result):
+            case = self.review.open_case(outcome, principal, operation, result, context.request_id, _probe(params))
+            facts.update(review_case=case.case_id, matches_withheld=case.withheld)
+            if case.withheld:  # two-person review: no match leaves before two reviewers confirm it
+                result = self.review.withhold(result)
         entry = self.governance.record_request(
             outcome,
             principal,
@@ -118,7 +128,7 @@ class GovernedService:
             intent_seq=intent,
             **facts,
         )
-        return Outcome(result, outcome, context.request_id, entry["seq"])
+        return Outcome(result, outcome, context.request_id, entry["seq"], case)
 
     def index_many(
         self, principal: Principal, requests: list[dict], contexts: list[RequestContext] | None = None
@@ -306,6 +316,12 @@ class GovernedService:
         self.governance.record_request(outcome, principal, operation, **_error_facts(error, context, facts, intent))
         error.audited = True
         return error
+
+
+def _probe(params: dict) -> bytes | None:
+    image = params.get("Image")
+    data = image.get("Bytes") if isinstance(image, dict) else None
+    return bytes(data) if isinstance(data, bytes | bytearray) else None
 
 
 def _requester(principal: Principal, context: RequestContext) -> dict:

@@ -245,7 +245,12 @@ class VideoJobs:
             log.warning("job %s: notifying %s failed: %s", job.job_id, url, exc)
             delivered = False
         self.governed.governance.record_event(
-            "video-job-notified", "video-jobs", organisation=job.owner, job_id=job.job_id, topic=topic, delivered=delivered
+            "video-job-notified",
+            "video-jobs",
+            organisation=job.owner,
+            job_id=job.job_id,
+            topic=topic,
+            delivered=delivered,
         )
 
 

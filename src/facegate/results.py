@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from facegate.store import Collection, JobFinding, StoredFace, StoredUser, VideoJob
+from facegate.store import Collection, JobFinding, ReviewCase, StoredFace, StoredUser, VideoJob
 
 if TYPE_CHECKING:  # the engine's package loads dlib: the audit reads results without the face models
     from facegate.engine import AnalysedImage, Face
@@ -323,6 +323,19 @@ class VideoBatch:
     frames: tuple[int, ...] = ()  # the batch's sampled timestamps
 
 
+# Human review
+
+
+@dataclass(frozen=True)
+class ReviewOutcome:
+    """GetReviewCase (facegate's, not Rekognition's): a review case's state and what it released to the client:
+    the confirmed faces (``face_matches``) or users (``user_matches``), nothing before it is released."""
+
+    case: ReviewCase
+    face_matches: tuple[FaceMatch, ...] = ()
+    user_matches: tuple[UserMatch, ...] = ()
+
+
 Result = (
     CollectionCreated
     | CollectionDescription
@@ -346,4 +359,5 @@ Result = (
     | JobStarted
     | VideoJobResults
     | VideoBatch
+    | ReviewOutcome
 )

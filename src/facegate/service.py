@@ -60,6 +60,7 @@ from facegate.results import (
     PersonMatch,
     ResourceTags,
     Result,
+    ReviewOutcome,
     TagsChanged,
     TargetMatch,
     UnindexedFace,
@@ -72,6 +73,8 @@ from facegate.results import (
     VideoFace,
     VideoJobResults,
 )
+from facegate.review import released_candidates
+from facegate.snapshots import stored_face_of
 from facegate.store import Collection, Store, StoredFace, StoredUser, VideoJob
 from facegate.store.search import FaceSearch, distances
 from facegate.tracking import PersonTracker
@@ -155,6 +158,7 @@ class FaceService:
         self._internal: dict[str, Callable[[str, dict], Result]] = {
             "PurgeFaces": self.purge_faces,
             "LoadFaces": self.load_faces,
+            "GetReviewCase": self.get_review_case,
         }
 
     @property
@@ -691,6 +695,22 @@ class FaceService:
         page = self.store.job_findings(job.job_id, order, offset, limit + 1)
         more = len(page) > limit
         return page[:limit], _make_token(str(offset + limit), f"Get{job.api}", scope) if more else None
+
+    # Human review
+
+    def get_review_case(self, owner: str, p: dict) -> ReviewOutcome:
+        """A review case of ``owner``'s (facegate's operation): its state and, once released, the confirmed
+        candidates as matches. Another organisation's case answers as a missing one."""
+        case_id = p.get("CaseId")
+        if not isinstance(case_id, str) or not case_id or len(case_id) > 64:
+            raise InvalidParameterException("GetReviewCase needs CaseId: the id a search's FacegateDecision gave.")
+        case = self.store.get_case(case_id)
+        if case is None or case.owner != owner:
+            raise ResourceNotFoundException(f"There is no review case {case_id}.")
+        released = released_candidates(case)
+        faces = tuple(FaceMatch(c["similarity"], stored_face_of(c["face"])) for c in released if "face" in c)
+        users = tuple(UserMatch(c["similarity"], c["user_id"]) for c in released if "user_id" in c)
+        return ReviewOutcome(case, faces, users)
 
     # Tags
 

@@ -6,35 +6,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from facegate.engine.faces import Box, Face, Pose, Quality
-from facegate.results import FaceMatch, FoundFace, PersonMatch, VideoFace
-from facegate.store import JobFinding, StoredFace
+from facegate.results import FaceMatch, PersonMatch, VideoFace
+from facegate.snapshots import found_face_json, found_face_of, stored_face_json, stored_face_of
+from facegate.store import JobFinding
 
 SEARCH = "FaceSearch"
 DETECTION = "FaceDetection"
-APIS = {"StartFaceSearch": SEARCH, "StartFaceDetection": DETECTION, "GetFaceSearch": SEARCH, "GetFaceDetection": DETECTION}
+APIS = {
+    "StartFaceSearch": SEARCH,
+    "StartFaceDetection": DETECTION,
+    "GetFaceSearch": SEARCH,
+    "GetFaceDetection": DETECTION,
+}
 IN_PROGRESS, SUCCEEDED, FAILED = "IN_PROGRESS", "SUCCEEDED", "FAILED"
 
 
 def person_finding(person: PersonMatch) -> JobFinding:
     body = {
-        "face": _found_json(person.face),
-        "matches": [{"similarity": m.similarity, "face": _stored_json(m.face)} for m in person.matches],
+        "face": found_face_json(person.face),
+        "matches": [{"similarity": m.similarity, "face": stored_face_json(m.face)} for m in person.matches],
     }
     return JobFinding(person.timestamp_ms, person.index, body)
 
 
 def person_of(finding: JobFinding) -> PersonMatch:
-    matches = tuple(FaceMatch(m["similarity"], _stored_of(m["face"])) for m in finding.body["matches"])
-    return PersonMatch(finding.timestamp_ms, finding.person_index or 0, _found_of(finding.body["face"]), matches)
+    matches = tuple(FaceMatch(m["similarity"], stored_face_of(m["face"])) for m in finding.body["matches"])
+    return PersonMatch(finding.timestamp_ms, finding.person_index or 0, found_face_of(finding.body["face"]), matches)
 
 
 def face_finding(face: VideoFace) -> JobFinding:
-    return JobFinding(face.timestamp_ms, None, {"face": _found_json(face.face)})
+    return JobFinding(face.timestamp_ms, None, {"face": found_face_json(face.face)})
 
 
 def face_of(finding: JobFinding) -> VideoFace:
-    return VideoFace(finding.timestamp_ms, _found_of(finding.body["face"]))
+    return VideoFace(finding.timestamp_ms, found_face_of(finding.body["face"]))
 
 
 @dataclass(frozen=True)
@@ -67,46 +72,3 @@ def summarise_persons(persons: list[PersonMatch]) -> list[PersonSummary]:
             best,
         )
     return [seen[i] for i in sorted(seen)]
-
-
-def _found_json(found: FoundFace) -> dict:
-    face = found.face
-    box = face.box
-    return {
-        "size": [found.image_width, found.image_height],
-        "box": [box.left, box.top, box.right, box.bottom],
-        "confidence": face.confidence,
-        "landmarks": {name: [x, y] for name, (x, y) in face.landmarks.items()},
-        "pose": [face.pose.roll, face.pose.yaw, face.pose.pitch],
-        "quality": [face.quality.brightness, face.quality.sharpness],
-    }
-
-
-def _found_of(body: dict) -> FoundFace:
-    face = Face(
-        box=Box(*body["box"]),
-        confidence=body["confidence"],
-        landmarks={name: (x, y) for name, (x, y) in body["landmarks"].items()},
-        pose=Pose(*body["pose"]),
-        quality=Quality(*body["quality"]),
-    )
-    width, height = body["size"]
-    return FoundFace(face, width, height)
-
-
-def _stored_json(face: StoredFace) -> dict:
-    return {
-        "face_id": face.face_id,
-        "image_id": face.image_id,
-        "external_image_id": face.external_image_id,
-        "box": list(face.box),
-        "confidence": face.confidence,
-        "image_hash": face.image_hash,
-        "model_version": face.model_version,
-        "indexed_at": face.indexed_at,
-        "user_id": face.user_id,
-    }
-
-
-def _stored_of(body: dict) -> StoredFace:
-    return StoredFace(**{**body, "box": tuple(body["box"])})

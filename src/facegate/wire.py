@@ -29,6 +29,7 @@ from facegate.results import (
     PersonMatch,
     ResourceTags,
     Result,
+    ReviewOutcome,
     TagsChanged,
     UserCreated,
     UserDeleted,
@@ -255,6 +256,19 @@ def _video_face(f: VideoFace) -> Json:
     return {"Timestamp": f.timestamp_ms, "Face": _face_detail(f.face)}
 
 
+# Human review (facegate's own operation)
+
+
+def _review_outcome(r: ReviewOutcome) -> Json:
+    case = r.case
+    out: Json = {"CaseId": case.case_id, "Status": case.status.upper(), "ReviewersRequired": case.reviewers_required}
+    if r.face_matches:
+        out["FaceMatches"] = [_face_match(m) for m in r.face_matches]
+    if r.user_matches:
+        out["UserMatches"] = [_user_match(m) for m in r.user_matches]
+    return out
+
+
 # Shapes shared by several operations
 
 
@@ -337,4 +351,5 @@ _WRITERS: dict[str, Callable[[Any], Json]] = {
     "StartFaceDetection": _job_started,
     "GetFaceSearch": _face_search_results,
     "GetFaceDetection": _face_detection_results,
+    "GetReviewCase": _review_outcome,
 }

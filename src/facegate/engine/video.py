@@ -127,7 +127,9 @@ class VideoFile:
 
 
 def too_long(duration_ms: int) -> str:
-    return f"The video is {duration_ms / 3_600_000:.2f} hours long; at most {MAX_VIDEO_MS / 3_600_000:g} can be analysed."
+    return (
+        f"The video is {duration_ms / 3_600_000:.2f} hours long; at most {MAX_VIDEO_MS / 3_600_000:g} can be analysed."
+    )
 
 
 def _duration_ms(container, stream) -> int:

@@ -105,7 +105,7 @@ def _public_safety_obligations(p: dict) -> dict[str, Obligation]:
             min_threshold=float(p["min_threshold"]),
             max_results=p.get("max_results") or None,
             human_review=True,
-            reviewers=1,
+            reviewers=int(p.get("reviewers", 1)),  # 1: the matches are returned and a case opened; 2+: withheld
             max_worst_group_fmr=float(p["max_worst_group_fmr"]),
         )
     }
@@ -164,6 +164,7 @@ TEMPLATES: dict[str, Template] = {
                 "max_results": 0,
                 "max_worst_group_fmr": 1e-4,
                 "max_expected_false_candidates": 1.0,
+                "reviewers": 1,
             },
             obligations=_public_safety_obligations,
             entities=_public_safety_entities,

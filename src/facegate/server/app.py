@@ -42,11 +42,15 @@ from facegate.server.admin import admin_routes
 from facegate.server.protocol import GuardedH11Protocol
 from facegate.server.wire import aws_json, error_response, parse_json
 from facegate.server.workers import OperationRunner, prepare_search_indexes_in_background
+from facegate.store import ReviewCase
 from facegate.wire import to_wire
 
 log = logging.getLogger("facegate.server")
 
 TARGET_PREFIX = "RekognitionService."
+# facegate's own operations on the same endpoint, signed the same way: a client polls its review cases.
+REVIEW_PREFIX = "FacegateReview."
+REVIEW_OPERATIONS = frozenset({"GetReviewCase"})
 # Two 5 MB images (CompareFaces) are ~14 MB once base64-encoded: nothing legitimate is larger.
 MAX_BODY = 16 * 1024 * 1024
 # A body must keep arriving (no pause longer than the idle deadline) and be complete within the total one.
@@ -115,10 +119,7 @@ def create_app(settings: Settings, *, workers: int | None = None, queue: int | N
             if principal.role != "client":
                 raise AccessDeniedException("Administrator keys are for the admin API, not the Rekognition API.")
             target = request.headers.get("x-amz-target", "")
-            name = target.removeprefix(TARGET_PREFIX)
-            if not target.startswith(TARGET_PREFIX) or name not in service.operations:
-                raise UnknownOperationException(f"Operation {target[:100]!r} is not supported by facegate.")
-            operation = name
+            operation = _operation(target, service.operations)
             params = parse_json(body)
             context = RequestContext(
                 case_reference=request.headers.get("x-facegate-case"),
@@ -129,8 +130,9 @@ def create_app(settings: Settings, *, workers: int | None = None, queue: int | N
             )
             # Gate → service → audit, on a thread; the gate decides before any image is decoded.
             executed = await runner.run(governed.execute, principal, operation, params, context)
-            response = aws_json({**to_wire(operation, executed.result), **_decision_members(executed.gate)})
-            _decision_headers(response, executed.gate)
+            decision = _decision_members(executed.gate, executed.review_case)
+            response = aws_json({**to_wire(operation, executed.result), **decision})
+            _decision_headers(response, executed.gate, executed.review_case)
             code = "OK"
         except Exception as raised:
             if isinstance(raised, FacegateError):
@@ -278,7 +280,15 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
-def _decision_members(outcome: GateOutcome) -> dict:
+def _operation(target: str, operations: frozenset[str]) -> str:
+    if target.startswith(TARGET_PREFIX) and target.removeprefix(TARGET_PREFIX) in operations:
+        return target.removeprefix(TARGET_PREFIX)
+    if target.startswith(REVIEW_PREFIX) and target.removeprefix(REVIEW_PREFIX) in REVIEW_OPERATIONS:
+        return target.removeprefix(REVIEW_PREFIX)
+    raise UnknownOperationException(f"Operation {target[:100]!r} is not supported by facegate.")
+
+
+def _decision_members(outcome: GateOutcome, case: ReviewCase | None = None) -> dict:
     """What the gate applied, as a response member botocore ignores and raw clients can read."""
     obligations = outcome.decision.obligations
     if outcome.threshold_applied is None and not obligations.human_review:
@@ -290,6 +300,8 @@ def _decision_members(outcome: GateOutcome) -> dict:
         "HumanReviewRequired": obligations.human_review,
         "ReviewersRequired": obligations.reviewers,
     }
+    if case is not None:  # the matches went to review; under two-person review the client has none yet
+        decision["ReviewCase"] = {"CaseId": case.case_id, "Status": case.status.upper(), "MatchesWithheld": case.withheld}
     fairness = outcome.decision.fairness
     if fairness is not None:
         decision["ExpectedFalseCandidates"] = {
@@ -303,8 +315,10 @@ def _decision_members(outcome: GateOutcome) -> dict:
     return {"FacegateDecision": decision}
 
 
-def _decision_headers(response: Response, outcome: GateOutcome) -> None:
+def _decision_headers(response: Response, outcome: GateOutcome, case: ReviewCase | None = None) -> None:
     response.headers["x-facegate-policies"] = ",".join(outcome.decision.policies)
+    if case is not None:
+        response.headers["x-facegate-review-case"] = case.case_id
     if outcome.threshold_applied is not None:
         response.headers["x-facegate-threshold-applied"] = f"{outcome.threshold_applied:g}"
     if outcome.decision.obligations.human_review:

@@ -60,7 +60,11 @@ CREATE TABLE IF NOT EXISTS console_sessions (
 
 
 def postgres_ddl() -> str:
-    return DDL.replace(" REAL", " DOUBLE PRECISION").replace(" BLOB", " BYTEA").replace("TEXT PRIMARY KEY", 'TEXT COLLATE "C" PRIMARY KEY')
+    return (
+        DDL.replace(" REAL", " DOUBLE PRECISION")
+        .replace(" BLOB", " BYTEA")
+        .replace("TEXT PRIMARY KEY", 'TEXT COLLATE "C" PRIMARY KEY')
+    )
 
 
 _CASE = (

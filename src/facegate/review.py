@@ -1,0 +1,245 @@
+"""Human review of identifications, as a policy obligation: a search whose use case obliges review opens a case;
+under two-person review (EU AI Act Art. 14(5)) the client gets no match until two different reviewers, each
+authorised for the organisation, have each confirmed the same candidate without seeing the other's decision.
+
+A "not this person" (reject) closes the case unreleased; two confirmations of different candidates escalate it
+(it is never released). Every opened case, decision and closing is an audit event; the probe crop is kept only
+while the case is open.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from facegate.errors import ConflictException, InvalidParameterException, ResourceNotFoundException
+from facegate.results import FaceMatches, FoundFace, Result, UserMatches
+from facegate.snapshots import stored_face_json
+from facegate.store import ConsoleUser, ReviewCase, ReviewDecision, Store
+
+if TYPE_CHECKING:
+    from facegate.governance import GateOutcome, Governance
+    from facegate.keys import Principal
+
+REVIEWED = frozenset({"SearchFaces", "SearchFacesByImage", "SearchUsers", "SearchUsersByImage"})
+OPEN, RELEASED, REJECTED, ESCALATED = "open", "released", "rejected", "escalated"
+CONFIRM, REJECT = "confirm", "reject"
+REVIEWER = "reviewer"
+CROP_MARGIN = 0.35  # of the face box, each side: the reviewer sees hair line and jaw, not the whole scene
+
+
+class ReviewDesk:
+    """Opens cases for the governed operation; takes reviewers' decisions; answers what a case released."""
+
+    def __init__(self, store: Store, governance: Governance) -> None:
+        self.store = store
+        self.governance = governance
+
+    # For the governed operation
+
+    def applies(self, outcome: GateOutcome, operation: str, result: Result) -> bool:
+        obligations = outcome.decision.obligations
+        return obligations.human_review and operation in REVIEWED and bool(getattr(result, "matches", ()))
+
+    def open_case(
+        self,
+        outcome: GateOutcome,
+        principal: Principal,
+        operation: str,
+        result: FaceMatches | UserMatches,
+        request_id: str,
+        probe_image: bytes | None,
+    ) -> ReviewCase:
+        """A case for ``result``'s matches; withheld from the client when two or more reviewers are required."""
+        obligations = outcome.decision.obligations
+        required = max(1, obligations.reviewers)
+        now = time.time()
+        searched = result.searched_face
+        case = ReviewCase(
+            case_id=uuid.uuid4().hex,
+            owner=principal.owner,
+            operation=operation,
+            status=OPEN,
+            reviewers_required=required,
+            withheld=required >= 2,
+            facts=_facts(outcome, result, searched),
+            candidates=_candidates(result),
+            requester=principal.access_key_id,
+            request_id=request_id,
+            created_at=now,
+            updated_at=now,
+            probe_crop=_crop(probe_image, searched) if probe_image is not None and searched is not None else None,
+        )
+        self.store.add_case(case)
+        self.governance.record_event(
+            "review_opened",
+            principal.actor,
+            organisation=case.owner,
+            case_id=case.case_id,
+            operation=operation,
+            reviewers_required=required,
+            withheld=case.withheld,
+            candidates=[c["id"] for c in case.candidates],
+            probe_crop_kept=case.probe_crop is not None,
+        )
+        return case
+
+    @staticmethod
+    def withhold(result: FaceMatches | UserMatches) -> Result:
+        return replace(result, matches=())
+
+    # For reviewers (the console)
+
+    def cases(self, user: ConsoleUser, status: str | None = None) -> list[ReviewCase]:
+        owners = None if "*" in user.organisations else list(user.organisations)
+        return self.store.list_cases(owners, status)
+
+    def case(self, user: ConsoleUser, case_id: str) -> ReviewCase:
+        """The case, if ``user`` may see it; otherwise as if it did not exist."""
+        case = self.store.get_case(case_id)
+        if case is None or not _authorised(user, case.owner):
+            raise ResourceNotFoundException(f"There is no review case {case_id[:64]}.")
+        return case
+
+    def decided_by(self, user: ConsoleUser, case: ReviewCase) -> ReviewDecision | None:
+        """This reviewer's own decision (never another's: reviews are independent)."""
+        return next((d for d in self.store.decisions(case.case_id) if d.reviewer == user.username), None)
+
+    def decisions_recorded(self, case: ReviewCase) -> int:
+        return len(self.store.decisions(case.case_id))
+
+    def decide(
+        self, user: ConsoleUser, case_id: str, verdict: str, candidate: str | None, note: str = ""
+    ) -> ReviewCase:
+        """Record ``user``'s verdict; close the case when it is settled. Returns the case as it now stands."""
+        case = self.case(user, case_id)
+        if user.role != REVIEWER:
+            raise InvalidParameterException(f"Only reviewers decide cases; {user.username} is {user.role}.")
+        if case.status != OPEN:
+            raise ConflictException(f"Review case {case_id} is {case.status}: it takes no more decisions.")
+        if verdict not in (CONFIRM, REJECT):
+            raise InvalidParameterException(f"Verdict {verdict!r} is neither {CONFIRM} nor {REJECT}.")
+        if verdict == CONFIRM and candidate not in {c["id"] for c in case.candidates}:
+            raise InvalidParameterException("Confirm one of the case's candidates.")
+        decision = ReviewDecision(
+            case_id, user.username, verdict, candidate if verdict == CONFIRM else None, time.time(), note[:500]
+        )
+        if not self.store.add_decision(decision):
+            raise ConflictException(f"{user.username} has already decided review case {case_id}.")
+        self.governance.record_event(
+            "review_decision",
+            f"console:{user.username}",
+            organisation=case.owner,
+            case_id=case_id,
+            verdict=verdict,
+            candidate=decision.face_id,
+        )
+        return self._settle(case)
+
+    def _settle(self, case: ReviewCase) -> ReviewCase:
+        decisions = self.store.decisions(case.case_id)
+        if any(d.verdict == REJECT for d in decisions):
+            status, released = REJECTED, None
+        elif len(decisions) >= case.reviewers_required:
+            confirmed = {d.face_id for d in decisions}
+            status, released = (RELEASED, sorted(confirmed)) if len(confirmed) == 1 else (ESCALATED, None)
+        else:
+            return case
+        closed = self.store.close_case(case.case_id, status, released)
+        if closed is None:  # settled by a concurrent decision
+            return self.store.get_case(case.case_id) or case
+        self.governance.record_event(
+            "review_closed",
+            "review",
+            organisation=case.owner,
+            case_id=case.case_id,
+            status=status,
+            released=released,
+            reviewers=[d.reviewer for d in decisions],
+            probe_crop_deleted=case.probe_crop is not None,
+        )
+        return closed
+
+
+def released_candidates(case: ReviewCase) -> list[dict]:
+    """The candidates a closed case released to the client (none unless both reviewers confirmed one)."""
+    if case.status != RELEASED or not case.released:
+        return []
+    return [c for c in case.candidates if c["id"] in case.released]
+
+
+def _authorised(user: ConsoleUser, owner: str) -> bool:
+    return "*" in user.organisations or owner in user.organisations
+
+
+def _candidates(result: FaceMatches | UserMatches) -> list[dict[str, Any]]:
+    if isinstance(result, FaceMatches):
+        return [
+            {"rank": i + 1, "id": m.face.face_id, "similarity": m.similarity, "face": stored_face_json(m.face)}
+            for i, m in enumerate(result.matches)
+        ]
+    return [
+        {"rank": i + 1, "id": m.user_id, "similarity": m.similarity, "user_id": m.user_id}
+        for i, m in enumerate(result.matches)
+    ]
+
+
+def _facts(outcome: GateOutcome, result: FaceMatches | UserMatches, searched: FoundFace | None) -> dict[str, Any]:
+    use_case = outcome.subject.use_case
+    fairness = outcome.decision.fairness
+    facts: dict[str, Any] = {
+        "use_case": use_case.use_case_id if use_case else None,
+        "purpose": use_case.purpose if use_case else None,
+        "case_reference": outcome.case_reference,
+        "collection": outcome.target.collection,
+        "collection_size": outcome.target.size,
+        "threshold_requested": outcome.threshold_requested,
+        "threshold_applied": outcome.threshold_applied,
+        "policies": list(outcome.decision.policies),
+        "model_version": result.model_version,
+        "searched_face_id": getattr(result, "searched_face_id", None),
+    }
+    if fairness is not None:
+        facts.update(
+            expected_false_candidates=fairness.expected,
+            worst_group=fairness.worst_group,
+            worst_group_fmr=fairness.worst_fmr,
+            fairness_audit=fairness.audit,
+        )
+    if searched is not None:
+        face = searched.face
+        facts["probe"] = {
+            "confidence": face.confidence,
+            "brightness": face.quality.brightness,
+            "sharpness": face.quality.sharpness,
+            "pose": {"roll": face.pose.roll, "yaw": face.pose.yaw, "pitch": face.pose.pitch},
+        }
+    return facts
+
+
+def _crop(image: bytes, found: FoundFace) -> bytes | None:
+    """The probe's face with a margin, as JPEG (upright, as the engine saw it); None if it cannot be cut."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(io.BytesIO(image)) as opened:
+            upright = ImageOps.exif_transpose(opened).convert("RGB")
+    except Exception:
+        return None
+    scale_x, scale_y = upright.width / found.image_width, upright.height / found.image_height
+    box = found.face.box
+    margin_x, margin_y = box.width * CROP_MARGIN, box.height * CROP_MARGIN
+    region = (
+        max(0, int((box.left - margin_x) * scale_x)),
+        max(0, int((box.top - margin_y) * scale_y)),
+        min(upright.width, int((box.right + margin_x) * scale_x)),
+        min(upright.height, int((box.bottom + margin_y) * scale_y)),
+    )
+    crop = upright.crop(region)
+    crop.thumbnail((300, 300))
+    out = io.BytesIO()
+    crop.save(out, "JPEG", quality=90)
+    return out.getvalue()

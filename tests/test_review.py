@@ -1,0 +1,145 @@
+"""Human review as a policy obligation, through the governed operation: under two-person review a search's
+matches are withheld until two reviewers of the organisation confirm the same candidate independently; a
+rejection closes the case unreleased; a reviewer of another organisation cannot see the case."""
+
+from __future__ import annotations
+
+import pytest
+
+from facegate.errors import (
+    AccessDeniedException,
+    ConflictException,
+    InvalidParameterException,
+    ResourceNotFoundException,
+)
+from facegate.governed import RequestContext
+from facegate.keys import Principal
+
+
+@pytest.fixture
+def world(tmp_path, people):
+    """A police department under the public-safety template with two-person review, a gallery of real faces,
+    and reviewers of the department and of another organisation."""
+    from facegate.compose import Settings, build
+
+    facegate = build(Settings(tmp_path / "data"))
+    governance, governed = facegate.governance, facegate.governed
+    governance.create_organisation("metro-police", "law_enforcement", "US-WA")
+    governance.create_organisation("acme", "commercial", "US-NY")
+    police = Principal.operator("metro-police")
+    governed.execute(police, "CreateCollection", {"CollectionId": "mugshots"})
+    faces = {}
+    for name, photos in people.items():
+        indexed = governed.execute(
+            police,
+            "IndexFaces",
+            {"CollectionId": "mugshots", "Image": {"Bytes": photos[0].read_bytes()}, "ExternalImageId": name},
+        ).result
+        faces[name] = indexed.records[0].face.face_id
+    # At the template's default 99 most genuine pairs of different photos fall short (TMR 15%): 90 here.
+    governance.activate("aws-public-safety", ["reviewers=2", "min_threshold=90"], "guidance, two examiners")
+    accounts = facegate.console_accounts
+    for username, orgs in (("ana", ("metro-police",)), ("ben", ("metro-police",)), ("eve", ("acme",))):
+        accounts.create(username, "reviewer", orgs, password=f"{username}-correct-horse")
+    users = {u.username: u for u in accounts.users()}
+    yield {"facegate": facegate, "police": police, "faces": faces, "users": users, "people": people}
+    facegate.close()
+
+
+def _search(world, name: str = "Colin_Powell"):
+    photo = world["people"][name][1].read_bytes()
+    return world["facegate"].governed.execute(
+        world["police"],
+        "SearchFacesByImage",
+        {"CollectionId": "mugshots", "Image": {"Bytes": photo}},
+        RequestContext(case_reference="CASE-2026-0117"),
+    )
+
+
+def _release(world, case_id: str):
+    """The client polling its case (an identification like the search: the case reference goes with it)."""
+    context = RequestContext(case_reference="CASE-2026-0117")
+    return world["facegate"].governed.execute(world["police"], "GetReviewCase", {"CaseId": case_id}, context).result
+
+
+def test_two_reviewers_confirm_and_only_then_the_client_gets_the_match(world):
+    searched = _search(world)
+    case = searched.review_case
+    assert case is not None and case.withheld and case.reviewers_required == 2
+    assert searched.result.matches == ()  # nothing leaves before review
+    assert [c["id"] for c in case.candidates] == [world["faces"]["Colin_Powell"]]
+    assert case.probe_crop and case.probe_crop[:2] == b"\xff\xd8"  # a JPEG of the probe's face
+    assert case.facts["case_reference"] == "CASE-2026-0117" and case.facts["threshold_applied"] == 90
+    assert _release(world, case.case_id).face_matches == ()  # polled before review: still nothing
+
+    desk, users = world["facegate"].governed.review, world["users"]
+    after_one = desk.decide(users["ana"], case.case_id, "confirm", world["faces"]["Colin_Powell"])
+    assert after_one.status == "open" and _release(world, case.case_id).face_matches == ()
+    assert desk.decided_by(users["ben"], after_one) is None  # the second reviewer does not see the first's
+    with pytest.raises(ConflictException, match="already decided"):
+        desk.decide(users["ana"], case.case_id, "confirm", world["faces"]["Colin_Powell"])
+    released = desk.decide(users["ben"], case.case_id, "confirm", world["faces"]["Colin_Powell"])
+    assert released.status == "released" and released.probe_crop is None  # the probe crop goes with the case
+    outcome = _release(world, case.case_id)
+    assert [m.face.face_id for m in outcome.face_matches] == [world["faces"]["Colin_Powell"]]
+    assert outcome.face_matches[0].similarity >= 90
+
+    events = [e["event"] for e in world["facegate"].audit.entries() if str(e.get("case_id")) == case.case_id]
+    assert events == ["review_opened", "review_decision", "review_decision", "review_closed"]
+
+
+def test_one_rejection_and_the_client_never_gets_the_match(world):
+    case = _search(world).review_case
+    desk, users = world["facegate"].governed.review, world["users"]
+    desk.decide(users["ana"], case.case_id, "confirm", world["faces"]["Colin_Powell"])
+    rejected = desk.decide(users["ben"], case.case_id, "reject", None, "different ear, different nose")
+    assert rejected.status == "rejected"
+    assert _release(world, case.case_id).face_matches == ()
+    with pytest.raises(ConflictException, match="rejected"):
+        desk.decide(users["ana"], case.case_id, "confirm", world["faces"]["Colin_Powell"])
+
+
+def test_reviewers_of_another_organisation_and_other_clients_cannot_see_the_case(world):
+    case = _search(world).review_case
+    desk, users = world["facegate"].governed.review, world["users"]
+    with pytest.raises(ResourceNotFoundException):
+        desk.case(users["eve"], case.case_id)
+    with pytest.raises(ResourceNotFoundException):
+        desk.decide(users["eve"], case.case_id, "confirm", world["faces"]["Colin_Powell"])
+    assert [c.case_id for c in desk.cases(users["eve"])] == []
+    assert [c.case_id for c in desk.cases(users["ana"])] == [case.case_id]
+    with pytest.raises(ResourceNotFoundException):
+        world["facegate"].governed.execute(
+            Principal.operator("acme"), "GetReviewCase", {"CaseId": case.case_id}, RequestContext(case_reference="C-1")
+        )
+    with pytest.raises(InvalidParameterException, match="one of the case's candidates"):
+        desk.decide(users["ana"], case.case_id, "confirm", "not-a-candidate")
+
+
+def test_reviewers_confirming_different_candidates_escalate_the_case(world):
+    from facegate.store import ReviewCase
+
+    desk, users = world["facegate"].governed.review, world["users"]
+    case = _search(world).review_case
+    two = ReviewCase(**{**case.__dict__, "case_id": "c" * 32, "candidates": [*case.candidates, {"rank": 2, "id": "x"}]})
+    world["facegate"].store.add_case(two)
+    desk.decide(users["ana"], two.case_id, "confirm", case.candidates[0]["id"])
+    escalated = desk.decide(users["ben"], two.case_id, "confirm", "x")
+    assert escalated.status == "escalated" and _release(world, two.case_id).face_matches == ()
+
+
+def test_sign_in_locks_out_after_repeated_failures_and_says_nothing_of_who_exists(world):
+    accounts = world["facegate"].console_accounts
+    assert accounts.sign_in("ana", "ana-correct-horse", "127.0.0.1").user.username == "ana"
+    messages = set()
+    for _ in range(5):
+        with pytest.raises(AccessDeniedException) as wrong:
+            accounts.sign_in("ana", "guess", "127.0.0.1")
+        messages.add(str(wrong.value))
+    with pytest.raises(AccessDeniedException) as locked:
+        accounts.sign_in("ana", "ana-correct-horse", "127.0.0.1")  # the right password, but locked out
+    with pytest.raises(AccessDeniedException) as nobody:
+        accounts.sign_in("nobody", "whatever", "127.0.0.1")
+    assert messages == {str(locked.value)} == {str(nobody.value)}
+    failures = list(world["facegate"].audit.entries(event="console_sign_in_failed"))
+    assert len(failures) == 6 and failures[4]["locked"] is True
