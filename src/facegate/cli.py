@@ -55,7 +55,7 @@ from facegate.results import (
     UserPage,
 )
 from facegate.store import Collection, StoredFace, StoredUser
-from facegate.video_commands import jobs_app, notifications_app, video_app
+from facegate.video_commands import console_users_app, jobs_app, notifications_app, video_app
 from facegate.wire import to_wire
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="facegate: accountable face recognition.")
@@ -637,6 +637,7 @@ app.add_typer(sources_app, name="sources")
 app.add_typer(audit_app, name="audit", help="The tamper-evident audit log: verify, export, show.")
 app.add_typer(fairness_app, name="fairness", help="Bias audits and the ACLU experiment.")
 app.add_typer(video_app, name="video")
+app.add_typer(console_users_app, name="console-users")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(notifications_app, name="notifications")
 
@@ -1041,6 +1042,15 @@ def serve(
             governance.issue_key(organisation=DEFAULT_OWNER),
             host,
             port,
+        )
+    accounts = state.facegate.console_accounts
+    if not accounts.users():
+        password = accounts.create("operator", "operator", ("*",), actor="first-start")
+        print(
+            f"Console: http://{host}:{port}/console/  user 'operator', one-time password {password}\n"
+            "  (shown this once; you choose your own at first sign-in; add reviewers there or with "
+            "`facegate console-users create`)\n",
+            flush=True,
         )
     application = create_app(replace(state.settings, regions=regions), workers=workers, queue=queue)
     endpoint = f"http://{host}:{port}"

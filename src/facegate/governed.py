@@ -319,8 +319,14 @@ class GovernedService:
 
 
 def _probe(params: dict) -> bytes | None:
+    """The probe image's bytes (straight off the wire they are still base64 text)."""
     image = params.get("Image")
     data = image.get("Bytes") if isinstance(image, dict) else None
+    if isinstance(data, str):
+        try:
+            return base64.b64decode(data, validate=True)
+        except ValueError:
+            return None
     return bytes(data) if isinstance(data, bytes | bytearray) else None
 
 

@@ -39,6 +39,7 @@ from facegate.governance import GateOutcome
 from facegate.governed import RequestContext, image_digests
 from facegate.server import sigv4
 from facegate.server.admin import admin_routes
+from facegate.server.console import console_routes
 from facegate.server.protocol import GuardedH11Protocol
 from facegate.server.wire import aws_json, error_response, parse_json
 from facegate.server.workers import OperationRunner, prepare_search_indexes_in_background
@@ -227,6 +228,7 @@ def create_app(settings: Settings, *, workers: int | None = None, queue: int | N
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
             *admin_routes(governance, keys, read_body, regions),
+            *console_routes(facegate.console_accounts, governed.review, governance),
             Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]),
         ],
         lifespan=lifespan,

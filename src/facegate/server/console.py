@@ -1,0 +1,315 @@
+"""The console under /console: server-rendered pages (Jinja2, no JavaScript) for the people who review
+identifications and govern facegate. It calls the review desk, the console accounts and governance — the same
+audited operations as the CLI — never the store or the service.
+
+Sessions are server-side (``console_users.py``): an HttpOnly, SameSite=Strict cookie holds a random token; every
+form carries the session's CSRF token, and a POST whose Origin is another site is refused. A case or page a user
+is not authorised for answers 404, as one that does not exist.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import urllib.parse
+from importlib import resources
+from typing import Any
+
+import anyio.to_thread
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from facegate.console_users import ConsoleAccounts, csrf_matches
+from facegate.errors import FacegateError, ResourceNotFoundException
+from facegate.governance import Governance
+from facegate.review import ReviewDesk
+from facegate.store import ConsoleSession, ConsoleUser
+
+log = logging.getLogger("facegate.console")
+COOKIE = "facegate_console"
+MAX_FORM_BYTES = 64 * 1024
+AUDIT_PAGE = 200
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self'; style-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",  # no-referrer would make the browser send "Origin: null" on forms
+    "Cache-Control": "no-store",
+}
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def console_routes(accounts: ConsoleAccounts, desk: ReviewDesk, governance: Governance) -> list[Route]:
+    pages = Environment(loader=PackageLoader("facegate.server", "templates"), autoescape=select_autoescape())
+    pages.filters["when"] = _when
+
+    def render(template: str, status: int = 200, **values: Any) -> HTMLResponse:
+        response = HTMLResponse(pages.get_template(template).render(**values), status_code=status)
+        response.headers.update(_SECURITY_HEADERS)
+        return response
+
+    async def signed_in(request: Request) -> tuple[ConsoleUser, ConsoleSession]:
+        found = await anyio.to_thread.run_sync(accounts.session, request.cookies.get(COOKIE))
+        if found is None:
+            raise _Refused(401, "sign in")
+        return found
+
+    async def form(request: Request, session: ConsoleSession | None) -> dict[str, str]:
+        origin = request.headers.get("origin")
+        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+            raise _Refused(403, "This form was sent from another site.")
+        body = await request.body()
+        if len(body) > MAX_FORM_BYTES:
+            raise _Refused(413, "The form is too large.")
+        if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            raise _Refused(415, "The console's forms are sent as application/x-www-form-urlencoded.")
+        try:
+            fields = dict(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=50))
+        except (UnicodeDecodeError, ValueError):
+            raise _Refused(400, "The form could not be read.") from None
+        if session is not None and not csrf_matches(session, fields.get("csrf")):
+            raise _Refused(403, "The form's CSRF token is missing or stale: reload the page and try again.")
+        return fields
+
+    def page(handler, *, roles: tuple[str, ...] | None = None, password_ok: bool = False):
+        """A signed-in page: 401 → the sign-in page, a role it is not for → 404, a one-time password → change it."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                user, session = await signed_in(request)
+                if user.must_change_password and not password_ok:
+                    return RedirectResponse("/console/password", 303)
+                if roles is not None and user.role not in roles:
+                    raise ResourceNotFoundException("No such page.")
+                return await handler(request, user, session)
+            except _Refused as refused:
+                if refused.status == 401:
+                    return RedirectResponse("/console/login", 303)
+                return render("error.html", refused.status, title=str(refused), user=None)
+            except ResourceNotFoundException:
+                return render("error.html", 404, title="Not found", user=None)
+            except FacegateError as exc:
+                user_session = await anyio.to_thread.run_sync(accounts.session, request.cookies.get(COOKIE))
+                user, session = user_session if user_session else (None, None)
+                return render(
+                    "error.html", exc.status, title=exc.message, user=user, csrf=session.csrf_token if session else ""
+                )
+
+        return endpoint
+
+    # Signing in and out
+
+    async def login_page(request: Request) -> Response:
+        return render("login.html", title="Sign in", user=None)
+
+    async def login(request: Request) -> Response:
+        try:
+            fields = await form(request, None)
+            source = request.client.host if request.client else "unknown"
+            done = await anyio.to_thread.run_sync(
+                accounts.sign_in, fields.get("username", ""), fields.get("password", ""), source
+            )
+        except _Refused as refused:
+            return render("login.html", refused.status, title="Sign in", user=None, error=str(refused))
+        except FacegateError as exc:
+            return render("login.html", 403, title="Sign in", user=None, error=exc.message)
+        response = RedirectResponse("/console/password" if done.user.must_change_password else "/console/", 303)
+        response.set_cookie(
+            COOKIE,
+            done.token,
+            max_age=int(done.session.expires_at - done.session.created_at),
+            path="/console",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    async def logout(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
+        await form(request, session)
+        await anyio.to_thread.run_sync(accounts.sign_out, request.cookies.get(COOKIE, ""))
+        response = RedirectResponse("/console/login", 303)
+        response.delete_cookie(COOKIE, path="/console")
+        return response
+
+    async def password_page(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
+        return render("password.html", title="Password", user=user, csrf=session.csrf_token)
+
+    async def change_password(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
+        fields = await form(request, session)
+        try:
+            await anyio.to_thread.run_sync(
+                accounts.change_password, user, fields.get("current", ""), fields.get("new", "")
+            )
+        except FacegateError as exc:
+            return render("password.html", 400, title="Password", user=user, csrf=session.csrf_token, error=exc.message)
+        return RedirectResponse("/console/", 303)
+
+    # Review
+
+    async def queue(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
+        def rows() -> list[dict]:
+            return [
+                {
+                    "case": case,
+                    "recorded": desk.decisions_recorded(case),
+                    "mine": desk.decided_by(user, case) is not None,
+                    "opened": _when(case.created_at),
+                }
+                for case in desk.cases(user)
+            ]
+
+        cases = await anyio.to_thread.run_sync(rows)
+        return render("queue.html", title="Review queue", user=user, csrf=session.csrf_token, cases=cases)
+
+    async def case_page(request: Request, user: ConsoleUser, session: ConsoleSession, notice: str | None = None):
+        case_id = request.path_params["case_id"]
+
+        def load() -> dict:
+            case = desk.case(user, case_id)
+            mine = desk.decided_by(user, case)
+            return {
+                "case": case,
+                "facts": case.facts,
+                "mine": mine,
+                "recorded": desk.decisions_recorded(case),
+                "can_decide": user.role == "reviewer" and case.status == "open" and mine is None,
+            }
+
+        values = await anyio.to_thread.run_sync(load)
+        return render("case.html", title="Review case", user=user, csrf=session.csrf_token, notice=notice, **values)
+
+    async def decide(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
+        fields = await form(request, session)
+        candidate = fields.get("candidate") or None
+        verdict = "confirm" if candidate else "reject"
+        case_id = request.path_params["case_id"]
+        await anyio.to_thread.run_sync(lambda: desk.decide(user, case_id, verdict, candidate, fields.get("note", "")))
+        return RedirectResponse(f"/console/cases/{case_id}?recorded=1", 303)
+
+    async def case_view(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
+        notice = "Your decision is recorded." if request.query_params.get("recorded") else None
+        return await case_page(request, user, session, notice)
+
+    async def probe(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
+        case = await anyio.to_thread.run_sync(desk.case, user, request.path_params["case_id"])
+        if case.probe_crop is None:
+            raise ResourceNotFoundException("No probe crop.")
+        return Response(case.probe_crop, media_type="image/jpeg", headers=_SECURITY_HEADERS)
+
+    # Governance pages
+
+    async def audit_page(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
+        filters = {k: request.query_params.get(k) or None for k in ("organisation", "decision", "event")}
+        # An auditor of some organisations reads theirs only.
+        if "*" not in user.organisations and filters["organisation"] not in user.organisations:
+            filters["organisation"] = user.organisations[0]
+
+        def load() -> list[dict]:
+            entries = list(governance.audit.entries(**filters))
+            return entries[-AUDIT_PAGE:][::-1]
+
+        entries = await anyio.to_thread.run_sync(load)
+        return render(
+            "audit.html", title="Audit log", user=user, csrf=session.csrf_token, entries=entries, filters=filters
+        )
+
+    async def audit_entry(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
+        seq = int(request.path_params["seq"])
+
+        def load() -> tuple[dict, dict]:
+            entry = next(iter(e for e in governance.audit.entries() if e.get("seq") == seq), None)
+            if entry is None or ("*" not in user.organisations and entry.get("organisation") not in user.organisations):
+                raise ResourceNotFoundException("No such entry.")
+            return entry, governance.audit.inclusion_proof(seq)
+
+        entry, proof = await anyio.to_thread.run_sync(load)
+        return render(
+            "audit_entry.html",
+            title=f"Audit entry {seq}",
+            user=user,
+            csrf=session.csrf_token,
+            entry=json.dumps(entry, indent=2, sort_keys=True),
+            proof=json.dumps(proof, indent=2),
+            seq=seq,
+        )
+
+    async def verify_audit(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
+        await form(request, session)
+        report = await anyio.to_thread.run_sync(governance.audit.verify)
+        notice = (
+            f"The log verifies: {report.entries} entries, root {report.root}."
+            if report.ok
+            else f"The log does NOT verify: {'; '.join(report.problems[:5])}"
+        )
+        entries = await anyio.to_thread.run_sync(lambda: list(governance.audit.entries())[-AUDIT_PAGE:][::-1])
+        return render(
+            "audit.html",
+            title="Audit log",
+            user=user,
+            csrf=session.csrf_token,
+            entries=entries,
+            filters={},
+            notice=notice,
+        )
+
+    async def users_page(request: Request, user: ConsoleUser, session: ConsoleSession, **extra: Any) -> Response:
+        users = await anyio.to_thread.run_sync(accounts.users)
+        return render("users.html", title="Console users", user=user, csrf=session.csrf_token, users=users, **extra)
+
+    async def create_user(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
+        fields = await form(request, session)
+        organisations = tuple(o.strip() for o in fields.get("organisations", "").split(",") if o.strip())
+        try:
+            password = await anyio.to_thread.run_sync(
+                lambda: accounts.create(
+                    fields.get("username", ""), fields.get("role", ""), organisations, actor=f"console:{user.username}"
+                )
+            )
+        except FacegateError as exc:
+            return await users_page(request, user, session, error=exc.message)
+        notice = f"Created {fields['username']}; one-time password (shown once): {password}"
+        return await users_page(request, user, session, notice=notice)
+
+    async def stylesheet(request: Request) -> Response:
+        css = resources.files("facegate.server").joinpath("static/console.css").read_text()
+        return Response(css, media_type="text/css", headers={"Cache-Control": "max-age=300"})
+
+    async def home(request: Request) -> Response:
+        return RedirectResponse("/console/", 303)
+
+    operators = ("operator",)
+    governors = ("operator", "auditor")
+    return [
+        Route("/console", home, methods=["GET"]),
+        Route("/console/static/console.css", stylesheet, methods=["GET"]),
+        Route("/console/login", login_page, methods=["GET"]),
+        Route("/console/login", login, methods=["POST"]),
+        Route("/console/logout", page(logout, password_ok=True), methods=["POST"]),
+        Route("/console/password", page(password_page, password_ok=True), methods=["GET"]),
+        Route("/console/password", page(change_password, password_ok=True), methods=["POST"]),
+        Route("/console/", page(queue), methods=["GET"]),
+        Route("/console/cases/{case_id}", page(case_view), methods=["GET"]),
+        Route("/console/cases/{case_id}/decision", page(decide, roles=("reviewer",)), methods=["POST"]),
+        Route("/console/cases/{case_id}/probe.jpg", page(probe), methods=["GET"]),
+        Route("/console/audit", page(audit_page, roles=governors), methods=["GET"]),
+        Route("/console/audit/verify", page(verify_audit, roles=governors), methods=["POST"]),
+        Route("/console/audit/{seq:int}", page(audit_entry, roles=governors), methods=["GET"]),
+        Route("/console/users", page(users_page, roles=operators), methods=["GET"]),
+        Route("/console/users", page(create_user, roles=operators), methods=["POST"]),
+    ]
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return ""
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
