@@ -72,6 +72,10 @@ def world(tmp_path_factory, people):
     with running_server(home, "--workers", "1") as endpoint:
         rek = _client(endpoint, key)
         rek.create_collection(CollectionId="mugshots")
+        run_facegate(
+            home, "--org", "metro-police", "collections", "thumbnails", "mugshots", "--keep",
+            "--reason", "reviewers compare faces",
+        )  # fmt: skip
         face_id = rek.index_faces(
             CollectionId="mugshots", Image={"Bytes": people["Colin_Powell"][0].read_bytes()}, ExternalImageId="powell"
         )["FaceRecords"][0]["Face"]["FaceId"]
@@ -158,6 +162,8 @@ def test_two_reviewers_confirm_in_the_browser_and_then_the_client_receives_the_m
     probe = ana.get_by_alt_text("The probe face (searched with)")
     assert probe.is_visible() and probe.evaluate("img => img.naturalWidth") > 0
     assert "CASE-2026-0117" in ana.content() and "applied 90" in ana.content()
+    candidate = ana.get_by_alt_text("Candidate 1")  # the collection keeps thumbnails
+    assert candidate.is_visible() and candidate.evaluate("img => img.naturalWidth") > 0
     SHOTS.mkdir(parents=True, exist_ok=True)
     ana.screenshot(path=str(SHOTS / "case.png"), full_page=True)
     _decide(ana, case_id, "Confirm: the same person")

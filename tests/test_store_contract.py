@@ -865,3 +865,16 @@ def test_console_users_and_sessions(open_store):
     store.delete_sessions(username="ana")
     assert store.get_session("h-2") is None
     assert [u.username for u in store.list_console_users()] == ["ana"]
+
+
+def test_thumbnails_belong_to_their_face_and_go_with_it(store, collection, rng):
+    other = store.create_collection(OWNER, "other", MODEL, {})
+    store.add_faces(collection, make_faces(rng, ["f1", "f2"]))
+    store.add_faces(other, make_faces(rng, ["g1"], image_hash="image-2"))
+    store.add_thumbnails(collection, {"f1": b"\xff\xd8one", "f2": b"\xff\xd8two", "g1": b"not this collection's"})
+    assert store.thumbnails(collection, ["f1", "f2", "g1", "missing"]) == {"f1": b"\xff\xd8one", "f2": b"\xff\xd8two"}
+    assert store.thumbnails(other, ["g1", "f1"]) == {}
+    store.delete_faces(collection, ["f1"])
+    assert store.thumbnails(collection, ["f1", "f2"]) == {"f2": b"\xff\xd8two"}  # deleted with its face
+    store.delete_collection(current(store, collection))
+    assert store.thumbnails(collection, ["f2"]) == {}

@@ -211,6 +211,18 @@ def collections_retention(
     out.print(f"{collection_id}: retention {rule or 'cleared'}")
 
 
+@collections_app.command("thumbnails")
+def collections_thumbnails(
+    collection_id: str,
+    reason: ReasonOption,
+    keep: Annotated[bool, typer.Option("--keep/--no-keep", help="Keep a face crop per indexed face, for reviewers.")],
+) -> None:
+    """Keep (or stop keeping) a face crop of each face indexed from now on, so reviewers see candidates' faces.
+    Off by default; the crops are deleted with their faces (DeleteFaces, retention, the BIPA purge)."""
+    _governance().set_thumbnails(state.owner, collection_id, keep, reason)
+    out.print(f"{collection_id} of {state.owner}: {'keeps' if keep else 'keeps no'} face thumbnails")
+
+
 @collections_app.command("reindex")
 def collections_reindex(collection_id: str) -> None:
     """Rebuild a collection's approximate-search index from the database (it is also rebuilt when stale)."""

@@ -216,6 +216,19 @@ class Governance:
     def sources(self, owner: str | None = None) -> list[ObjectSource]:
         return self.store.list_sources(owner)
 
+    # Face thumbnails for reviewers (a collection setting, off by default: Rekognition keeps no images)
+
+    def set_thumbnails(self, owner: str, collection_id: str, keep: bool, reason: str, actor: str = OPERATOR) -> None:
+        from facegate.crops import thumbnails_setting
+
+        collection = self.store.get_collection(owner, collection_id)
+        if collection is None:
+            raise ResourceNotFoundException(f"The collection id: {collection_id} does not exist")
+        self.store.set_setting(thumbnails_setting(collection), "on" if keep else None)
+        self.record_event(
+            "thumbnails_setting", actor, organisation=owner, collection=collection_id, keep=keep, reason=reason
+        )
+
     # Notification channels (a video job's SNS topic, delivered to a webhook)
 
     def add_notification(self, owner: str, topic_arn: str, url: str, reason: str, actor: str = OPERATOR) -> None:

@@ -9,12 +9,12 @@ while the case is open.
 
 from __future__ import annotations
 
-import io
 import time
 import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from facegate.crops import face_crop
 from facegate.errors import ConflictException, InvalidParameterException, ResourceNotFoundException
 from facegate.results import FaceMatches, FoundFace, Result, UserMatches
 from facegate.snapshots import stored_face_json
@@ -28,7 +28,6 @@ REVIEWED = frozenset({"SearchFaces", "SearchFacesByImage", "SearchUsers", "Searc
 OPEN, RELEASED, REJECTED, ESCALATED = "open", "released", "rejected", "escalated"
 CONFIRM, REJECT = "confirm", "reject"
 REVIEWER = "reviewer"
-CROP_MARGIN = 0.35  # of the face box, each side: the reviewer sees hair line and jaw, not the whole scene
 
 
 class ReviewDesk:
@@ -71,7 +70,7 @@ class ReviewDesk:
             request_id=request_id,
             created_at=now,
             updated_at=now,
-            probe_crop=_crop(probe_image, searched) if probe_image is not None and searched is not None else None,
+            probe_crop=face_crop(probe_image, searched) if probe_image is not None and searched is not None else None,
         )
         self.store.add_case(case)
         self.governance.record_event(
@@ -107,6 +106,13 @@ class ReviewDesk:
     def decided_by(self, user: ConsoleUser, case: ReviewCase) -> ReviewDecision | None:
         """This reviewer's own decision (never another's: reviews are independent)."""
         return next((d for d in self.store.decisions(case.case_id) if d.reviewer == user.username), None)
+
+    def thumbnails(self, user: ConsoleUser, case_id: str) -> dict[str, bytes]:
+        """The candidates' stored face crops (where the collection keeps them), for a user who may see the case."""
+        case = self.case(user, case_id)
+        collection = self.store.get_collection(case.owner, case.facts.get("collection") or "")
+        faces = [c["id"] for c in case.candidates if "face" in c]
+        return self.store.thumbnails(collection, faces) if collection is not None and faces else {}
 
     def decisions_recorded(self, case: ReviewCase) -> int:
         return len(self.store.decisions(case.case_id))
@@ -218,28 +224,3 @@ def _facts(outcome: GateOutcome, result: FaceMatches | UserMatches, searched: Fo
             "pose": {"roll": face.pose.roll, "yaw": face.pose.yaw, "pitch": face.pose.pitch},
         }
     return facts
-
-
-def _crop(image: bytes, found: FoundFace) -> bytes | None:
-    """The probe's face with a margin, as JPEG (upright, as the engine saw it); None if it cannot be cut."""
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(io.BytesIO(image)) as opened:
-            upright = ImageOps.exif_transpose(opened).convert("RGB")
-    except Exception:
-        return None
-    scale_x, scale_y = upright.width / found.image_width, upright.height / found.image_height
-    box = found.face.box
-    margin_x, margin_y = box.width * CROP_MARGIN, box.height * CROP_MARGIN
-    region = (
-        max(0, int((box.left - margin_x) * scale_x)),
-        max(0, int((box.top - margin_y) * scale_y)),
-        min(upright.width, int((box.right + margin_x) * scale_x)),
-        min(upright.height, int((box.bottom + margin_y) * scale_y)),
-    )
-    crop = upright.crop(region)
-    crop.thumbnail((300, 300))
-    out = io.BytesIO()
-    crop.save(out, "JPEG", quality=90)
-    return out.getvalue()

@@ -21,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from facegate.crops import face_crop, thumbnails_setting
 from facegate.engine import AnalysedImage, Face, FaceEngine
 from facegate.engine import video as video_limits
 from facegate.errors import (
@@ -299,6 +300,9 @@ class FaceService:
         if stored and stored[0].face_id != (new[0].face_id if new else None):
             # A concurrent IndexFaces of the same image won the race; report its faces, as a repeat would.
             return _repeat(collection, stored)
+        if new and self.store.get_setting(thumbnails_setting(collection)):  # kept for reviewers, off by default
+            crops = {face.face_id: face_crop(prepared.data, found) for face, found in zip(new, kept, strict=True)}
+            self.store.add_thumbnails(collection, {k: v for k, v in crops.items() if v is not None})
         records = tuple(FaceRecord(record, found) for record, found in zip(new, kept, strict=True))
         return IndexResult(collection.model_version, records, tuple(unindexed))
 

@@ -180,6 +180,7 @@ def console_routes(accounts: ConsoleAccounts, desk: ReviewDesk, governance: Gove
             return {
                 "case": case,
                 "facts": case.facts,
+                "thumbnails": set(desk.thumbnails(user, case_id)),
                 "mine": mine,
                 "recorded": desk.decisions_recorded(case),
                 "can_decide": user.role == "reviewer" and case.status == "open" and mine is None,
@@ -205,6 +206,13 @@ def console_routes(accounts: ConsoleAccounts, desk: ReviewDesk, governance: Gove
         if case.probe_crop is None:
             raise ResourceNotFoundException("No probe crop.")
         return Response(case.probe_crop, media_type="image/jpeg", headers=_SECURITY_HEADERS)
+
+    async def candidate(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
+        crops = await anyio.to_thread.run_sync(desk.thumbnails, user, request.path_params["case_id"])
+        crop = crops.get(request.path_params["face_id"])
+        if crop is None:
+            raise ResourceNotFoundException("No thumbnail.")
+        return Response(crop, media_type="image/jpeg", headers=_SECURITY_HEADERS)
 
     # Governance pages
 
@@ -301,6 +309,7 @@ def console_routes(accounts: ConsoleAccounts, desk: ReviewDesk, governance: Gove
         Route("/console/cases/{case_id}", page(case_view), methods=["GET"]),
         Route("/console/cases/{case_id}/decision", page(decide, roles=("reviewer",)), methods=["POST"]),
         Route("/console/cases/{case_id}/probe.jpg", page(probe), methods=["GET"]),
+        Route("/console/cases/{case_id}/candidates/{face_id}.jpg", page(candidate), methods=["GET"]),
         Route("/console/audit", page(audit_page, roles=governors), methods=["GET"]),
         Route("/console/audit/verify", page(verify_audit, roles=governors), methods=["POST"]),
         Route("/console/audit/{seq:int}", page(audit_entry, roles=governors), methods=["GET"]),

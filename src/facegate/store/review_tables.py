@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from facegate.errors import ResourceAlreadyExistsException
-from facegate.store import ConsoleSession, ConsoleUser, ReviewCase, ReviewDecision
+from facegate.store import Collection, ConsoleSession, ConsoleUser, ReviewCase, ReviewDecision
 
 # SQLite's types; PostgreSQL's migration swaps them (``postgres_ddl``).
 DDL = """
@@ -48,6 +48,11 @@ CREATE TABLE IF NOT EXISTS console_users (
     failed_logins INTEGER NOT NULL DEFAULT 0,
     locked_until REAL,
     must_change_password INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS face_thumbnails (
+    face_id TEXT PRIMARY KEY REFERENCES faces (face_id) ON DELETE CASCADE,
+    collection_pk INTEGER NOT NULL,
+    jpeg BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS console_sessions (
     token_hash TEXT PRIMARY KEY,
@@ -153,6 +158,26 @@ class ReviewTables:
             (status, json.dumps(released) if released is not None else None, time.time(), case_id),
         )
         return _case(row) if row else None
+
+    # Face thumbnails (for reviewers, where the collection keeps them)
+
+    def add_thumbnails(self, collection: Collection, thumbnails: dict[str, bytes]) -> None:
+        for face_id, jpeg in thumbnails.items():  # only faces of the collection: the insert selects them
+            self._execute(
+                "INSERT INTO face_thumbnails (face_id, collection_pk, jpeg) SELECT face_id, collection_pk, ? "
+                "FROM faces WHERE face_id = ? AND collection_pk = ? ON CONFLICT DO NOTHING",
+                (jpeg, face_id, collection.pk),
+            )
+
+    def thumbnails(self, collection: Collection, face_ids: list[str]) -> dict[str, bytes]:
+        found = {}
+        for face_id in face_ids:
+            row = self._fetchone(
+                "SELECT jpeg FROM face_thumbnails WHERE face_id = ? AND collection_pk = ?", (face_id, collection.pk)
+            )
+            if row:
+                found[face_id] = bytes(row[0])
+        return found
 
     # Console users and sessions
 
