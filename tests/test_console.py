@@ -22,6 +22,7 @@ from botocore.credentials import Credentials
 
 from .test_http import facegate as run_facegate
 from .test_http import running_server
+from .test_policy import synthetic_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / ".pytest_cache" / "console"
@@ -66,6 +67,7 @@ def world(tmp_path_factory, people):
         ("ben", "metro-police", "reviewer"),
         ("eve", "acme", "reviewer"),
         ("aud", "*", "auditor"),
+        ("opal", "*", "operator"),
     ):
         printed = run_facegate(home, "console-users", "create", username, "--org", org, "--role", role)
         passwords[username] = printed.rsplit("one-time password ", 1)[1].strip()
@@ -215,3 +217,51 @@ def test_a_revoked_keys_requests_appear_as_denials_in_the_audit_browser(browser,
     auditor.get_by_role("button", name="Verify the whole log now").click()
     assert "The log verifies" in auditor.content()
     auditor.screenshot(path=str(SHOTS / "audit.png"), full_page=True)
+
+
+def test_an_operator_governs_in_the_browser_and_auditors_read_the_reports(browser, world, tmp_path):
+    report = tmp_path / "audit.json"
+    report.write_text(json.dumps(synthetic_report()))
+    run_facegate(world["home"], "fairness", "activate", str(report), "--reason", "audit of record")
+    operator = _page(browser, world, "opal")
+    operator.goto("/console/governance")
+    assert "metro-police" in operator.content() and "law_enforcement" in operator.content()
+    operator.get_by_text("Cedar text of kill-switch").click()
+    assert 'forbid' in operator.inner_text("details[open] pre")
+    row = operator.locator("tr", has_text="Kill switch")
+    row.get_by_label("Reason").fill("drill: all identification stops")
+    row.get_by_role("button", name="Activate or change kill-switch").click()
+    operator.get_by_text("Done.").wait_for()
+    key = json.loads(run_facegate(world["home"], "keys", "create", "--org", "metro-police", "--json"))
+    client = _client(world["endpoint"], key)
+    with pytest.raises(client.exceptions.AccessDeniedException, match="kill-switch"):
+        client.search_faces_by_image(CollectionId="mugshots", Image={"Bytes": world["probe"]})
+    row = operator.locator("tr", has_text="Kill switch")
+    row.get_by_label("Reason").fill("drill over")
+    row.get_by_role("button", name="Deactivate kill-switch").click()
+    operator.get_by_text("Done.").wait_for()
+    assert "x-facegate-review-case" in client.search_faces_by_image(
+        CollectionId="mugshots", Image={"Bytes": world["probe"]}
+    )["ResponseMetadata"]["HTTPHeaders"]
+    changes = [
+        json.loads(line)
+        for line in run_facegate(world["home"], "audit", "show", "--event", "policy_change", "--json").splitlines()
+    ]
+    assert [(c["template"], c["change"], c["actor"]) for c in changes[-2:]] == [
+        ("kill-switch", "activated", "console:opal"),
+        ("kill-switch", "deactivated", "console:opal"),
+    ]
+
+    auditor = _page(browser, world, "aud")
+    auditor.goto("/console/fairness")
+    auditor.screenshot(path=str(SHOTS / "fairness.png"), full_page=True)
+    frame = auditor.frame_locator("iframe.report")
+    frame.locator("h1").wait_for()
+    assert "Fairness audit" in frame.locator("h1").inner_text()
+    assert frame.locator("img").count() >= 1
+    auditor.screenshot(path=str(SHOTS / "fairness.png"), full_page=True)
+    auditor.goto("/console/transparency")
+    assert "transparency report" in auditor.frame_locator("iframe.report").locator("h1").inner_text()
+    assert auditor.request.post("/console/governance/policy", form={"template": "kill-switch"}).status == 404
+    reviewer = _page(browser, world, "ana")
+    assert reviewer.goto("/console/governance").status == 404  # reviewers do not govern

@@ -101,8 +101,13 @@ def write(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     json_path = out_dir / "transparency.json"
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     html_path = out_dir / "transparency.html"
-    html_path.write_text(_html(report))
+    html_path.write_text(html_report(report))
     return json_path, html_path
+
+
+def html_report(report: dict[str, Any]) -> str:
+    """The report as one HTML page with its charts inline (the console shows it; ``write`` saves it)."""
+    return _html(report)
 
 
 def _iso(epoch: float) -> str:

@@ -321,7 +321,7 @@ def _heat_map(dimension: dict, k: int, point: dict) -> plt.Figure:
 def _curves(dimension: dict) -> tuple[plt.Figure, str]:
     curves = dimension["curves"]
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    if curves["fnmr"]:
+    if curves.get("fnmr"):
         for group in curves["fmr"]:
             fmr = np.array(curves["fmr"][group], dtype=float)
             fnmr = np.array(curves["fnmr"][group], dtype=float)
@@ -351,6 +351,25 @@ def _curves(dimension: dict) -> tuple[plt.Figure, str]:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig, caption
+
+
+def gate_view_html(report: dict) -> str:
+    """What the gate reads of an audit report, as a page: each dimension's FMR by group at the headline thresholds,
+    and its FMR curves (for a report that lacks the full audit's other sections)."""
+    parts = [f"<h1>Fairness audit: {_e(report.get('dataset', {}).get('spec', 'report'))}</h1>"]
+    thresholds = (80, 90, 95, 99)
+    for dimension in report.get("dimensions", []):
+        curves = dimension["curves"]
+        grid = list(curves["similarity"])
+        rows = []
+        for group, fmr in curves["fmr"].items():
+            pairs = dimension.get("groups", {}).get(group, {}).get("impostor_pairs")
+            at = [fmr[max(i for i, s in enumerate(grid) if s <= t)] for t in thresholds]
+            rows.append([group, f"{pairs:,}" if pairs is not None else "", *(f"{v:.2e}" for v in at)])
+        parts.append(f"<h2>FMR by {_e(dimension['name'])}</h2>")
+        parts.append(_table(["group", "impostor pairs", *(f"FMR at {t}" for t in thresholds)], rows))
+        parts.append(_figure(*_curves(dimension)))
+    return _page("Fairness audit", "\n".join(parts))
 
 
 def _overall_curve(report: dict) -> plt.Figure:

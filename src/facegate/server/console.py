@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import time
 import urllib.parse
 from importlib import resources
 from typing import Any
@@ -288,6 +289,120 @@ def console_routes(accounts: ConsoleAccounts, desk: ReviewDesk, governance: Gove
         notice = f"Created {fields['username']}; one-time password (shown once): {password}"
         return await users_page(request, user, session, notice=notice)
 
+    # Governance: organisations, use cases, keys, policies (operators change them; auditors read)
+
+    def governance_values() -> dict[str, Any]:
+        from facegate.policy.templates import TEMPLATES
+
+        states = governance.policy_states()
+        policies = []
+        for name, template in TEMPLATES.items():
+            state = states.get(name)
+            policies.append(
+                {
+                    "name": name,
+                    "title": template.title,
+                    "cedar": template.cedar(),
+                    "always": template.always_on,
+                    "active": bool(state and state.active),
+                    "params": json.dumps(state.params if state else template.defaults, sort_keys=True),
+                    "reason": state.reason if state else "",
+                }
+            )
+        return {"organisations": governance.organisations(), "use_cases": governance.use_cases(), "policies": policies}
+
+    async def governance_page(request: Request, user: ConsoleUser, session: ConsoleSession, **extra: Any) -> Response:
+        values = await anyio.to_thread.run_sync(governance_values)
+        return render("governance.html", title="Governance", user=user, csrf=session.csrf_token, **values, **extra)
+
+    def governance_change(change):
+        """A POST from the governance page: the change, audited by Governance as the console user."""
+
+        async def endpoint(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
+            fields = await form(request, session)
+            actor = f"console:{user.username}"
+            try:
+                shown = await anyio.to_thread.run_sync(lambda: change(fields, actor))
+            except FacegateError as exc:
+                return await governance_page(request, user, session, error=exc.message)
+            except ValueError as exc:  # a template's parameters that do not parse
+                return await governance_page(request, user, session, error=str(exc))
+            return await governance_page(request, user, session, notice="Done.", **(shown or {}))
+
+        return endpoint
+
+    def set_status(fields: dict, actor: str) -> None:
+        governance.set_organisation_status(
+            fields.get("name", ""), fields.get("status", ""), fields.get("reason", ""), actor
+        )
+
+    def revoke_use_case(fields: dict, actor: str) -> None:
+        governance.revoke_use_case(fields.get("use_case", ""), fields.get("reason", ""), actor)
+
+    def key_change(fields: dict, actor: str) -> dict | None:
+        if fields.get("action") == "revoke":
+            governance.revoke_key(fields.get("access_key_id", ""), fields.get("reason", ""), actor)
+            return None
+        issued = governance.issue_key(
+            use_case_id=fields.get("use_case") or None, organisation=fields.get("organisation") or None, actor=actor
+        )
+        return {"secret": issued}
+
+    def policy_change(fields: dict, actor: str) -> None:
+        template, reason = fields.get("template", ""), fields.get("reason", "")
+        if fields.get("action") == "deactivate":
+            governance.deactivate(template, reason, actor)
+        else:
+            settings = [line.strip() for line in fields.get("settings", "").splitlines() if line.strip()]
+            governance.activate(template, settings, reason, actor)
+
+    # Reports: the fairness audit of record, the transparency report
+
+    async def fairness_page(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
+        curves = await anyio.to_thread.run_sync(governance.active_audit)
+        values = (
+            {"src": "/console/fairness/report", "summary": f"The fairness audit the gate reads: {curves.audit_id}."}
+            if curves is not None
+            else {"missing": "No fairness audit is active (facegate fairness activate REPORT)."}
+        )
+        return render("report.html", title="Fairness audit", user=user, csrf=session.csrf_token, **values)
+
+    async def fairness_report(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
+        from facegate.fairness.report import audit_html, gate_view_html
+        from facegate.governance import AUDIT_SETTING
+
+        def build() -> str:
+            text = governance.store.get_setting(AUDIT_SETTING)
+            if text is None:
+                raise ResourceNotFoundException("No fairness audit.")
+            report = json.loads(text)
+            try:
+                return audit_html(report)
+            except (KeyError, TypeError):  # a report with only what the gate reads (curves by group)
+                return gate_view_html(report)
+
+        return _document(await anyio.to_thread.run_sync(build))
+
+    async def transparency_page(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
+        return render(
+            "report.html",
+            title="Transparency report",
+            user=user,
+            csrf=session.csrf_token,
+            src="/console/transparency/report",
+            summary="Everything the audit log holds: requests by category, purpose and operation, denials by "
+            "policy, matches, thresholds, governance events.",
+        )
+
+    async def transparency_report(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
+        from facegate import transparency
+
+        def build() -> str:
+            report = transparency.build(governance.audit, governance.organisations(), 0.0, time.time() + 1)
+            return transparency.html_report(report)
+
+        return _document(await anyio.to_thread.run_sync(build))
+
     async def stylesheet(request: Request) -> Response:
         css = resources.files("facegate.server").joinpath("static/console.css").read_text()
         return Response(css, media_type="text/css", headers={"Cache-Control": "max-age=300"})
@@ -313,9 +428,36 @@ def console_routes(accounts: ConsoleAccounts, desk: ReviewDesk, governance: Gove
         Route("/console/audit", page(audit_page, roles=governors), methods=["GET"]),
         Route("/console/audit/verify", page(verify_audit, roles=governors), methods=["POST"]),
         Route("/console/audit/{seq:int}", page(audit_entry, roles=governors), methods=["GET"]),
+        Route("/console/governance", page(governance_page, roles=governors), methods=["GET"]),
+        Route(
+            "/console/governance/organisation", page(governance_change(set_status), roles=operators), methods=["POST"]
+        ),
+        Route(
+            "/console/governance/usecase", page(governance_change(revoke_use_case), roles=operators), methods=["POST"]
+        ),
+        Route("/console/governance/key", page(governance_change(key_change), roles=operators), methods=["POST"]),
+        Route("/console/governance/policy", page(governance_change(policy_change), roles=operators), methods=["POST"]),
+        Route("/console/fairness", page(fairness_page, roles=governors), methods=["GET"]),
+        Route("/console/fairness/report", page(fairness_report, roles=governors), methods=["GET"]),
+        Route("/console/transparency", page(transparency_page, roles=governors), methods=["GET"]),
+        Route("/console/transparency/report", page(transparency_report, roles=governors), methods=["GET"]),
         Route("/console/users", page(users_page, roles=operators), methods=["GET"]),
         Route("/console/users", page(create_user, roles=operators), methods=["POST"]),
     ]
+
+
+def _document(html: str) -> HTMLResponse:
+    """A report page of its own (its plots are inline PNGs and its styles inline), framed only by the console."""
+    response = HTMLResponse(html)
+    response.headers.update(
+        {
+            **_SECURITY_HEADERS,
+            "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+            "frame-ancestors 'self'",
+            "X-Frame-Options": "SAMEORIGIN",
+        }
+    )
+    return response
 
 
 def _when(epoch: float | None) -> str:
