@@ -265,3 +265,32 @@ def test_an_operator_governs_in_the_browser_and_auditors_read_the_reports(browse
     assert auditor.request.post("/console/governance/policy", form={"template": "kill-switch"}).status == 404
     reviewer = _page(browser, world, "ana")
     assert reviewer.goto("/console/governance").status == 404  # reviewers do not govern
+
+
+def test_the_first_start_prints_the_operators_one_time_password_which_must_be_changed(browser, tmp_path):
+    home = tmp_path / "data"
+    with running_server(home, "--workers", "1") as endpoint:
+        log = next(tmp_path.glob("server-*.log")).read_text()
+        printed = re.search(r"Console: (\S+)  user 'operator', one-time password (\S+)", log)
+        assert printed and printed.group(1) == f"{endpoint}/console/"
+        context = browser.new_context(base_url=endpoint)
+        page = context.new_page()
+        page.goto("/console/")
+        assert page.url.endswith("/console/login")  # nothing without signing in
+        page.get_by_label("Username").fill("operator")
+        page.get_by_label("Password").fill(printed.group(2))
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url("**/console/password")
+        page.goto("/console/governance")  # no page before the one-time password is replaced
+        assert page.url.endswith("/console/password")
+        page.get_by_label("Current password").fill(printed.group(2))
+        page.get_by_label("New password").fill("short")
+        page.get_by_role("button", name="Change password").click()
+        assert page.url.endswith("/console/password")  # the form refuses it (and so would the server)
+        page.get_by_label("Current password").fill(printed.group(2))
+        page.get_by_label("New password").fill("operator-chosen-passphrase")
+        page.get_by_role("button", name="Change password").click()
+        page.wait_for_url("**/console/")
+        page.goto("/console/governance")
+        assert page.url.endswith("/console/governance") and "Policies" in page.content()
+        assert "Console users" in page.content()
