@@ -143,3 +143,48 @@ def test_sign_in_locks_out_after_repeated_failures_and_says_nothing_of_who_exist
     assert messages == {str(locked.value)} == {str(nobody.value)}
     failures = list(world["facegate"].audit.entries(event="console_sign_in_failed"))
     assert len(failures) == 6 and failures[4]["locked"] is True
+
+
+def test_the_eu_ai_act_template_holds_a_user_search_for_two_reviewers(tmp_path, people):
+    """Art. 14(5) under the EU AI Act template: a German police search for a serious-crime suspect, by user,
+    released as UserMatches only after two confirmations."""
+    from facegate.compose import Settings, build
+
+    facegate = build(Settings(tmp_path / "data"))
+    try:
+        governance, governed = facegate.governance, facegate.governed
+        governance.create_organisation("polizei-berlin", "law_enforcement", "EU-DE")
+        use_case = governance.create_use_case(
+            "polizei-berlin", "serious_crime_suspect", authorisation_reference="AG Tiergarten 2026/117"
+        )
+        key = governance.issue_key(use_case_id=use_case.use_case_id)
+        officer = Principal(key.access_key_id, "polizei-berlin", "client", use_case.use_case_id)
+        governed.execute(officer, "CreateCollection", {"CollectionId": "suspects"})
+        indexed = governed.execute(
+            officer,
+            "IndexFaces",
+            {"CollectionId": "suspects", "Image": {"Bytes": people["Serena_Williams"][0].read_bytes()}},
+        ).result
+        governed.execute(officer, "CreateUser", {"CollectionId": "suspects", "UserId": "suspect-7"})
+        face = indexed.records[0].face.face_id
+        governed.execute(officer, "AssociateFaces", {"CollectionId": "suspects", "UserId": "suspect-7", "FaceIds": [face]})
+        governance.activate("eu-ai-act-5-1-h", [], "EU AI Act in force")
+
+        probe = {"CollectionId": "suspects", "Image": {"Bytes": people["Serena_Williams"][1].read_bytes()}}
+        searched = governed.execute(officer, "SearchUsersByImage", probe)
+        case = searched.review_case
+        assert searched.result.matches == () and case.withheld and case.reviewers_required == 2
+        assert case.facts["use_case"] == use_case.use_case_id and case.facts["purpose"] == "serious_crime_suspect"
+        assert [c["id"] for c in case.candidates] == ["suspect-7"]
+
+        accounts, desk = facegate.console_accounts, governed.review
+        for name in ("anna", "bernd"):
+            accounts.create(name, "reviewer", ("polizei-berlin",), password=f"{name}-correct-horse")
+        users = {u.username: u for u in accounts.users()}
+        desk.decide(users["anna"], case.case_id, "confirm", "suspect-7")
+        assert governed.execute(officer, "GetReviewCase", {"CaseId": case.case_id}).result.user_matches == ()
+        desk.decide(users["bernd"], case.case_id, "confirm", "suspect-7")
+        released = governed.execute(officer, "GetReviewCase", {"CaseId": case.case_id}).result
+        assert [m.user_id for m in released.user_matches] == ["suspect-7"]
+    finally:
+        facegate.close()

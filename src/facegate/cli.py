@@ -287,11 +287,23 @@ def index(
     max_faces: Annotated[int | None, typer.Option(help="Index at most this many faces per image.")] = None,
     quality_filter: Annotated[str, typer.Option(help="NONE, AUTO, LOW, MEDIUM or HIGH.")] = "AUTO",
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Index on Ray (needs the PostgreSQL store): a local Ray unless --ray-address.")
+    ] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="A Ray cluster to join, e.g. ray://head:10001 or auto (implies --ray).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Index the faces of images into a collection, across the cores; re-running skips images already indexed."""
+    """Index the faces of images into a collection, across the cores (or a Ray cluster); re-running skips images
+    already indexed."""
     from facegate.pipeline import BATCH, index_files
 
+    on_ray = ray or ray_address is not None
+    if on_ray and not state.settings.store:
+        from facegate.ray_pipeline import EMBEDDED_REFUSAL
+
+        fail(EMBEDDED_REFUSAL)
     files = list(_image_files(paths))
     processes = workers or os.cpu_count() or 1
     counts: Counter[str] = Counter()
@@ -333,13 +345,22 @@ def index(
                     params["MaxFaces"] = max_faces
                 yield path, params
 
-        outcomes = index_files(
-            requests(),
-            settings=state.settings,
-            principal=state.principal,
-            workers=processes,
-            batch=min(BATCH, max(1, len(files) // (2 * processes))),  # a short list still reaches every worker
-        )
+        batch = min(BATCH, max(1, len(files) // (2 * processes)))  # a short list still reaches every worker
+        if on_ray:
+            from facegate.ray_pipeline import index_files_on_ray
+
+            outcomes = index_files_on_ray(
+                requests(),
+                settings=state.settings,
+                principal=state.principal,
+                address=ray_address,
+                actors=workers,
+                batch=batch,
+            )
+        else:
+            outcomes = index_files(
+                requests(), settings=state.settings, principal=state.principal, workers=processes, batch=batch
+            )
         for batch in outcomes:  # each image was gated and audited in the worker that indexed it
             progress.advance(task, len(batch))
             for outcome in batch:

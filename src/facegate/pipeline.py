@@ -53,6 +53,11 @@ BATCH = 8  # images per task: the network's cost per face at batch 8 is ~15% bel
 
 def _index_batch(tasks: list[tuple[str, dict]]) -> list[Indexed]:
     governed, principal = _worker
+    return index_batch(governed, principal, tasks)
+
+
+def index_batch(governed, principal: Principal, tasks: list[tuple[str, dict]]) -> list[Indexed]:
+    """Read each file and run the governed IndexFaces over the batch (what every kind of worker does)."""
     outcomes: list[Indexed | None] = [None] * len(tasks)
     readable: list[tuple[int, bytes]] = []
     for i, (path, params) in enumerate(tasks):
