@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import numpy as np
@@ -103,10 +104,14 @@ def test_an_actor_killed_mid_job_loses_and_duplicates_nothing_and_a_rerun_skips_
     for batch in index_files_on_ray(corpus, settings=settings, principal=operator, batch=2, on_actors=actors.extend):
         if not outcomes:  # after the first batch: kill an actor that has batches in flight (two per actor)
             pids.append(ray.get(actors[0].pid.remote()))
-            ray.kill(actors[0], no_restart=False)
-            pids.append(ray.get(actors[0].pid.remote()))  # answered by the actor Ray restarted
+            ray.kill(actors[0], no_restart=False)  # takes effect asynchronously
+            for _ in range(600):  # until the actor Ray restarted answers (a guard against hanging)
+                pids.append(ray.get(actors[0].pid.remote()))
+                if pids[-1] != pids[0]:
+                    break
+                time.sleep(0.1)
         outcomes += batch
-    assert pids[0] != pids[1]  # it was killed (its batches in flight retried by Ray)
+    assert pids[-1] != pids[0]  # it was killed and restarted (its batches in flight retried by Ray)
     assert len(outcomes) == len(corpus) and all(o.error_code is None for o in outcomes)
     faces = _faces(facegate, "ads")
     assert len(faces) == len(corpus)  # every image's faces, none lost
