@@ -12,10 +12,11 @@ database owner who is not a superuser cannot do, so an administrator may have to
 
 from __future__ import annotations
 
-import json
 import struct
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -24,16 +25,14 @@ from facegate.store import (
     AccessKey,
     Collection,
     Gallery,
-    JobFinding,
     ObjectSource,
     Organisation,
     PolicyState,
     StoredFace,
     StoredUser,
     UseCase,
-    VideoJob,
 )
-from facegate.store.job_rows import JOB_COLUMN_COUNT, JOB_COLUMNS, job_from_row, job_row, json_or_none
+from facegate.store.job_tables import JobTables
 from facegate.store.review_tables import ReviewTables, postgres_ddl
 
 try:
@@ -230,7 +229,7 @@ EF_SEARCH_MIN = 200
 MAX_SCAN_TUPLES = 100_000
 
 
-class PostgresStore(ReviewTables):
+class PostgresStore(ReviewTables, JobTables):
     """``Store`` on PostgreSQL + pgvector, opened from a ``postgresql://user:password@host:port/database`` URL.
 
     Safe to share between threads (each gets its own connection) and between processes and hosts (nothing
@@ -716,97 +715,13 @@ class PostgresStore(ReviewTables):
             self._bump_governance(db)
         return bool(removed)
 
-    # Video jobs
+    # Video jobs (JobTables' primitive: statements in one transaction)
 
-    def add_job(self, job: VideoJob) -> VideoJob:
+    @contextmanager
+    def _transaction(self) -> Iterator:
         db = self._db
         with db.transaction():
-            inserted = db.execute(
-                f"INSERT INTO video_jobs ({JOB_COLUMNS}) VALUES ({', '.join(['%s'] * JOB_COLUMN_COUNT)}) "
-                "ON CONFLICT DO NOTHING",
-                job_row(job),
-            ).rowcount
-            if inserted:
-                return job
-            row = db.execute(
-                f"SELECT {JOB_COLUMNS} FROM video_jobs WHERE owner = %s AND api = %s AND client_token = %s",
-                (job.owner, job.api, job.client_token),
-            ).fetchone()
-        if row is None:
-            raise ConflictException(f"Job id {job.job_id} is already taken.")
-        return job_from_row(row)
-
-    def get_job(self, owner: str, job_id: str) -> VideoJob | None:
-        row = self._db.execute(
-            f"SELECT {JOB_COLUMNS} FROM video_jobs WHERE owner = %s AND job_id = %s", (owner, job_id)
-        ).fetchone()
-        return job_from_row(row) if row else None
-
-    def list_jobs(self, owner: str | None = None, status: str | None = None) -> list[VideoJob]:
-        rows = self._db.execute(
-            f"SELECT {JOB_COLUMNS} FROM video_jobs WHERE (%s::text IS NULL OR owner = %s) "
-            "AND (%s::text IS NULL OR status = %s) ORDER BY created_at DESC, job_id",
-            (owner, owner, status, status),
-        ).fetchall()
-        return [job_from_row(row) for row in rows]
-
-    def claim_job(self, job_id: str, worker: str, expected_worker: str | None) -> VideoJob | None:
-        db = self._db
-        now = time.time()
-        with db.transaction():
-            row = db.execute(
-                "UPDATE video_jobs SET worker = %s, heartbeat = %s, attempts = attempts + 1, progress_ms = 0, "
-                "updated_at = %s WHERE job_id = %s AND status = 'IN_PROGRESS' AND worker IS NOT DISTINCT FROM %s "
-                f"RETURNING {JOB_COLUMNS}",
-                (worker, now, now, job_id, expected_worker),
-            ).fetchone()
-            if row:
-                db.execute("DELETE FROM video_job_findings WHERE job_id = %s", (job_id,))
-        return job_from_row(row) if row else None
-
-    def record_job_progress(
-        self,
-        job_id: str,
-        worker: str,
-        findings: list[JobFinding],
-        progress_ms: int,
-        video_metadata: dict | None = None,
-    ) -> bool:
-        db = self._db
-        now = time.time()
-        with db.transaction():
-            updated = db.execute(
-                "UPDATE video_jobs SET heartbeat = %s, updated_at = %s, progress_ms = GREATEST(progress_ms, %s), "
-                "video_metadata = COALESCE(%s, video_metadata) "
-                "WHERE job_id = %s AND worker = %s AND status = 'IN_PROGRESS'",
-                (now, now, progress_ms, json_or_none(video_metadata), job_id, worker),
-            ).rowcount
-            if updated and findings:
-                with db.cursor() as cursor:
-                    cursor.executemany(
-                        "INSERT INTO video_job_findings (job_id, timestamp_ms, person_index, body) "
-                        "VALUES (%s, %s, %s, %s)",
-                        [(job_id, f.timestamp_ms, f.person_index, json.dumps(f.body)) for f in findings],
-                    )
-        return bool(updated)
-
-    def finish_job(self, job_id: str, worker: str | None, status: str, message: str | None) -> VideoJob | None:
-        row = self._db.execute(
-            "UPDATE video_jobs SET status = %s, status_message = %s, worker = NULL, updated_at = %s "
-            "WHERE job_id = %s AND worker IS NOT DISTINCT FROM %s AND status = 'IN_PROGRESS' "
-            f"RETURNING {JOB_COLUMNS}",
-            (status, message, time.time(), job_id, worker),
-        ).fetchone()
-        return job_from_row(row) if row else None
-
-    def job_findings(self, job_id: str, order: str, offset: int, limit: int) -> list[JobFinding]:
-        by = "timestamp_ms, person_index, seq" if order == "TIMESTAMP" else "person_index, timestamp_ms, seq"
-        rows = self._db.execute(
-            "SELECT timestamp_ms, person_index, body FROM video_job_findings WHERE job_id = %s "
-            f"ORDER BY {by} LIMIT %s OFFSET %s",
-            (job_id, limit, offset),
-        ).fetchall()
-        return [JobFinding(t, i, json.loads(body)) for t, i, body in rows]
+            yield lambda sql, params: db.execute(sql.replace("?", "%s"), params)
 
     def get_setting(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM settings WHERE key = %s", (key,)).fetchone()

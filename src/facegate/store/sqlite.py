@@ -21,16 +21,14 @@ from facegate.store import (
     AccessKey,
     Collection,
     Gallery,
-    JobFinding,
     ObjectSource,
     Organisation,
     PolicyState,
     StoredFace,
     StoredUser,
     UseCase,
-    VideoJob,
 )
-from facegate.store.job_rows import JOB_COLUMN_COUNT, JOB_COLUMNS, job_from_row, job_row, json_or_none
+from facegate.store.job_tables import JobTables
 from facegate.store.review_tables import DDL as REVIEW_DDL
 from facegate.store.review_tables import ReviewTables
 from facegate.store.vector_index import ANN_MIN_FACES, IndexedCollection, VectorIndexes, face_key
@@ -216,7 +214,7 @@ _FACE_COLUMNS = (
 )
 
 
-class SqliteStore(ReviewTables):
+class SqliteStore(ReviewTables, JobTables):
     """``Store`` on SQLite. Safe to share between threads: each thread gets its own connection.
 
     ``read_only``: open an existing store without writing anything (no migration, no WAL switch), for
@@ -757,88 +755,12 @@ class SqliteStore(ReviewTables):
             self._bump_governance(db)
         return bool(removed)
 
-    # Video jobs
+    # Video jobs (JobTables' primitive: statements in one transaction)
 
-    def add_job(self, job: VideoJob) -> VideoJob:
+    @contextmanager
+    def _transaction(self) -> Iterator:
         with self._write() as db:
-            if job.client_token is not None:
-                row = db.execute(
-                    f"SELECT {JOB_COLUMNS} FROM video_jobs WHERE owner = ? AND api = ? AND client_token = ?",
-                    (job.owner, job.api, job.client_token),
-                ).fetchone()
-                if row:
-                    return job_from_row(row)
-            db.execute(
-                f"INSERT INTO video_jobs ({JOB_COLUMNS}) VALUES ({', '.join('?' * JOB_COLUMN_COUNT)})",
-                job_row(job),
-            )
-        return job
-
-    def get_job(self, owner: str, job_id: str) -> VideoJob | None:
-        row = self._db.execute(
-            f"SELECT {JOB_COLUMNS} FROM video_jobs WHERE owner = ? AND job_id = ?", (owner, job_id)
-        ).fetchone()
-        return job_from_row(row) if row else None
-
-    def list_jobs(self, owner: str | None = None, status: str | None = None) -> list[VideoJob]:
-        rows = self._db.execute(
-            f"SELECT {JOB_COLUMNS} FROM video_jobs WHERE (? IS NULL OR owner = ?) AND (? IS NULL OR status = ?) "
-            "ORDER BY created_at DESC, job_id",
-            (owner, owner, status, status),
-        ).fetchall()
-        return [job_from_row(row) for row in rows]
-
-    def claim_job(self, job_id: str, worker: str, expected_worker: str | None) -> VideoJob | None:
-        with self._write() as db:
-            row = db.execute(
-                "UPDATE video_jobs SET worker = ?, heartbeat = ?, attempts = attempts + 1, progress_ms = 0, "
-                "updated_at = ? WHERE job_id = ? AND status = 'IN_PROGRESS' AND worker IS ? "
-                f"RETURNING {JOB_COLUMNS}",
-                (worker, time.time(), time.time(), job_id, expected_worker),
-            ).fetchone()
-            if row:
-                db.execute("DELETE FROM video_job_findings WHERE job_id = ?", (job_id,))
-        return job_from_row(row) if row else None
-
-    def record_job_progress(
-        self,
-        job_id: str,
-        worker: str,
-        findings: list[JobFinding],
-        progress_ms: int,
-        video_metadata: dict | None = None,
-    ) -> bool:
-        now = time.time()
-        with self._write() as db:
-            updated = db.execute(
-                "UPDATE video_jobs SET heartbeat = ?, updated_at = ?, progress_ms = MAX(progress_ms, ?), "
-                "video_metadata = COALESCE(?, video_metadata) WHERE job_id = ? AND worker = ? AND status = 'IN_PROGRESS'",
-                (now, now, progress_ms, json_or_none(video_metadata), job_id, worker),
-            ).rowcount
-            if updated and findings:
-                db.executemany(
-                    "INSERT INTO video_job_findings (job_id, timestamp_ms, person_index, body) VALUES (?, ?, ?, ?)",
-                    [(job_id, f.timestamp_ms, f.person_index, json.dumps(f.body)) for f in findings],
-                )
-        return bool(updated)
-
-    def finish_job(self, job_id: str, worker: str | None, status: str, message: str | None) -> VideoJob | None:
-        with self._write() as db:
-            row = db.execute(
-                "UPDATE video_jobs SET status = ?, status_message = ?, worker = NULL, updated_at = ? "
-                f"WHERE job_id = ? AND worker IS ? AND status = 'IN_PROGRESS' RETURNING {JOB_COLUMNS}",
-                (status, message, time.time(), job_id, worker),
-            ).fetchone()
-        return job_from_row(row) if row else None
-
-    def job_findings(self, job_id: str, order: str, offset: int, limit: int) -> list[JobFinding]:
-        by = "timestamp_ms, person_index, seq" if order == "TIMESTAMP" else "person_index, timestamp_ms, seq"
-        rows = self._db.execute(
-            "SELECT timestamp_ms, person_index, body FROM video_job_findings WHERE job_id = ? "
-            f"ORDER BY {by} LIMIT ? OFFSET ?",
-            (job_id, limit, offset),
-        ).fetchall()
-        return [JobFinding(t, i, json.loads(body)) for t, i, body in rows]
+            yield lambda sql, params: db.execute(sql, params)
 
     def get_setting(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", ("setting:" + key,)).fetchone()
