@@ -228,7 +228,7 @@ def create_app(settings: Settings, *, workers: int | None = None, queue: int | N
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
             *admin_routes(governance, keys, read_body, regions),
-            *console_routes(facegate.console_accounts, governed.review, governance),
+            *console_routes(facegate.console_accounts, governed.review, governance, read_body),
             Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]),
         ],
         lifespan=lifespan,

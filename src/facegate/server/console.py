@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -49,7 +50,10 @@ class _Refused(Exception):
         self.status = status
 
 
-def console_routes(accounts: ConsoleAccounts, desk: ReviewDesk, governance: Governance) -> list[Route]:
+def console_routes(
+    accounts: ConsoleAccounts, desk: ReviewDesk, governance: Governance, read_body: Callable[[Request], Awaitable[bytes]]
+) -> list[Route]:
+    """The console's routes; ``read_body`` is the server's capped body reader (size and time)."""
     pages = Environment(loader=PackageLoader("facegate.server", "templates"), autoescape=select_autoescape())
     pages.filters["when"] = _when
 
@@ -68,7 +72,10 @@ def console_routes(accounts: ConsoleAccounts, desk: ReviewDesk, governance: Gove
         origin = request.headers.get("origin")
         if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
             raise _Refused(403, "This form was sent from another site.")
-        body = await request.body()
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+            raise _Refused(413, "The form is too large.")
+        body = await read_body(request)
         if len(body) > MAX_FORM_BYTES:
             raise _Refused(413, "The form is too large.")
         if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
