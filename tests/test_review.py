@@ -188,3 +188,34 @@ def test_the_eu_ai_act_template_holds_a_user_search_for_two_reviewers(tmp_path, 
         assert [m.user_id for m in released.user_matches] == ["suspect-7"]
     finally:
         facegate.close()
+
+
+def test_a_video_face_search_under_two_person_review_reports_no_match_before_release(world, tmp_path):
+    from .clips import Appearance, make_clip
+
+    people = world["people"]
+    clip = make_clip(tmp_path / "cctv.mp4", [Appearance(people["Colin_Powell"][1], 0.5, 3.0)], 4)
+    governed, jobs = world["facegate"].governed, world["facegate"].jobs
+    context = RequestContext(case_reference="CASE-2026-0117")
+    started = governed.execute(
+        world["police"], "StartFaceSearch", {"Video": {"File": str(clip)}, "CollectionId": "mugshots"}, context
+    ).result
+    job = jobs.run(started.job_id, "metro-police")
+    assert job.status == "SUCCEEDED", job.status_message
+    job = world["facegate"].store.get_job("metro-police", started.job_id)
+    assert list(job.review_cases) == ["0"]  # one person, one case
+
+    def get():
+        return governed.execute(world["police"], "GetFaceSearch", {"JobId": started.job_id}, context).result
+
+    assert get().persons == ()  # withheld until two reviewers confirm
+    case = world["facegate"].store.get_case(job.review_cases["0"])
+    assert case.withheld and case.probe_crop[:2] == b"\xff\xd8"  # the person's face, cut from the video
+    assert [c["id"] for c in case.candidates] == [world["faces"]["Colin_Powell"]]
+    desk, users = governed.review, world["users"]
+    desk.decide(users["ana"], case.case_id, "confirm", world["faces"]["Colin_Powell"])
+    assert get().persons == ()
+    desk.decide(users["ben"], case.case_id, "confirm", world["faces"]["Colin_Powell"])
+    released = get().persons
+    assert [p.timestamp_ms for p in released] == [500, 1000, 1500, 2000, 2500]
+    assert all(m.face.face_id == world["faces"]["Colin_Powell"] for p in released for m in p.matches)

@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
+
 from facegate.results import FoundFace
 from facegate.store import Collection
 
 CROP_MARGIN = 0.35  # of the face box, each side: hair line and jaw, not the whole scene
 
 
-def face_crop(image: bytes, found: FoundFace) -> bytes | None:
-    """The probe's face with a margin, as JPEG (upright, as the engine saw it); None if it cannot be cut."""
+def face_crop(image: bytes | np.ndarray, found: FoundFace) -> bytes | None:
+    """The face with a margin, as JPEG (upright, as the engine saw it), from an encoded image or an RGB frame;
+    None if it cannot be cut."""
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(io.BytesIO(image)) as opened:
-            upright = ImageOps.exif_transpose(opened).convert("RGB")
+        if isinstance(image, np.ndarray):
+            upright = Image.fromarray(image)
+        else:
+            with Image.open(io.BytesIO(image)) as opened:
+                upright = ImageOps.exif_transpose(opened).convert("RGB")
     except Exception:
         return None
     scale_x, scale_y = upright.width / found.image_width, upright.height / found.image_height

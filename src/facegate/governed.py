@@ -19,6 +19,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,12 +27,13 @@ import numpy as np
 from facegate.errors import AccessDeniedException, FacegateError, InternalServerError
 from facegate.governance import GateOutcome, Governance
 from facegate.keys import Principal
-from facegate.results import FacesPurged, IndexResult, Result, VideoBatch
+from facegate.results import FacesPurged, IndexResult, PersonMatch, Result, VideoBatch
 from facegate.review import ReviewDesk
 from facegate.service import FaceService
 from facegate.sources import resolve_images
 from facegate.store import ReviewCase, VideoJob
 from facegate.tracking import PersonTracker
+from facegate.video import persons_for_review
 
 log = logging.getLogger("facegate")
 RETENTION_ACTOR = "retention"
@@ -108,7 +110,7 @@ class GovernedService:
             params = resolve_images(self.governance.store, principal.owner, outcome.params, self.governance.keys)
             if params is not outcome.params:  # every image's digest, Bytes and S3Object alike, in member order
                 facts["image_sha256"] = image_digests(params)
-            result = self.service.call(principal.owner, operation, params, _requester(principal, context))
+            result = self.service.call(principal.owner, operation, params, _requester(principal, context, outcome))
         except Exception as raised:
             raise self._failed(raised, outcome, principal, operation, context, facts, intent) from None
         facts.update(Governance.summarise_result(operation, result))  # what was found, withheld or not
@@ -207,9 +209,24 @@ class GovernedService:
         )
         return batch
 
-    def job_finished(self, job: VideoJob) -> None:
-        """The audit's record of how a video job ended."""
-        principal, _ = _requester_of(job)
+    def job_finished(self, job: VideoJob, probe_crops: Callable[[dict[int, PersonMatch]], dict[int, bytes]]) -> None:
+        """How a video job ended, in the audit; and, for a face search whose use case obliges human review (at
+        Start, or now), a review case per person matched: under two-person review GetFaceSearch reports a
+        person's matches only once that case is released. ``probe_crops`` cuts each person's best sighting from
+        the video, for the reviewers."""
+        principal, context = _requester_of(job)
+        cases: dict[str, str] = {}
+        reviewers = self._video_reviewers(job, principal, context)
+        if reviewers and job.status == "SUCCEEDED" and job.api == "FaceSearch":
+            persons = persons_for_review(self.service.video_persons(principal.owner, job))
+            crops = probe_crops({p.index: p.best for p in persons}) if persons else {}
+            for p in persons:
+                case = self.review.open_video_case(
+                    job, principal, reviewers, p.index, p.matches, (p.first_ms, p.last_ms), crops.get(p.index)
+                )
+                cases[str(p.index)] = case.case_id
+            if cases:
+                self.governance.store.set_job_review_cases(job.job_id, cases)
         self.governance.record_request(
             None,
             principal,
@@ -219,7 +236,26 @@ class GovernedService:
             job_status=job.status,
             reason=(job.status_message or "")[:500] or None,
             attempts=job.attempts,
+            review_cases=cases or None,
         )
+
+    def _video_reviewers(self, job: VideoJob, principal: Principal, context: RequestContext) -> int:
+        """Reviewers a job's matches need: the obligation at Start, or a stricter one in force now."""
+        reviewers = int(job.requester.get("reviewers") or 0)
+        try:
+            outcome = self.governance.gate(
+                principal,
+                f"Start{job.api}",
+                job.request,
+                case_reference=context.case_reference,
+                consent_reference=context.consent_reference,
+            )
+        except Exception:  # the gate could not decide: keep what Start decided
+            return reviewers
+        obligations = outcome.decision.obligations
+        if outcome.decision.allowed and obligations.human_review:
+            reviewers = max(reviewers, obligations.reviewers or 1)
+        return reviewers
 
     def purge_expired(self, *, dry_run: bool = False) -> list[dict]:
         """Delete every face past its collection's retention, each collection's as one governed PurgeFaces run
@@ -330,13 +366,16 @@ def _probe(params: dict) -> bytes | None:
     return bytes(data) if isinstance(data, bytes | bytearray) else None
 
 
-def _requester(principal: Principal, context: RequestContext) -> dict:
-    """Who asked, as a video job keeps it to ask the gate again before each batch."""
+def _requester(principal: Principal, context: RequestContext, outcome: GateOutcome) -> dict:
+    """Who asked, as a video job keeps it to ask the gate again before each batch (and how many reviewers its
+    matches need, as decided at Start)."""
+    obligations = outcome.decision.obligations
     return {
         "principal": dataclasses.asdict(principal),
         "case_reference": context.case_reference,
         "consent_reference": context.consent_reference,
         "request_id": context.request_id,
+        "reviewers": (obligations.reviewers or 1) if obligations.human_review else 0,
     }
 
 

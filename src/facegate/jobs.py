@@ -21,10 +21,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
+from facegate.crops import face_crop
 from facegate.engine.video import SAMPLE_INTERVAL_MS, VideoError, VideoFile
 from facegate.errors import FacegateError
 from facegate.governed import GovernedService
 from facegate.notifications import notification_url
+from facegate.results import PersonMatch
 from facegate.sources import VideoObjects
 from facegate.store import Store, VideoJob
 from facegate.tracking import PersonTracker
@@ -212,11 +214,30 @@ class VideoJobs:
         return self.store.finish_job(job.job_id, self.worker, status, message)
 
     def _finished(self, job: VideoJob) -> None:
-        """Audit the end, then tell the job's notification channel."""
-        self.governed.job_finished(job)
+        """Audit the end (opening review cases where the use case obliges review), then notify."""
+        self.governed.job_finished(job, lambda sightings: self._crops(job, sightings))
         channel = job.request.get("NotificationChannel")
         if channel:
             self._notify(job, channel["SNSTopicArn"])
+
+    def _crops(self, job: VideoJob, sightings: dict[int, PersonMatch]) -> dict[int, bytes]:
+        """Each person's face at the given sighting, cut from the video read once more (for reviewers)."""
+        wanted = sorted(sightings.items(), key=lambda item: item[1].timestamp_ms)
+        crops: dict[int, bytes] = {}
+        local = job.requester.get("principal", {}).get("role") == "operator"
+        try:
+            with self.videos.open(job.owner, job.request["Video"], local=local) as path, VideoFile(path) as video:
+                for at, frame in video.frames(self.interval_ms):
+                    while wanted and wanted[0][1].timestamp_ms <= at:
+                        index, sighting = wanted.pop(0)
+                        crop = face_crop(frame, sighting.face)
+                        if crop is not None:
+                            crops[index] = crop
+                    if not wanted:
+                        break
+        except (VideoError, FacegateError):
+            log.warning("job %s: the video could not be read again for reviewers' crops", job.job_id)
+        return crops
 
     def _notify(self, job: VideoJob, topic: str) -> None:
         url = notification_url(self.store, job.owner, topic)

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from facegate.crops import face_crop
 from facegate.errors import ConflictException, InvalidParameterException, ResourceNotFoundException
-from facegate.results import FaceMatches, FoundFace, Result, UserMatches
+from facegate.results import FaceMatch, FaceMatches, FoundFace, Result, UserMatches
 from facegate.snapshots import stored_face_json
-from facegate.store import ConsoleUser, ReviewCase, ReviewDecision, Store
+from facegate.store import ConsoleUser, ReviewCase, ReviewDecision, Store, VideoJob
 
 if TYPE_CHECKING:
     from facegate.governance import GateOutcome, Governance
@@ -83,6 +83,61 @@ class ReviewDesk:
             withheld=case.withheld,
             candidates=[c["id"] for c in case.candidates],
             probe_crop_kept=case.probe_crop is not None,
+        )
+        return case
+
+    def open_video_case(
+        self,
+        job: VideoJob,
+        principal: Principal,
+        reviewers: int,
+        person: int,
+        matches: list[FaceMatch],
+        seen: tuple[int, int],
+        probe_crop: bytes | None,
+    ) -> ReviewCase:
+        """A case for one person of a face-search job: the collection's faces their face matched (best similarity
+        over the video), withheld from GetFaceSearch until released when two or more reviewers are required."""
+        now = time.time()
+        case = ReviewCase(
+            case_id=uuid.uuid4().hex,
+            owner=principal.owner,
+            operation="StartFaceSearch",
+            status=OPEN,
+            reviewers_required=max(1, reviewers),
+            withheld=reviewers >= 2,
+            facts={
+                "use_case": principal.use_case_id,
+                "case_reference": job.requester.get("case_reference"),
+                "collection": job.request.get("CollectionId"),
+                "threshold_applied": job.request.get("FaceMatchThreshold"),
+                "job_id": job.job_id,
+                "video": job.request.get("Video"),
+                "person": person,
+                "seen_ms": list(seen),
+                "policies": [],
+                "model_version": matches[0].face.model_version if matches else None,
+            },
+            candidates=_candidates(FaceMatches(tuple(matches), "")),
+            requester=principal.access_key_id,
+            request_id=job.job_id,
+            created_at=now,
+            updated_at=now,
+            probe_crop=probe_crop,
+        )
+        self.store.add_case(case)
+        self.governance.record_event(
+            "review_opened",
+            principal.actor,
+            organisation=case.owner,
+            case_id=case.case_id,
+            operation="StartFaceSearch",
+            job_id=job.job_id,
+            person=person,
+            reviewers_required=case.reviewers_required,
+            withheld=case.withheld,
+            candidates=[c["id"] for c in case.candidates],
+            probe_crop_kept=probe_crop is not None,
         )
         return case
 
@@ -168,6 +223,13 @@ class ReviewDesk:
             probe_crop_deleted=case.probe_crop is not None,
         )
         return closed
+
+
+def released_ids(case: ReviewCase) -> set[str] | None:
+    """The candidate ids the client may see: all when the case does not withhold, else only those released."""
+    if not case.withheld:
+        return None
+    return set(case.released or []) if case.status == RELEASED else set()
 
 
 def released_candidates(case: ReviewCase) -> list[dict]:

@@ -16,7 +16,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -74,7 +74,7 @@ from facegate.results import (
     VideoFace,
     VideoJobResults,
 )
-from facegate.review import released_candidates
+from facegate.review import released_candidates, released_ids
 from facegate.snapshots import stored_face_of
 from facegate.store import Collection, Store, StoredFace, StoredUser, VideoJob
 from facegate.store.search import FaceSearch, distances
@@ -655,7 +655,34 @@ class FaceService:
     def get_face_search(self, owner: str, p: dict) -> VideoJobResults:
         job = self._job(owner, p["JobId"], SEARCH)
         findings, token = self._findings(owner, job, p, p.get("SortBy", "TIMESTAMP"))
-        return VideoJobResults(job, persons=tuple(person_of(f) for f in findings), next_token=token)
+        persons = [person_of(f) for f in findings]
+        if job.review_cases:  # matches under review reach the client once released, and only those
+            persons = self._reviewed(job, persons)
+        return VideoJobResults(job, persons=tuple(persons), next_token=token)
+
+    def video_persons(self, owner: str, job: VideoJob) -> list[PersonMatch]:
+        """Every person match a face-search job found, in time order (for review; not a Rekognition operation)."""
+        found, offset = [], 0
+        while page := self.store.job_findings(job.job_id, "TIMESTAMP", offset, MAX_JOB_PAGE):
+            found += [person_of(f) for f in page]
+            offset += len(page)
+        return found
+
+    def _reviewed(self, job: VideoJob, persons: list[PersonMatch]) -> list[PersonMatch]:
+        visible: dict[int, set[str] | None] = {}
+        for index, case_id in job.review_cases.items():
+            case = self.store.get_case(case_id)
+            visible[int(index)] = released_ids(case) if case is not None else set()
+        kept = []
+        for person in persons:
+            allowed = visible.get(person.index)
+            if allowed is None:
+                kept.append(person)
+                continue
+            matches = tuple(m for m in person.matches if m.face.face_id in allowed)
+            if matches:
+                kept.append(replace(person, matches=matches))
+        return kept
 
     def get_face_detection(self, owner: str, p: dict) -> VideoJobResults:
         job = self._job(owner, p["JobId"], DETECTION)

@@ -72,3 +72,32 @@ def summarise_persons(persons: list[PersonMatch]) -> list[PersonSummary]:
             best,
         )
     return [seen[i] for i in sorted(seen)]
+
+
+@dataclass(frozen=True)
+class PersonForReview:
+    """One person of a face search, gathered for review: every face matched (best similarity over the video,
+    most similar first), when they were seen, and the sighting with the best match (for the reviewer's crop)."""
+
+    index: int
+    matches: list[FaceMatch]
+    first_ms: int
+    last_ms: int
+    best: PersonMatch
+
+
+def persons_for_review(persons: list[PersonMatch]) -> list[PersonForReview]:
+    gathered: dict[int, list[PersonMatch]] = {}
+    for p in persons:
+        gathered.setdefault(p.index, []).append(p)
+    out = []
+    for index, sightings in sorted(gathered.items()):
+        best_of: dict[str, FaceMatch] = {}
+        for sighting in sightings:
+            for m in sighting.matches:
+                if m.face.face_id not in best_of or m.similarity > best_of[m.face.face_id].similarity:
+                    best_of[m.face.face_id] = m
+        best = max(sightings, key=lambda s: max(m.similarity for m in s.matches))
+        matches = sorted(best_of.values(), key=lambda m: m.similarity, reverse=True)
+        out.append(PersonForReview(index, matches, sightings[0].timestamp_ms, sightings[-1].timestamp_ms, best))
+    return out

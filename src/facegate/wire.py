@@ -241,6 +241,10 @@ def _job_status(r: VideoJobResults) -> Json:
     out.update(JobId=job.job_id, Video=job.request["Video"])
     if job.request.get("JobTag"):
         out["JobTag"] = job.request["JobTag"]
+    if job.review_cases:  # facegate's member (botocore ignores it): the persons whose matches await review
+        out["FacegateDecision"] = {
+            "ReviewCases": [{"PersonIndex": int(i), "CaseId": c} for i, c in sorted(job.review_cases.items())]
+        }
     return out
 
 

@@ -121,6 +121,7 @@ class VideoJob:
     attempts: int = 0  # how many times a server has started it
     worker: str | None = None  # the server running it ("host:pid:nonce"), None when none is
     heartbeat: float | None = None
+    review_cases: dict | None = None  # person index (as text) → review case id, when its matches await review
 
 
 @dataclass(frozen=True)
@@ -343,6 +344,7 @@ class JobStore(Protocol):
         video_metadata: dict | None = None,
     ) -> bool: ...
     def finish_job(self, job_id: str, worker: str | None, status: str, message: str | None) -> VideoJob | None: ...
+    def set_job_review_cases(self, job_id: str, cases: dict[str, str]) -> None: ...
     # Findings in TIMESTAMP (time, then track) or INDEX (track, then time) order.
     def job_findings(self, job_id: str, order: str, offset: int, limit: int) -> list[JobFinding]: ...
 

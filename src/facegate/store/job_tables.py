@@ -17,7 +17,7 @@ Run = Callable[[str, tuple], Any]  # executes one statement, returns a cursor
 
 JOB_COLUMNS = (
     "job_id, owner, api, status, request, requester, created_at, updated_at, client_token, fingerprint, "
-    "status_message, video_metadata, progress_ms, attempts, worker, heartbeat"
+    "status_message, video_metadata, progress_ms, attempts, worker, heartbeat, review_cases"
 )
 JOB_COLUMN_COUNT = len(JOB_COLUMNS.split(","))
 
@@ -40,12 +40,13 @@ def job_row(job: VideoJob) -> tuple:
         job.attempts,
         job.worker,
         job.heartbeat,
+        json_or_none(job.review_cases),
     )
 
 
 def job_from_row(row: tuple) -> VideoJob:
     values = list(row)
-    for i in (4, 5, 11):
+    for i in (4, 5, 11, 16):
         values[i] = json.loads(values[i]) if values[i] is not None else None
     return VideoJob(*values)
 
@@ -139,6 +140,10 @@ class JobTables:
                 (status, message, time.time(), job_id, worker),
             ).fetchone()
         return job_from_row(row) if row else None
+
+    def set_job_review_cases(self, job_id: str, cases: dict[str, str]) -> None:
+        with self._transaction() as run:
+            run("UPDATE video_jobs SET review_cases = ? WHERE job_id = ?", (json.dumps(cases), job_id))
 
     def job_findings(self, job_id: str, order: str, offset: int, limit: int) -> list[JobFinding]:
         by = "timestamp_ms, person_index, seq" if order == "TIMESTAMP" else "person_index, timestamp_ms, seq"

@@ -188,7 +188,8 @@ MIGRATIONS: list[str] = [
         worker TEXT,
         heartbeat DOUBLE PRECISION,
         created_at DOUBLE PRECISION NOT NULL,
-        updated_at DOUBLE PRECISION NOT NULL
+        updated_at DOUBLE PRECISION NOT NULL,
+        review_cases TEXT
     );
     CREATE UNIQUE INDEX IF NOT EXISTS video_jobs_by_token ON video_jobs (owner, api, client_token)
         WHERE client_token IS NOT NULL;

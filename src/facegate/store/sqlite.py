@@ -187,7 +187,8 @@ MIGRATIONS: list[str] = [
         worker TEXT,
         heartbeat REAL,
         created_at REAL NOT NULL,
-        updated_at REAL NOT NULL
+        updated_at REAL NOT NULL,
+        review_cases TEXT
     );
     CREATE UNIQUE INDEX IF NOT EXISTS video_jobs_by_token ON video_jobs (owner, api, client_token)
         WHERE client_token IS NOT NULL;
