@@ -73,30 +73,37 @@ class ConsoleAccounts:
     def sign_in(self, username: str, password: str, source: str) -> SignedIn:
         """A new session, or AccessDeniedException (the same message whether the user exists or not)."""
         refused = AccessDeniedException("Wrong username or password, or the account is locked for a while.")
-        user = self.store.get_console_user(username)
+        plausible = 0 < len(username) <= 64 and "\0" not in username and "\0" not in password
+        user = self.store.get_console_user(username) if plausible else None
         now = time.time()
         if user is None:
             _HASHER.hash(password)  # the same time spent as for a real user
             self.governance.record_event("console_sign_in_failed", "console", username=username[:64], source=source)
             raise refused
         if user.locked_until is not None and user.locked_until > now:
+            _HASHER.hash(password)  # a locked account answers in the same time as any other
             self.governance.record_event("console_sign_in_refused", "console", username=username, reason="locked")
             raise refused
         try:
             _HASHER.verify(user.password_hash, password)
         except (VerificationError, InvalidHashError):
-            failed = user.failed_logins + 1
+            failed = self.store.count_failed_login(username)  # counted in the database: parallel guesses each count
             locked = now + LOCKOUT_S if failed >= MAX_FAILED_LOGINS else None
-            self.store.update_console_user(username, failed_logins=0 if locked else failed, locked_until=locked)
+            if locked:
+                self.store.update_console_user(username, failed_logins=0, locked_until=locked)
             self.governance.record_event(
                 "console_sign_in_failed", "console", username=username, source=source, locked=locked is not None
             )
             raise refused from None
         self.store.update_console_user(username, failed_logins=0, locked_until=None)
-        token = secrets.token_urlsafe(32)
-        session = ConsoleSession(_digest(token), username, secrets.token_urlsafe(24), now, now + SESSION_S)
-        self.store.add_session(session)
         self.governance.record_event("console_signed_in", f"console:{username}", source=source)
+        return self._new_session(user)
+
+    def _new_session(self, user: ConsoleUser) -> SignedIn:
+        now = time.time()
+        token = secrets.token_urlsafe(32)
+        session = ConsoleSession(_digest(token), user.username, secrets.token_urlsafe(24), now, now + SESSION_S)
+        self.store.add_session(session)
         return SignedIn(user, session, token)
 
     def session(self, token: str | None) -> tuple[ConsoleUser, ConsoleSession] | None:
@@ -111,14 +118,17 @@ class ConsoleAccounts:
     def sign_out(self, token: str) -> None:
         self.store.delete_sessions(token_hash=_digest(token))
 
-    def change_password(self, user: ConsoleUser, current: str, new: str) -> None:
+    def change_password(self, user: ConsoleUser, current: str, new: str) -> SignedIn:
+        """The new password, every session of the user ended (whoever used the old one is out) and a new one."""
         try:
             _HASHER.verify(user.password_hash, current)
         except (VerificationError, InvalidHashError):
             raise AccessDeniedException("The current password is wrong.") from None
         _check_password(new)
         self.store.update_console_user(user.username, password_hash=_HASHER.hash(new), must_change_password=False)
+        self.store.delete_sessions(username=user.username)
         self.governance.record_event("console_password_changed", f"console:{user.username}")
+        return self._new_session(self.store.get_console_user(user.username) or user)
 
     def users(self) -> list[ConsoleUser]:
         return self.store.list_console_users()

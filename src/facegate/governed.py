@@ -209,15 +209,17 @@ class GovernedService:
         )
         return batch
 
-    def job_finished(self, job: VideoJob, probe_crops: Callable[[dict[int, PersonMatch]], dict[int, bytes]]) -> None:
-        """How a video job ended, in the audit; and, for a face search whose use case obliges human review (at
-        Start, or now), a review case per person matched: under two-person review GetFaceSearch reports a
-        person's matches only once that case is released. ``probe_crops`` cuts each person's best sighting from
-        the video, for the reviewers."""
+    def open_video_reviews(
+        self, job: VideoJob, probe_crops: Callable[[dict[int, PersonMatch]], dict[int, bytes]]
+    ) -> dict[str, str]:
+        """For a face-search job whose use case obliges human review (at Start, or now), a review case per person
+        matched, opened before the job is SUCCEEDED: under two-person review GetFaceSearch reports a person's
+        matches only once that case is released. ``probe_crops`` cuts each person's best sighting from the video,
+        for the reviewers. Returns person index → case id."""
         principal, context = _requester_of(job)
         cases: dict[str, str] = {}
         reviewers = self._video_reviewers(job, principal, context)
-        if reviewers and job.status == "SUCCEEDED" and job.api == "FaceSearch":
+        if reviewers and job.api == "FaceSearch":
             persons = persons_for_review(self.service.video_persons(principal.owner, job))
             crops = probe_crops({p.index: p.best for p in persons}) if persons else {}
             for p in persons:
@@ -227,6 +229,11 @@ class GovernedService:
                 cases[str(p.index)] = case.case_id
             if cases:
                 self.governance.store.set_job_review_cases(job.job_id, cases)
+        return cases
+
+    def job_finished(self, job: VideoJob) -> None:
+        """How a video job ended, in the audit."""
+        principal, _ = _requester_of(job)
         self.governance.record_request(
             None,
             principal,
@@ -236,7 +243,7 @@ class GovernedService:
             job_status=job.status,
             reason=(job.status_message or "")[:500] or None,
             attempts=job.attempts,
-            review_cases=cases or None,
+            review_cases=job.review_cases or None,
         )
 
     def _video_reviewers(self, job: VideoJob, principal: Principal, context: RequestContext) -> int:

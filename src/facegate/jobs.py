@@ -36,6 +36,7 @@ log = logging.getLogger("facegate.jobs")
 
 BATCH_FRAMES = 8  # sampled frames per governed batch: the gate is asked again, and findings stored, per batch
 LEASE_S = 60.0
+STALL_S = 600.0  # a batch taking this long is a hung decoder or worker: its lease is no longer renewed
 MAX_ATTEMPTS = 3
 POLL_S = 1.0
 NOTIFY_TIMEOUT_S = 5.0
@@ -69,9 +70,10 @@ class VideoJobs:
         self.concurrency = concurrency
         self.interval_ms = interval_ms
         self.lease_s = lease_s
-        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.worker = f"{_host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         _LIVE.add(self.worker)
         self._running: dict[str, int] = {}  # job id → ms analysed
+        self._moved: dict[str, float] = {}  # job id → when its analysis last moved (monotonic)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = threading.Event()
@@ -82,7 +84,11 @@ class VideoJobs:
     # Background
 
     def start(self) -> None:
-        """Claim and run jobs on threads until ``close``; new jobs wake the loop at once."""
+        """Claim and run jobs on threads until ``close``; new jobs wake the loop at once. Downloads a stopped
+        server left in the scratch folder are deleted (their jobs start again from the start)."""
+        if self.videos.scratch.is_dir():
+            for leftover in self.videos.scratch.glob("*.video"):
+                leftover.unlink(missing_ok=True)
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="facegate-video")
         self.governed.service.on_job_added = self._wake.set
         self._thread = threading.Thread(target=self._loop, name="facegate-video-jobs", daemon=True)
@@ -135,8 +141,11 @@ class VideoJobs:
         self._last_heartbeat = now
         with self._lock:
             running = dict(self._running)
+            moved = dict(self._moved)
         for job_id, done in running.items():
-            self.store.record_job_progress(job_id, self.worker, [], done)
+            # A job whose analysis has not moved for STALL_S keeps no lease: another worker may take it over.
+            if time.monotonic() - moved.get(job_id, now) < STALL_S:
+                self.store.record_job_progress(job_id, self.worker, [], done)
 
     # One job
 
@@ -156,14 +165,18 @@ class VideoJobs:
 
     def _run_claimed(self, job: VideoJob, progress: Progress | None = None) -> None:
         try:
-            ended = self._analyse(job, progress)
+            try:
+                ended = self._analyse(job, progress)
+            finally:
+                with self._lock:
+                    self._running.pop(job.job_id, None)
+                    self._moved.pop(job.job_id, None)
+            if ended is not None:
+                self._finished(ended)
         except JobLost:
             return
-        finally:
-            with self._lock:
-                self._running.pop(job.job_id, None)
-        if ended is not None:
-            self._finished(ended)
+        except Exception:  # on a pool thread nothing else would see it
+            log.exception("video job %s: finishing failed", job.job_id)
 
     def _analyse(self, job: VideoJob, progress: Progress | None) -> VideoJob | None:
         if job.attempts > MAX_ATTEMPTS:
@@ -185,6 +198,8 @@ class VideoJobs:
                 if batch:
                     self._batch(job, batch, tracker, progress)
                 self._progress(job, [], video.metadata.duration_ms)
+            # Before SUCCEEDED: matches that need review are never answered before their cases exist.
+            self.governed.open_video_reviews(job, lambda sightings: self._crops(job, sightings))
         except JobLost:
             raise
         except VideoError as exc:
@@ -209,13 +224,14 @@ class VideoJobs:
             raise JobLost
         with self._lock:
             self._running[job.job_id] = done_ms
+            self._moved[job.job_id] = time.monotonic()
 
     def _finish(self, job: VideoJob, status: str, message: str | None) -> VideoJob | None:
         return self.store.finish_job(job.job_id, self.worker, status, message)
 
     def _finished(self, job: VideoJob) -> None:
-        """Audit the end (opening review cases where the use case obliges review), then notify."""
-        self.governed.job_finished(job, lambda sightings: self._crops(job, sightings))
+        """Audit the end, then notify."""
+        self.governed.job_finished(job)
         channel = job.request.get("NotificationChannel")
         if channel:
             self._notify(job, channel["SNSTopicArn"])
@@ -230,7 +246,10 @@ class VideoJobs:
                 for at, frame in video.frames(self.interval_ms):
                     while wanted and wanted[0][1].timestamp_ms <= at:
                         index, sighting = wanted.pop(0)
-                        crop = face_crop(frame, sighting.face)
+                        try:
+                            crop = face_crop(frame, sighting.face)
+                        except Exception:  # a crop that cannot be cut: the reviewer sees no probe image
+                            crop = None
                         if crop is not None:
                             crops[index] = crop
                     if not wanted:
@@ -291,11 +310,20 @@ def completion_message(job: VideoJob) -> dict:
     return message
 
 
+def _host() -> str:
+    """This host as worker ids name it: its name and its PID namespace (containers sharing a host name each have
+    their own pids, so a pid is only comparable within one namespace)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}/{namespace}"
+
+
 def _gone(worker: str) -> bool:
     """Whether ``worker`` is a process of this host that no longer runs (or a closed worker of this process)."""
-    host, _, rest = worker.partition(":")
-    pid_text, _, _ = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
+    host, pid_text = worker.split(":")[:2] if worker.count(":") >= 2 else ("", "")
+    if host != _host() or not pid_text.isdigit():
         return False
     pid = int(pid_text)
     if pid == os.getpid():

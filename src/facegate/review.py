@@ -9,6 +9,7 @@ while the case is open.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import replace
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from facegate.governance import GateOutcome, Governance
     from facegate.keys import Principal
 
+_CASE_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex: anything else is no case (and never reaches SQL)
 REVIEWED = frozenset({"SearchFaces", "SearchFacesByImage", "SearchUsers", "SearchUsersByImage"})
 OPEN, RELEASED, REJECTED, ESCALATED = "open", "released", "rejected", "escalated"
 CONFIRM, REJECT = "confirm", "reject"
@@ -41,7 +43,10 @@ class ReviewDesk:
 
     def applies(self, outcome: GateOutcome, operation: str, result: Result) -> bool:
         obligations = outcome.decision.obligations
-        return obligations.human_review and operation in REVIEWED and bool(getattr(result, "matches", ()))
+        if not obligations.human_review or operation not in REVIEWED:
+            return False
+        # Under two-person review every search gets a case, matches or none: the answer never tells them apart.
+        return obligations.reviewers >= 2 or bool(getattr(result, "matches", ()))
 
     def open_case(
         self,
@@ -153,7 +158,7 @@ class ReviewDesk:
 
     def case(self, user: ConsoleUser, case_id: str) -> ReviewCase:
         """The case, if ``user`` may see it; otherwise as if it did not exist."""
-        case = self.store.get_case(case_id)
+        case = self.store.get_case(case_id) if _CASE_ID.fullmatch(case_id or "") else None
         if case is None or not _authorised(user, case.owner):
             raise ResourceNotFoundException(f"There is no review case {case_id[:64]}.")
         return case
@@ -179,8 +184,6 @@ class ReviewDesk:
         case = self.case(user, case_id)
         if user.role != REVIEWER:
             raise InvalidParameterException(f"Only reviewers decide cases; {user.username} is {user.role}.")
-        if case.status != OPEN:
-            raise ConflictException(f"Review case {case_id} is {case.status}: it takes no more decisions.")
         if verdict not in (CONFIRM, REJECT):
             raise InvalidParameterException(f"Verdict {verdict!r} is neither {CONFIRM} nor {REJECT}.")
         if verdict == CONFIRM and candidate not in {c["id"] for c in case.candidates}:
@@ -188,7 +191,10 @@ class ReviewDesk:
         decision = ReviewDecision(
             case_id, user.username, verdict, candidate if verdict == CONFIRM else None, time.time(), note[:500]
         )
-        if not self.store.add_decision(decision):
+        result, settled = self.store.decide_case(decision, settle)
+        if result == "not-open":
+            raise ConflictException(f"Review case {case_id} is {settled.status}: it takes no more decisions.")
+        if result == "duplicate":
             raise ConflictException(f"{user.username} has already decided review case {case_id}.")
         self.governance.record_event(
             "review_decision",
@@ -198,31 +204,29 @@ class ReviewDesk:
             verdict=verdict,
             candidate=decision.face_id,
         )
-        return self._settle(case)
+        if settled.status != OPEN:
+            self.governance.record_event(
+                "review_closed",
+                "review",
+                organisation=case.owner,
+                case_id=case_id,
+                status=settled.status,
+                released=settled.released,
+                reviewers=[d.reviewer for d in self.store.decisions(case_id)],
+                probe_crop_deleted=case.probe_crop is not None,
+            )
+        return settled
 
-    def _settle(self, case: ReviewCase) -> ReviewCase:
-        decisions = self.store.decisions(case.case_id)
-        if any(d.verdict == REJECT for d in decisions):
-            status, released = REJECTED, None
-        elif len(decisions) >= case.reviewers_required:
-            confirmed = {d.face_id for d in decisions}
-            status, released = (RELEASED, sorted(confirmed)) if len(confirmed) == 1 else (ESCALATED, None)
-        else:
-            return case
-        closed = self.store.close_case(case.case_id, status, released)
-        if closed is None:  # settled by a concurrent decision
-            return self.store.get_case(case.case_id) or case
-        self.governance.record_event(
-            "review_closed",
-            "review",
-            organisation=case.owner,
-            case_id=case.case_id,
-            status=status,
-            released=released,
-            reviewers=[d.reviewer for d in decisions],
-            probe_crop_deleted=case.probe_crop is not None,
-        )
-        return closed
+
+def settle(case: ReviewCase, decisions: list[ReviewDecision]) -> tuple[str, list[str] | None] | None:
+    """How the decisions so far settle a case: any rejection closes it unreleased; once enough reviewers have
+    decided, one candidate confirmed by all is released and different candidates escalate it; else still open."""
+    if any(d.verdict == REJECT for d in decisions):
+        return REJECTED, None
+    if len(decisions) >= case.reviewers_required:
+        confirmed = {d.face_id for d in decisions}
+        return (RELEASED, sorted(confirmed)) if len(confirmed) == 1 else (ESCALATED, None)
+    return None
 
 
 def released_ids(case: ReviewCase) -> set[str] | None:

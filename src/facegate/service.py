@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import secrets
 import time
 import uuid
@@ -658,6 +659,8 @@ class FaceService:
         persons = [person_of(f) for f in findings]
         if job.review_cases:  # matches under review reach the client once released, and only those
             persons = self._reviewed(job, persons)
+        elif int(job.requester.get("reviewers") or 0) >= 2:  # two-person review and no case: nothing leaves
+            persons = []
         return VideoJobResults(job, persons=tuple(persons), next_token=token)
 
     def video_persons(self, owner: str, job: VideoJob) -> list[PersonMatch]:
@@ -720,7 +723,10 @@ class FaceService:
     def _findings(self, owner: str, job: VideoJob, p: dict, order: str) -> tuple[list, str | None]:
         limit = min(p.get("MaxResults") or MAX_JOB_PAGE, MAX_JOB_PAGE)
         scope = f"{owner}/{job.job_id}/{order}"
-        offset = int(_read_token(p.get("NextToken"), f"Get{job.api}", scope) or 0)
+        given = _read_token(p.get("NextToken"), f"Get{job.api}", scope) or "0"
+        if not given.isdigit() or int(given) > 10**12:  # a token this service made holds a non-negative offset
+            raise InvalidPaginationTokenException(f"NextToken is not a token returned by a previous Get{job.api}.")
+        offset = int(given)
         if job.status != SUCCEEDED:  # results are answered once the whole video is analysed
             return [], None
         page = self.store.job_findings(job.job_id, order, offset, limit + 1)
@@ -733,7 +739,7 @@ class FaceService:
         """A review case of ``owner``'s (facegate's operation): its state and, once released, the confirmed
         candidates as matches. Another organisation's case answers as a missing one."""
         case_id = p.get("CaseId")
-        if not isinstance(case_id, str) or not case_id or len(case_id) > 64:
+        if not isinstance(case_id, str) or not re.fullmatch(r"[0-9a-f]{32}", case_id):
             raise InvalidParameterException("GetReviewCase needs CaseId: the id a search's FacegateDecision gave.")
         case = self.store.get_case(case_id)
         if case is None or case.owner != owner:

@@ -36,6 +36,7 @@ class Sealer(Protocol):
 IMAGE_MEMBERS = ("Image", "SourceImage", "TargetImage")
 # Rekognition's limit for an image in S3 (Bytes are limited by the request size instead).
 MAX_OBJECT_BYTES = 15 * 1024 * 1024
+MAX_VIDEO_BYTES = 10 * 1024**3
 # S3's bucket naming rules, which every SDK already enforces client-side for real buckets.
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # One message for a missing bucket, another organisation's bucket and a missing object: none tells them apart.
@@ -293,7 +294,11 @@ class VideoObjects:
         with tempfile.NamedTemporaryFile(dir=self.scratch, suffix=".video") as copy:
             body = self._s3_call(client.get_object, request, name, version)["Body"]
             digest = hashlib.sha256()
+            written = 0
             for chunk in iter(lambda: body.read(1 << 20), b""):
+                written += len(chunk)
+                if written > MAX_VIDEO_BYTES:  # replaced by a larger object since Start: never fill the disk
+                    raise InvalidS3ObjectException(f"Video.S3Object is over {MAX_VIDEO_BYTES:,} bytes.")
                 copy.write(chunk)
                 digest.update(chunk)
             copy.flush()

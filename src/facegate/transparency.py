@@ -78,7 +78,7 @@ def build(audit: AuditLog, organisations: list[Organisation], since: float, unti
                 denials_by_policy[policy] += 1
         if decision == "allow" and entry.get("threshold_applied") is not None:
             thresholds_applied[f"{entry['threshold_applied']:g}"] += 1
-        if decision == "allow" and entry.get("operation") in IDENTIFICATION:
+        if decision == "allow" and entry.get("operation") in IDENTIFICATION and not entry.get("matches_withheld"):
             matches_by_purpose[entry.get("purpose") or "no registered purpose"] += len(entry.get("matches") or [])
         human_review += bool(entry.get("human_review_required")) and decision == "allow"
     return {

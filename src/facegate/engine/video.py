@@ -23,8 +23,11 @@ SAMPLE_INTERVAL_MS = 500
 # FFmpeg's demuxer names: MP4 and MOV are one demuxer.
 CONTAINERS = {"mov,mp4,m4a,3gp,3g2,mj2": "QuickTime / MOV", "avi": "AVI (Audio Video Interleaved)"}
 CODECS = {"h264": "h264"}
-# A video whose last frame is this far short of its declared duration was cut off.
+# A video whose last frame is this far (or two frame intervals, if longer) short of its declared duration was
+# cut off; one whose frames run this far past it declares a false duration.
 TRUNCATION_SLACK_MS = 1500
+MAX_PIXELS = 7680 * 4320  # 8K: larger frames would hold gigabytes in the decoder's reference frames
+DECODER_THREADS = 2
 
 
 class VideoError(ValueError):
@@ -82,6 +85,8 @@ class VideoFile:
         width, height = stream.codec_context.width, stream.codec_context.height
         if not width or not height:
             raise VideoError("The video stream declares no frame size.")
+        if width * height > MAX_PIXELS:
+            raise VideoError(f"The video's frames are {width}×{height}; facegate reads video up to 7680×4320.")
         color_range = "FULL" if int(stream.codec_context.color_range or 0) == 2 else "LIMITED"
         return VideoMetadata(
             CODECS[codec], duration_ms, CONTAINERS[container.format.name], float(rate), width, height, color_range
@@ -94,7 +99,10 @@ class VideoFile:
 
         stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"
+        stream.thread_count = DECODER_THREADS
         width, height = working_size(self.metadata.width, self.metadata.height)
+        slack = max(TRUNCATION_SLACK_MS, int(2000 / self.metadata.frame_rate) if self.metadata.frame_rate else 0)
+        limit = min(self.metadata.duration_ms + slack, self.max_ms or MAX_VIDEO_MS)
         due = start_ms
         last = -1
         try:
@@ -102,6 +110,10 @@ class VideoFile:
                 if frame.time is None:
                     continue
                 at = int(round(frame.time * 1000))
+                if at > limit:
+                    raise VideoError(
+                        f"The video has frames at {at} ms, past the {self.metadata.duration_ms} ms it declares."
+                    )
                 last = max(last, at)
                 if at < due:
                     continue
@@ -111,7 +123,7 @@ class VideoFile:
             raise VideoError(f"The video could not be decoded past {max(last, 0)} ms: {_reason(exc)}.") from None
         if last < 0:
             raise VideoError("The video has no frame that could be decoded.")
-        if last < self.metadata.duration_ms - TRUNCATION_SLACK_MS:
+        if last < self.metadata.duration_ms - slack:
             raise VideoError(
                 f"The video ends at {last} ms of the {self.metadata.duration_ms} ms it declares: it is truncated."
             )

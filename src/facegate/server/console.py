@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from facegate.console_users import ConsoleAccounts, csrf_matches
+from facegate.console_users import ConsoleAccounts, SignedIn, csrf_matches
 from facegate.errors import FacegateError, ResourceNotFoundException
 from facegate.governance import Governance
 from facegate.review import ReviewDesk
@@ -32,6 +32,7 @@ from facegate.store import ConsoleSession, ConsoleUser
 
 log = logging.getLogger("facegate.console")
 COOKIE = "facegate_console"
+REJECT_ALL = "reject:none"  # the decision form's value for "none of these is the person"
 MAX_FORM_BYTES = 64 * 1024
 AUDIT_PAGE = 200
 _SECURITY_HEADERS = {
@@ -88,7 +89,7 @@ def console_routes(
             raise _Refused(403, "The form's CSRF token is missing or stale: reload the page and try again.")
         return fields
 
-    def page(handler, *, roles: tuple[str, ...] | None = None, password_ok: bool = False):
+    def page(handler, *, roles: tuple[str, ...] | None = None, password_ok: bool = False, everyone: bool = False):
         """A signed-in page: 401 → the sign-in page, a role it is not for → 404, a one-time password → change it."""
 
         async def endpoint(request: Request) -> Response:
@@ -96,7 +97,7 @@ def console_routes(
                 user, session = await signed_in(request)
                 if user.must_change_password and not password_ok:
                     return RedirectResponse("/console/password", 303)
-                if roles is not None and user.role not in roles:
+                if roles is not None and user.role not in roles or (everyone and not _global(user)):
                     raise ResourceNotFoundException("No such page.")
                 return await handler(request, user, session)
             except _Refused as refused:
@@ -131,15 +132,7 @@ def console_routes(
         except FacegateError as exc:
             return render("login.html", 403, title="Sign in", user=None, error=exc.message)
         response = RedirectResponse("/console/password" if done.user.must_change_password else "/console/", 303)
-        response.set_cookie(
-            COOKIE,
-            done.token,
-            max_age=int(done.session.expires_at - done.session.created_at),
-            path="/console",
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-        )
+        _set_session_cookie(response, request, done)
         return response
 
     async def logout(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
@@ -155,12 +148,14 @@ def console_routes(
     async def change_password(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
         fields = await form(request, session)
         try:
-            await anyio.to_thread.run_sync(
+            done = await anyio.to_thread.run_sync(
                 accounts.change_password, user, fields.get("current", ""), fields.get("new", "")
             )
         except FacegateError as exc:
             return render("password.html", 400, title="Password", user=user, csrf=session.csrf_token, error=exc.message)
-        return RedirectResponse("/console/", 303)
+        response = RedirectResponse("/console/", 303)
+        _set_session_cookie(response, request, done)
+        return response
 
     # Review
 
@@ -171,6 +166,7 @@ def console_routes(
                     "case": case,
                     "recorded": desk.decisions_recorded(case),
                     "mine": desk.decided_by(user, case) is not None,
+                    "show_count": case.status != "open" or desk.decided_by(user, case) is not None,
                     "opened": _when(case.created_at),
                 }
                 for case in desk.cases(user)
@@ -191,6 +187,8 @@ def console_routes(
                 "thumbnails": set(desk.thumbnails(user, case_id)),
                 "mine": mine,
                 "recorded": desk.decisions_recorded(case),
+                # How many have decided is shown once this reviewer has: before, it would hint at their verdicts.
+                "show_count": case.status != "open" or mine is not None or user.role != "reviewer",
                 "can_decide": user.role == "reviewer" and case.status == "open" and mine is None,
             }
 
@@ -199,7 +197,9 @@ def console_routes(
 
     async def decide(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
         fields = await form(request, session)
-        candidate = fields.get("candidate") or None
+        if "candidate" not in fields:
+            raise _Refused(400, "Choose a candidate to confirm, or reject them all.")
+        candidate = fields["candidate"] if fields["candidate"] != REJECT_ALL else None
         verdict = "confirm" if candidate else "reject"
         case_id = request.path_params["case_id"]
         await anyio.to_thread.run_sync(lambda: desk.decide(user, case_id, verdict, candidate, fields.get("note", "")))
@@ -267,7 +267,10 @@ def console_routes(
             if report.ok
             else f"The log does NOT verify: {'; '.join(report.problems[:5])}"
         )
-        entries = await anyio.to_thread.run_sync(lambda: list(governance.audit.entries())[-AUDIT_PAGE:][::-1])
+        scope = None if _global(user) else user.organisations[0]
+        entries = await anyio.to_thread.run_sync(
+            lambda: list(governance.audit.entries(organisation=scope))[-AUDIT_PAGE:][::-1]
+        )
         return render(
             "audit.html",
             title="Audit log",
@@ -279,12 +282,18 @@ def console_routes(
         )
 
     async def users_page(request: Request, user: ConsoleUser, session: ConsoleSession, **extra: Any) -> Response:
-        users = await anyio.to_thread.run_sync(accounts.users)
+        users = [
+            u
+            for u in await anyio.to_thread.run_sync(accounts.users)
+            if _global(user) or set(u.organisations) & set(user.organisations)
+        ]
         return render("users.html", title="Console users", user=user, csrf=session.csrf_token, users=users, **extra)
 
     async def create_user(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
         fields = await form(request, session)
         organisations = tuple(o.strip() for o in fields.get("organisations", "").split(",") if o.strip())
+        if not all(_in_scope(user, o) for o in organisations):
+            return await users_page(request, user, session, error="You can add users only for your organisations.")
         try:
             password = await anyio.to_thread.run_sync(
                 lambda: accounts.create(
@@ -298,7 +307,7 @@ def console_routes(
 
     # Governance: organisations, use cases, keys, policies (operators change them; auditors read)
 
-    def governance_values() -> dict[str, Any]:
+    def governance_values(user: ConsoleUser) -> dict[str, Any]:
         from facegate.policy.templates import TEMPLATES
 
         states = governance.policy_states()
@@ -316,10 +325,15 @@ def console_routes(
                     "reason": state.reason if state else "",
                 }
             )
-        return {"organisations": governance.organisations(), "use_cases": governance.use_cases(), "policies": policies}
+        return {
+            "organisations": [o for o in governance.organisations() if _in_scope(user, o.name)],
+            "use_cases": [u for u in governance.use_cases() if _in_scope(user, u.organisation)],
+            "policies": policies,
+            "global_user": _global(user),
+        }
 
     async def governance_page(request: Request, user: ConsoleUser, session: ConsoleSession, **extra: Any) -> Response:
-        values = await anyio.to_thread.run_sync(governance_values)
+        values = await anyio.to_thread.run_sync(governance_values, user)
         return render("governance.html", title="Governance", user=user, csrf=session.csrf_token, **values, **extra)
 
     def governance_change(change):
@@ -327,9 +341,8 @@ def console_routes(
 
         async def endpoint(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
             fields = await form(request, session)
-            actor = f"console:{user.username}"
             try:
-                shown = await anyio.to_thread.run_sync(lambda: change(fields, actor))
+                shown = await anyio.to_thread.run_sync(lambda: change(fields, user))
             except FacegateError as exc:
                 return await governance_page(request, user, session, error=exc.message)
             except ValueError as exc:  # a template's parameters that do not parse
@@ -338,30 +351,46 @@ def console_routes(
 
         return endpoint
 
-    def set_status(fields: dict, actor: str) -> None:
+    # An operator of some organisations changes only theirs; policies (they span organisations) and '*' users
+    # are for global operators.
+
+    def set_status(fields: dict, user: ConsoleUser) -> None:
+        _require_scope(user, fields.get("name", ""))
         governance.set_organisation_status(
-            fields.get("name", ""), fields.get("status", ""), fields.get("reason", ""), actor
+            fields.get("name", ""), fields.get("status", ""), fields.get("reason", ""), _actor(user)
         )
 
-    def revoke_use_case(fields: dict, actor: str) -> None:
-        governance.revoke_use_case(fields.get("use_case", ""), fields.get("reason", ""), actor)
+    def revoke_use_case(fields: dict, user: ConsoleUser) -> None:
+        use_case = governance.store.get_use_case(fields.get("use_case", ""))
+        _require_scope(user, use_case.organisation if use_case else "")
+        governance.revoke_use_case(fields.get("use_case", ""), fields.get("reason", ""), _actor(user))
 
-    def key_change(fields: dict, actor: str) -> dict | None:
+    def key_change(fields: dict, user: ConsoleUser) -> dict | None:
         if fields.get("action") == "revoke":
-            governance.revoke_key(fields.get("access_key_id", ""), fields.get("reason", ""), actor)
+            key = governance.store.get_key(fields.get("access_key_id", ""))
+            _require_scope(user, key.owner if key else "")
+            governance.revoke_key(fields.get("access_key_id", ""), fields.get("reason", ""), _actor(user))
             return None
+        use_case_id = fields.get("use_case") or None
+        if use_case_id is not None:
+            use_case = governance.store.get_use_case(use_case_id)
+            _require_scope(user, use_case.organisation if use_case else "")
+        else:
+            _require_scope(user, fields.get("organisation") or "")
         issued = governance.issue_key(
-            use_case_id=fields.get("use_case") or None, organisation=fields.get("organisation") or None, actor=actor
+            use_case_id=use_case_id, organisation=fields.get("organisation") or None, actor=_actor(user)
         )
         return {"secret": issued}
 
-    def policy_change(fields: dict, actor: str) -> None:
+    def policy_change(fields: dict, user: ConsoleUser) -> None:
+        if not _global(user):
+            raise ResourceNotFoundException("Policies apply to every organisation: a global operator changes them.")
         template, reason = fields.get("template", ""), fields.get("reason", "")
         if fields.get("action") == "deactivate":
-            governance.deactivate(template, reason, actor)
+            governance.deactivate(template, reason, _actor(user))
         else:
             settings = [line.strip() for line in fields.get("settings", "").splitlines() if line.strip()]
-            governance.activate(template, settings, reason, actor)
+            governance.activate(template, settings, reason, _actor(user))
 
     # Reports: the fairness audit of record, the transparency report
 
@@ -446,11 +475,43 @@ def console_routes(
         Route("/console/governance/policy", page(governance_change(policy_change), roles=operators), methods=["POST"]),
         Route("/console/fairness", page(fairness_page, roles=governors), methods=["GET"]),
         Route("/console/fairness/report", page(fairness_report, roles=governors), methods=["GET"]),
-        Route("/console/transparency", page(transparency_page, roles=governors), methods=["GET"]),
-        Route("/console/transparency/report", page(transparency_report, roles=governors), methods=["GET"]),
+        Route("/console/transparency", page(transparency_page, roles=governors, everyone=True), methods=["GET"]),
+        Route(
+            "/console/transparency/report", page(transparency_report, roles=governors, everyone=True), methods=["GET"]
+        ),
         Route("/console/users", page(users_page, roles=operators), methods=["GET"]),
         Route("/console/users", page(create_user, roles=operators), methods=["POST"]),
     ]
+
+
+def _set_session_cookie(response: Response, request: Request, done: SignedIn) -> None:
+    response.set_cookie(
+        COOKIE,
+        done.token,
+        max_age=int(done.session.expires_at - done.session.created_at),
+        path="/console",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+def _global(user: ConsoleUser) -> bool:
+    """A user of every organisation ('*'): the only kind that sees or changes what spans organisations."""
+    return "*" in user.organisations
+
+
+def _in_scope(user: ConsoleUser, organisation: str) -> bool:
+    return _global(user) or (organisation != "*" and organisation in user.organisations)
+
+
+def _require_scope(user: ConsoleUser, organisation: str) -> None:
+    if not _in_scope(user, organisation):
+        raise ResourceNotFoundException(f"There is no organisation {organisation[:64]} for you.")
+
+
+def _actor(user: ConsoleUser) -> str:
+    return f"console:{user.username}"
 
 
 def _document(html: str) -> HTMLResponse:

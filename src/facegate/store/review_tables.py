@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from facegate.errors import ResourceAlreadyExistsException
@@ -81,7 +83,10 @@ _SESSION = "token_hash, username, csrf_token, created_at, expires_at"
 
 
 class ReviewTables:
-    """``ReviewStore`` and ``ConsoleUserStore`` over the three primitives a SQL store provides."""
+    """``ReviewStore`` and ``ConsoleUserStore`` over the primitives a SQL store provides."""
+
+    def _transaction(self) -> AbstractContextManager[Callable[[str, tuple], Any]]:
+        raise NotImplementedError
 
     def _fetchone(self, sql: str, params: tuple = ()) -> tuple | None:
         raise NotImplementedError
@@ -142,6 +147,63 @@ class ReviewTables:
                 ),
             )
         )
+
+    def decide_case(
+        self, decision: ReviewDecision, settle: Callable[[ReviewCase, list[ReviewDecision]], tuple | None]
+    ) -> tuple[str, ReviewCase | None]:
+        """Record a decision and settle the case in one transaction that holds the case's row: ("not-open", case)
+        when it was closed already, ("duplicate", case) when this reviewer had decided, else ("recorded", case)
+        with the case as ``settle`` left it (``settle`` → (status, released) closes it, None leaves it open)."""
+        now = time.time()
+        with self._transaction() as run:
+            held = run(
+                "UPDATE review_cases SET updated_at = ? WHERE case_id = ? AND status = 'open'", (now, decision.case_id)
+            ).rowcount  # takes the case's row (PostgreSQL) or the database (SQLite) until the end
+            if not held:
+                row = run(f"SELECT {_CASE} FROM review_cases WHERE case_id = ?", (decision.case_id,)).fetchone()
+                return "not-open", _case(row) if row else None
+            added = run(
+                "INSERT INTO review_decisions (case_id, reviewer, verdict, face_id, decided_at, note) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (
+                    decision.case_id,
+                    decision.reviewer,
+                    decision.verdict,
+                    decision.face_id,
+                    decision.decided_at,
+                    decision.note,
+                ),
+            ).rowcount
+            case = _case(run(f"SELECT {_CASE} FROM review_cases WHERE case_id = ?", (decision.case_id,)).fetchone())
+            if not added:
+                return "duplicate", case
+            decisions = [
+                ReviewDecision(*row)
+                for row in run(
+                    "SELECT case_id, reviewer, verdict, face_id, decided_at, note FROM review_decisions "
+                    "WHERE case_id = ? ORDER BY decided_at, reviewer",
+                    (decision.case_id,),
+                ).fetchall()
+            ]
+            settled = settle(case, decisions)
+            if settled is None:
+                return "recorded", case
+            status, released = settled
+            row = run(
+                "UPDATE review_cases SET status = ?, released = ?, probe_crop = NULL, updated_at = ? "
+                f"WHERE case_id = ? RETURNING {_CASE}",
+                (status, json.dumps(released) if released is not None else None, now, decision.case_id),
+            ).fetchone()
+            return "recorded", _case(row)
+
+    def count_failed_login(self, username: str) -> int:
+        """One more failed sign-in, counted in the database (concurrent guesses each count); the new count."""
+        with self._transaction() as run:
+            row = run(
+                "UPDATE console_users SET failed_logins = failed_logins + 1 WHERE username = ? RETURNING failed_logins",
+                (username,),
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     def decisions(self, case_id: str) -> list[ReviewDecision]:
         rows = self._fetchall(
