@@ -71,7 +71,8 @@ def console_routes(
 
     async def form(request: Request, session: ConsoleSession | None) -> dict[str, str]:
         origin = request.headers.get("origin")
-        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+        # The host, not the scheme: behind a TLS-terminating proxy the page is https and the request http.
+        if origin is not None and urllib.parse.urlsplit(origin).netloc != request.url.netloc:
             raise _Refused(403, "This form was sent from another site.")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
@@ -492,7 +493,7 @@ def _set_session_cookie(response: Response, request: Request, done: SignedIn) ->
         path="/console",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https",
     )
 
 
