@@ -488,3 +488,29 @@ def test_a_video_over_six_hours_is_refused_at_start(tmp_path, clips, monkeypatch
         assert facegate.store.list_jobs() == []
     finally:
         facegate.close()
+
+
+def test_an_interrupted_cli_run_fails_its_job_instead_of_leaving_it_in_progress(tmp_path, clips, people):
+    home = tmp_path / "data"
+    run_facegate(home, "collections", "create", "staff")
+    env = {**os.environ, "FACEGATE_HOME": str(home)}
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "facegate", "video", "search", str(clips / "hall.mp4"), "-c", "staff"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        for _ in range(1200):  # until the analysis is under way (a guard against hanging, not a speed check)
+            listed = json.loads(run_facegate(home, "jobs", "list", "--json"))
+            if listed and listed[0]["ProgressMillis"] > 0:
+                break
+            time.sleep(0.05)
+        cli.send_signal(signal.SIGINT)
+        _, stderr = cli.communicate(timeout=120)
+    finally:
+        cli.kill()
+    assert cli.returncode != 0 and "interrupted" in stderr
+    job = json.loads(run_facegate(home, "jobs", "list", "--json"))[0]
+    assert job["JobStatus"] == "FAILED" and "interrupted" in job["StatusMessage"]

@@ -131,6 +131,10 @@ class VideoJobs:
             for job in reversed(self.store.list_jobs(status=IN_PROGRESS))  # oldest first
             if job.job_id not in mine
             and (job.worker is None or (job.heartbeat or 0) < now - self.lease_s or _gone(job.worker))
+            # A local file's job is the CLI's that started it: taken over only once that has had time to claim it.
+            and not (
+                job.worker is None and "File" in job.request.get("Video", {}) and job.created_at > now - self.lease_s
+            )
         ]
 
     def _heartbeat(self) -> None:
@@ -148,6 +152,11 @@ class VideoJobs:
                 self.store.record_job_progress(job_id, self.worker, [], done)
 
     # One job
+
+    def stop(self, job_id: str, reason: str) -> VideoJob | None:
+        """Fail a job this worker is running (the operator interrupted `facegate video`)."""
+        self._closing.set()
+        return self.store.finish_job(job_id, self.worker, FAILED, reason)
 
     def run(self, job_id: str, owner: str, progress: Progress | None = None) -> VideoJob:
         """Claim the job (unclaimed, or its worker gone) and run it here, now; returns it as it ended."""

@@ -108,9 +108,12 @@ def _run(start: str, get: str, params: dict, as_json: bool):
         transient=True,
     ) as bar:
         task = bar.add_task("analysing", total=duration)
-        job = cli.state.facegate.jobs.run(
-            started.job_id, cli.state.owner, progress=lambda _, done: bar.update(task, completed=done)
-        )
+        jobs = cli.state.facegate.jobs
+        try:
+            job = jobs.run(started.job_id, cli.state.owner, progress=lambda _, done: bar.update(task, completed=done))
+        except KeyboardInterrupt:  # the job ends FAILED, not IN_PROGRESS with nobody to finish it
+            jobs.stop(started.job_id, "Stopped by the operator (interrupted).")
+            fail(f"job {started.job_id} interrupted: FAILED")
     if job.status != "SUCCEEDED":
         fail(f"job {job.job_id} {job.status}: {job.status_message or 'it did not finish'}")
     pages, token = [], None
