@@ -20,6 +20,8 @@ MIN_IOU = 0.3
 OVERLAP_DISTANCE = 0.6
 # No overlap: only a face this close is taken for a person seen before.
 RETURN_DISTANCE = 0.45
+# Someone unseen for longer is not looked for again (a new index): bounds the work per face in a long, crowded video.
+REID_WINDOW_MS = 10 * 60 * 1000
 
 
 @dataclass
@@ -40,8 +42,9 @@ class PersonTracker:
     def assign(self, timestamp_ms: int, faces: list[Face]) -> list[int]:
         """The person index of each face (new persons get the next index)."""
         pairs = []
+        recent = [p for p in self._persons if timestamp_ms - p.last_ms <= REID_WINDOW_MS]
         for i, face in enumerate(faces):
-            for person in self._persons:
+            for person in recent:
                 cost = self._cost(face, person, timestamp_ms)
                 if cost is not None:
                     pairs.append((cost, i, person.index))
