@@ -169,8 +169,21 @@ class VideoJobs:
             if claimed is not None:
                 with self._lock:
                     self._running[job_id] = 0
-                self._run_claimed(claimed, progress)
+                beating = threading.Event()
+                if self._thread is None:  # no background loop here (the CLI): a thread of its own keeps the lease
+                    threading.Thread(target=self._beat_until, args=(beating,), daemon=True).start()
+                try:
+                    self._run_claimed(claimed, progress)
+                finally:
+                    beating.set()
         return self.store.get_job(owner, job_id) or job
+
+    def _beat_until(self, stop: threading.Event) -> None:
+        while not stop.wait(self.lease_s / 4):
+            try:
+                self._heartbeat()
+            except Exception:  # a missed heartbeat costs at most the lease; the next one tries again
+                log.exception("video job heartbeat failed")
 
     def _run_claimed(self, job: VideoJob, progress: Progress | None = None) -> None:
         try:
