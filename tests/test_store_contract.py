@@ -878,3 +878,37 @@ def test_thumbnails_belong_to_their_face_and_go_with_it(store, collection, rng):
     assert store.thumbnails(collection, ["f1", "f2"]) == {"f2": b"\xff\xd8two"}  # deleted with its face
     store.delete_collection(current(store, collection))
     assert store.thumbnails(collection, ["f2"]) == {}
+
+
+def test_a_decision_is_recorded_and_its_case_settled_in_one_step(open_store):
+    from facegate.review import settle
+
+    store = open_store()
+    store.add_case(_case("c-9"))
+    first = store.decide_case(ReviewDecision("c-9", "ana", "confirm", "f-1", 1_700_000_010.0), settle)
+    assert first[0] == "recorded" and first[1].status == "open"
+    again = store.decide_case(ReviewDecision("c-9", "ana", "reject", None, 1_700_000_011.0), settle)
+    assert again[0] == "duplicate" and again[1].status == "open"  # one decision per reviewer
+    closed = store.decide_case(ReviewDecision("c-9", "ben", "confirm", "f-1", 1_700_000_012.0), settle)
+    assert closed[0] == "recorded" and closed[1].status == "released" and closed[1].released == ["f-1"]
+    assert closed[1].probe_crop is None
+    late = store.decide_case(ReviewDecision("c-9", "cem", "reject", None, 1_700_000_013.0), settle)
+    assert late[0] == "not-open" and late[1].status == "released"
+    assert [d.reviewer for d in store.decisions("c-9")] == ["ana", "ben"]  # the late reject was not recorded
+    assert store.decide_case(ReviewDecision("missing", "ana", "reject", None, 1.0), settle) == ("not-open", None)
+
+
+def test_failed_sign_ins_are_counted_in_the_store(store):
+    store.add_console_user(ConsoleUser("ana", "reviewer", ("acme",), "$argon2id$…", 1_700_000_000.0))
+    assert [store.count_failed_login("ana") for _ in range(3)] == [1, 2, 3]
+    assert store.get_console_user("ana").failed_logins == 3
+    assert store.count_failed_login("nobody") == 0
+
+
+def test_a_jobs_review_cases_are_kept_with_it(open_store):
+    store = open_store()
+    store.add_job(_job("job-7"))
+    assert store.get_job("acme", "job-7").review_cases is None
+    store.set_job_review_cases("job-7", {"0": "c" * 32, "3": "d" * 32})
+    store.close()
+    assert open_store().get_job("acme", "job-7").review_cases == {"0": "c" * 32, "3": "d" * 32}
