@@ -825,6 +825,8 @@ def _case(case_id: str, owner: str = "acme", created: float = 1_700_000_000.0) -
 
 
 def test_review_cases_take_one_decision_per_reviewer_and_close_once(open_store):
+    from facegate.review import settle
+
     store = open_store()
     store.add_case(_case("c-1"))
     store.add_case(_case("c-2", owner="city-of-x", created=1_700_000_001.0))
@@ -833,13 +835,16 @@ def test_review_cases_take_one_decision_per_reviewer_and_close_once(open_store):
     assert [c.case_id for c in store.list_cases(["acme"])] == ["c-1"]
     assert store.list_cases(["acme"], status="released") == []
     first = ReviewDecision("c-1", "ana", "confirm", "f-1", 1_700_000_010.0, "same ear shape")
-    assert store.add_decision(first)
-    assert not store.add_decision(ReviewDecision("c-1", "ana", "reject", None, 1_700_000_011.0))  # decided once
-    assert store.add_decision(ReviewDecision("c-1", "ben", "confirm", "f-1", 1_700_000_012.0))
+    assert store.decide_case(first, settle)[0] == "recorded"
+    decided_again = ReviewDecision("c-1", "ana", "reject", None, 1_700_000_011.0)
+    assert store.decide_case(decided_again, settle)[0] == "duplicate"  # decided once
+    second = ReviewDecision("c-1", "ben", "confirm", "f-1", 1_700_000_012.0)
+    result, closed = store.decide_case(second, settle)
     assert [d.reviewer for d in store.decisions("c-1")] == ["ana", "ben"] and store.decisions("c-1")[0] == first
-    closed = store.close_case("c-1", "released", ["f-1"])
-    assert closed.status == "released" and closed.released == ["f-1"] and closed.probe_crop is None
-    assert store.close_case("c-1", "rejected", None) is None  # closed once
+    assert result == "recorded" and closed.status == "released" and closed.released == ["f-1"]
+    assert closed.probe_crop is None
+    assert store.decide_case(ReviewDecision("c-1", "cem", "reject", None, 1_700_000_013.0), settle)[0] == "not-open"
+    assert store.get_case("c-1").status == "released"  # closed once
     store.close()
     assert open_store().get_case("c-1").released == ["f-1"]
 

@@ -460,12 +460,14 @@ def test_jobs_read_videos_from_s3_sources_and_the_limits_hold(tmp_path, clips, p
             governed.execute(operator, "StartFaceDetection", {"Video": video})
         monkeypatch.setattr(service_module, "MAX_VIDEO_BYTES", 10 * 1024**3)
         monkeypatch.setattr(service_module, "MAX_JOBS_IN_PROGRESS", 2)
-        for i in range(2):  # nothing runs them: they stay in progress
-            governed.execute(operator, "StartFaceDetection", {"Video": video, "ClientRequestToken": f"t{i}"})
+        started = [  # nothing runs them: they stay in progress
+            governed.execute(operator, "StartFaceDetection", {"Video": video, "ClientRequestToken": f"t{i}"}).result
+            for i in range(2)
+        ]
         with pytest.raises(LimitExceededException, match="2 video jobs in progress"):
             governed.execute(operator, "StartFaceDetection", {"Video": video})
         repeat = governed.execute(operator, "StartFaceDetection", {"Video": video, "ClientRequestToken": "t1"})
-        assert repeat.result.job_id  # a repeated token is the same job, not a new one over the limit
+        assert repeat.result.job_id == started[1].job_id  # the same job again, not a new one over the limit
     finally:
         facegate.close()
 

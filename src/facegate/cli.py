@@ -35,6 +35,7 @@ from facegate.audit.commands import audit_app
 from facegate.cli_errors import fail
 from facegate.compose import Facegate, Settings, build
 from facegate.config import DEFAULT_DETECTOR, DEFAULT_OWNER, data_dir
+from facegate.console_commands import console_users_app
 from facegate.engine.image import sniff_format
 from facegate.errors import FacegateError
 from facegate.fairness.commands import fairness_app
@@ -55,7 +56,7 @@ from facegate.results import (
     UserPage,
 )
 from facegate.store import Collection, StoredFace, StoredUser
-from facegate.video_commands import console_users_app, jobs_app, notifications_app, video_app
+from facegate.video_commands import jobs_app, notifications_app, video_app
 from facegate.wire import to_wire
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="facegate: accountable face recognition.")

@@ -307,6 +307,9 @@ class Governance:
     def use_cases(self, organisation: str | None = None) -> list[UseCase]:
         return self.store.list_use_cases(organisation)
 
+    def use_case(self, use_case_id: str) -> UseCase | None:
+        return self.store.get_use_case(use_case_id)
+
     def revoke_use_case(self, use_case_id: str, reason: str, actor: str = OPERATOR) -> None:
         use_case = self.store.get_use_case(use_case_id)
         if use_case is None:
@@ -342,6 +345,11 @@ class Governance:
             role=role,
         )
         return issued
+
+    def key_owner(self, access_key_id: str) -> str | None:
+        """The organisation an access key belongs to (None for no such key); never its secret."""
+        key = self.store.get_key(access_key_id)
+        return key.owner if key is not None else None
 
     def revoke_key(self, access_key_id: str, reason: str, actor: str = OPERATOR) -> None:
         key = self.store.get_key(access_key_id)
@@ -425,13 +433,18 @@ class Governance:
         return curves
 
     def active_audit(self) -> AuditCurves | None:
+        report = self.active_audit_report()
+        return AuditCurves.from_report(report) if report is not None else None
+
+    def active_audit_report(self) -> dict | None:
+        """The fairness audit report the gate reads, as JSON."""
         value = self.store.get_setting(AUDIT_SETTING)
         if not value:
             return None
         if value.lstrip().startswith("{"):
-            return AuditCurves.from_report(json.loads(value))
+            return json.loads(value)
         # Deployments activated before reports were stored kept only the copy's path.
-        return AuditCurves.load(Path(value)) if Path(value).exists() else None
+        return json.loads(Path(value).read_text()) if Path(value).exists() else None
 
     # Retention
 

@@ -217,19 +217,12 @@ class GovernedService:
         matches only once that case is released. ``probe_crops`` cuts each person's best sighting from the video,
         for the reviewers. Returns person index → case id."""
         principal, context = _requester_of(job)
-        cases: dict[str, str] = {}
         reviewers = self._video_reviewers(job, principal, context)
-        if reviewers and job.api == "FaceSearch":
-            persons = persons_for_review(self.service.video_persons(principal.owner, job))
-            crops = probe_crops({p.index: p.best for p in persons}) if persons else {}
-            for p in persons:
-                case = self.review.open_video_case(
-                    job, principal, reviewers, p.index, p.matches, (p.first_ms, p.last_ms), crops.get(p.index)
-                )
-                cases[str(p.index)] = case.case_id
-            if cases:
-                self.governance.store.set_job_review_cases(job.job_id, cases)
-        return cases
+        if not reviewers or job.api != "FaceSearch":
+            return {}
+        persons = persons_for_review(self.service.video_persons(principal.owner, job))
+        crops = probe_crops({p.index: p.best for p in persons}) if persons else {}
+        return self.review.open_video_cases(job, principal, reviewers, persons, crops)
 
     def job_finished(self, job: VideoJob) -> None:
         """How a video job ended, in the audit."""

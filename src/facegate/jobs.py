@@ -30,7 +30,7 @@ from facegate.results import PersonMatch
 from facegate.sources import VideoObjects
 from facegate.store import Store, VideoJob
 from facegate.tracking import PersonTracker
-from facegate.video import FAILED, IN_PROGRESS, SUCCEEDED
+from facegate.video import FAILED, IN_PROGRESS, SUCCEEDED, requested_locally
 
 log = logging.getLogger("facegate.jobs")
 
@@ -205,7 +205,7 @@ class VideoJobs:
             return self._finish(
                 job, FAILED, f"facegate stopped during this job {job.attempts - 1} times; it is not started again."
             )
-        local = job.requester.get("principal", {}).get("role") == "operator"
+        local = requested_locally(job.requester)
         try:
             with self.videos.open(job.owner, job.request["Video"], local=local) as path, VideoFile(path) as video:
                 metadata = asdict(video.metadata)
@@ -262,7 +262,7 @@ class VideoJobs:
         """Each person's face at the given sighting, cut from the video read once more (for reviewers)."""
         wanted = sorted(sightings.items(), key=lambda item: item[1].timestamp_ms)
         crops: dict[int, bytes] = {}
-        local = job.requester.get("principal", {}).get("role") == "operator"
+        local = requested_locally(job.requester)
         try:
             with self.videos.open(job.owner, job.request["Video"], local=local) as path, VideoFile(path) as video:
                 for at, frame in video.frames(self.interval_ms):

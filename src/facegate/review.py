@@ -24,8 +24,9 @@ from facegate.store import ConsoleUser, ReviewCase, ReviewDecision, Store, Video
 if TYPE_CHECKING:
     from facegate.governance import GateOutcome, Governance
     from facegate.keys import Principal
+    from facegate.video import PersonForReview
 
-_CASE_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex: anything else is no case (and never reaches SQL)
+CASE_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex: anything else is no case (and never reaches SQL)
 REVIEWED = frozenset({"SearchFaces", "SearchFacesByImage", "SearchUsers", "SearchUsersByImage"})
 OPEN, RELEASED, REJECTED, ESCALATED = "open", "released", "rejected", "escalated"
 CONFIRM, REJECT = "confirm", "reject"
@@ -58,38 +59,37 @@ class ReviewDesk:
         probe_image: bytes | None,
     ) -> ReviewCase:
         """A case for ``result``'s matches; withheld from the client when two or more reviewers are required."""
-        obligations = outcome.decision.obligations
-        required = max(1, obligations.reviewers)
-        now = time.time()
         searched = result.searched_face
-        case = ReviewCase(
-            case_id=uuid.uuid4().hex,
-            owner=principal.owner,
-            operation=operation,
-            status=OPEN,
-            reviewers_required=required,
-            withheld=required >= 2,
-            facts=_facts(outcome, result, searched),
-            candidates=_candidates(result),
-            requester=principal.access_key_id,
-            request_id=request_id,
-            created_at=now,
-            updated_at=now,
-            probe_crop=face_crop(probe_image, searched) if probe_image is not None and searched is not None else None,
+        crop = face_crop(probe_image, searched) if probe_image is not None and searched is not None else None
+        return self._open(
+            principal,
+            operation,
+            outcome.decision.obligations.reviewers,
+            _facts(outcome, result, searched),
+            _candidates(result),
+            request_id,
+            crop,
         )
-        self.store.add_case(case)
-        self.governance.record_event(
-            "review_opened",
-            principal.actor,
-            organisation=case.owner,
-            case_id=case.case_id,
-            operation=operation,
-            reviewers_required=required,
-            withheld=case.withheld,
-            candidates=[c["id"] for c in case.candidates],
-            probe_crop_kept=case.probe_crop is not None,
-        )
-        return case
+
+    def open_video_cases(
+        self,
+        job: VideoJob,
+        principal: Principal,
+        reviewers: int,
+        persons: list[PersonForReview],
+        crops: dict[int, bytes],
+    ) -> dict[str, str]:
+        """A case per person of a face-search job, recorded on the job (GetFaceSearch answers by them); person
+        index → case id."""
+        cases = {
+            str(p.index): self.open_video_case(
+                job, principal, reviewers, p.index, p.matches, (p.first_ms, p.last_ms), crops.get(p.index)
+            ).case_id
+            for p in persons
+        }
+        if cases:
+            self.store.set_job_review_cases(job.job_id, cases)
+        return cases
 
     def open_video_case(
         self,
@@ -103,29 +103,56 @@ class ReviewDesk:
     ) -> ReviewCase:
         """A case for one person of a face-search job: the collection's faces their face matched (best similarity
         over the video), withheld from GetFaceSearch until released when two or more reviewers are required."""
+        facts = {
+            "use_case": principal.use_case_id,
+            "case_reference": job.requester.get("case_reference"),
+            "collection": job.request.get("CollectionId"),
+            "threshold_applied": job.request.get("FaceMatchThreshold"),
+            "job_id": job.job_id,
+            "video": job.request.get("Video"),
+            "person": person,
+            "seen_ms": list(seen),
+            "policies": [],
+            "model_version": matches[0].face.model_version if matches else None,
+        }
+        candidates = _candidates(FaceMatches(tuple(matches), ""))
+        return self._open(
+            principal,
+            "StartFaceSearch",
+            reviewers,
+            facts,
+            candidates,
+            job.job_id,
+            probe_crop,
+            job_id=job.job_id,
+            person=person,
+        )
+
+    def _open(
+        self,
+        principal: Principal,
+        operation: str,
+        reviewers: int,
+        facts: dict,
+        candidates: list,
+        request_id: str,
+        probe_crop: bytes | None,
+        **audited: Any,
+    ) -> ReviewCase:
+        """Store a new case and audit its opening; ``audited`` adds facts to the audit record."""
         now = time.time()
+        required = max(1, reviewers)
         case = ReviewCase(
             case_id=uuid.uuid4().hex,
             owner=principal.owner,
-            operation="StartFaceSearch",
+            operation=operation,
             status=OPEN,
-            reviewers_required=max(1, reviewers),
-            withheld=reviewers >= 2,
-            facts={
-                "use_case": principal.use_case_id,
-                "case_reference": job.requester.get("case_reference"),
-                "collection": job.request.get("CollectionId"),
-                "threshold_applied": job.request.get("FaceMatchThreshold"),
-                "job_id": job.job_id,
-                "video": job.request.get("Video"),
-                "person": person,
-                "seen_ms": list(seen),
-                "policies": [],
-                "model_version": matches[0].face.model_version if matches else None,
-            },
-            candidates=_candidates(FaceMatches(tuple(matches), "")),
+            reviewers_required=required,
+            withheld=required >= 2,
+            facts=facts,
+            candidates=candidates,
             requester=principal.access_key_id,
-            request_id=job.job_id,
+            request_id=request_id,
             created_at=now,
             updated_at=now,
             probe_crop=probe_crop,
@@ -136,12 +163,11 @@ class ReviewDesk:
             principal.actor,
             organisation=case.owner,
             case_id=case.case_id,
-            operation="StartFaceSearch",
-            job_id=job.job_id,
-            person=person,
-            reviewers_required=case.reviewers_required,
+            operation=operation,
+            **audited,
+            reviewers_required=required,
             withheld=case.withheld,
-            candidates=[c["id"] for c in case.candidates],
+            candidates=[c["id"] for c in candidates],
             probe_crop_kept=probe_crop is not None,
         )
         return case
@@ -158,7 +184,7 @@ class ReviewDesk:
 
     def case(self, user: ConsoleUser, case_id: str) -> ReviewCase:
         """The case, if ``user`` may see it; otherwise as if it did not exist."""
-        case = self.store.get_case(case_id) if _CASE_ID.fullmatch(case_id or "") else None
+        case = self.store.get_case(case_id) if CASE_ID.fullmatch(case_id or "") else None
         if case is None or not _authorised(user, case.owner):
             raise ResourceNotFoundException(f"There is no review case {case_id[:64]}.")
         return case

@@ -12,7 +12,6 @@ import base64
 import binascii
 import hashlib
 import json
-import re
 import secrets
 import time
 import uuid
@@ -37,7 +36,6 @@ from facegate.errors import (
     ServiceQuotaExceededException,
     VideoTooLargeException,
 )
-from facegate.keys import OPERATOR_ROLE
 from facegate.notifications import notification_url
 from facegate.quality import filter_reasons
 from facegate.results import (
@@ -75,8 +73,9 @@ from facegate.results import (
     VideoFace,
     VideoJobResults,
 )
-from facegate.review import released_candidates, released_ids
+from facegate.review import CASE_ID, released_candidates, released_ids
 from facegate.snapshots import stored_face_of
+from facegate.sources import MAX_VIDEO_BYTES
 from facegate.store import Collection, Store, StoredFace, StoredUser, VideoJob
 from facegate.store.search import FaceSearch, distances
 from facegate.tracking import PersonTracker
@@ -90,6 +89,7 @@ from facegate.video import (
     face_of,
     person_finding,
     person_of,
+    requested_locally,
 )
 
 DEFAULT_THRESHOLD = 80.0  # FaceMatchThreshold, SimilarityThreshold, UserMatchThreshold
@@ -101,7 +101,6 @@ MAX_FACES_PER_USER = 100
 MAX_COMPARE_TARGETS = 100
 REGION = "us-east-1"
 MAX_JOBS_IN_PROGRESS = 20  # per organisation, as Rekognition's default quota
-MAX_VIDEO_BYTES = 10 * 1024**3
 MAX_JOB_PAGE = 1000
 MAX_VIDEO_MATCHES = 100  # per face per sampled frame
 VIDEO_STARTS = frozenset({"StartFaceSearch", "StartFaceDetection"})
@@ -608,7 +607,7 @@ class FaceService:
     def _start_job(self, owner: str, api: str, p: dict, requester: dict) -> JobStarted:
         if self.videos is None:
             raise InvalidParameterException("This facegate has no video sources configured.")
-        local = _is_local(requester)
+        local = requested_locally(requester)
         size = self.videos.size(owner, p["Video"], local=local)
         if size > MAX_VIDEO_BYTES:
             raise VideoTooLargeException(f"The video is {size:,} bytes; at most {MAX_VIDEO_BYTES:,} can be analysed.")
@@ -739,7 +738,7 @@ class FaceService:
         """A review case of ``owner``'s (facegate's operation): its state and, once released, the confirmed
         candidates as matches. Another organisation's case answers as a missing one."""
         case_id = p.get("CaseId")
-        if not isinstance(case_id, str) or not re.fullmatch(r"[0-9a-f]{32}", case_id):
+        if not isinstance(case_id, str) or not CASE_ID.fullmatch(case_id):
             raise InvalidParameterException("GetReviewCase needs CaseId: the id a search's FacegateDecision gave.")
         case = self.store.get_case(case_id)
         if case is None or case.owner != owner:
@@ -859,14 +858,10 @@ class VideoSizes(Protocol):
     def duration_ms(self, owner: str, video: dict, *, local: bool = False) -> int | None: ...
 
 
-def _is_local(requester: dict) -> bool:
-    return requester.get("principal", {}).get("role") == OPERATOR_ROLE
-
-
 def _validate_start(operation: str, params: dict, requester: dict) -> dict:
     """Rekognition's model for the Start request; the local operator may instead name a file, Video.File."""
     video = params.get("Video")
-    if isinstance(video, dict) and set(video) == {"File"} and _is_local(requester):
+    if isinstance(video, dict) and set(video) == {"File"} and requested_locally(requester):
         checked = validate_request(operation, {**params, "Video": {"S3Object": {"Bucket": "local", "Name": "file"}}})
         return {**checked, "Video": {"File": str(video["File"])}}
     return validate_request(operation, params)

@@ -147,14 +147,7 @@ def _read_from_s3(
     for as the object's VersionId; a SHA-256 is checked against the latest object's content by the caller."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    where = json.loads(source.location)
-    secret = sealer.unseal(source.sealed_secret or b"")
-    if secret is None:
-        raise InvalidS3ObjectException(f"The credentials of source {source.name} cannot be unsealed on this server.")
-    client = _s3_client(where["endpoint"], where["region"], where["access_key_id"], secret)
-    request = {"Bucket": where["bucket"], "Key": name}
-    if version is not None and not _SHA256.fullmatch(version):
-        request["VersionId"] = version
+    client, request = _s3_request(source, name, version, sealer)
     try:
         head = client.head_object(**request)
         if head.get("ContentLength", 0) > MAX_OBJECT_BYTES:
@@ -162,7 +155,7 @@ def _read_from_s3(
         response = client.get_object(**request)
         data = response["Body"].read(MAX_OBJECT_BYTES + 1)
     except ClientError:
-        if "VersionId" in request and _exists(client, where["bucket"], name):
+        if "VersionId" in request and _exists(client, request["Bucket"], name):
             raise InvalidS3ObjectException(f"{member}.S3Object.Version {version!r} is not a version of it.") from None
         raise InvalidS3ObjectException(_NOT_FOUND) from None
     except BotoCoreError as exc:
@@ -170,6 +163,19 @@ def _read_from_s3(
     if len(data) > MAX_OBJECT_BYTES:
         raise _too_large(len(data), member)
     return data, response.get("VersionId")
+
+
+def _s3_request(source: ObjectSource, name: str, version: str | None, sealer: Sealer) -> tuple[Any, dict]:
+    """A client for the source's endpoint under its unsealed credentials, and the request naming the object (a
+    Version that is not a SHA-256 is asked for as a VersionId; a SHA-256 is checked against the content)."""
+    where = json.loads(source.location)
+    secret = sealer.unseal(source.sealed_secret or b"")
+    if secret is None:
+        raise InvalidS3ObjectException(f"The credentials of source {source.name} cannot be unsealed on this server.")
+    request = {"Bucket": where["bucket"], "Key": name}
+    if version is not None and not _SHA256.fullmatch(version):
+        request["VersionId"] = version
+    return _s3_client(where["endpoint"], where["region"], where["access_key_id"], secret), request
 
 
 @functools.lru_cache(maxsize=64)
@@ -254,7 +260,7 @@ class VideoObjects:
                 return os.fstat(fd).st_size
             finally:
                 os.close(fd)
-        client, request = self._s3_request(source, name, version)
+        client, request = _s3_request(source, name, version, self.sealer)
         return int(self._s3_call(client.head_object, request, name, version)["ContentLength"])
 
     def duration_ms(self, owner: str, video: dict, *, local: bool = False) -> int | None:
@@ -289,7 +295,7 @@ class VideoObjects:
             finally:
                 os.close(fd)
             return
-        client, request = self._s3_request(source, name, version)
+        client, request = _s3_request(source, name, version, self.sealer)
         self.scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=self.scratch, suffix=".video") as copy:
             body = self._s3_call(client.get_object, request, name, version)["Body"]
@@ -320,16 +326,6 @@ class VideoObjects:
         if source.kind not in ("dir", "s3"):
             raise InvalidS3ObjectException(f"Source {bucket} is of kind {source.kind!r}, which facegate cannot read.")
         return source, name, version
-
-    def _s3_request(self, source: ObjectSource, name: str, version: str | None) -> tuple[Any, dict]:
-        where = json.loads(source.location)
-        secret = self.sealer.unseal(source.sealed_secret or b"")
-        if secret is None:
-            raise InvalidS3ObjectException(f"The credentials of source {source.name} cannot be unsealed on this server.")
-        request = {"Bucket": where["bucket"], "Key": name}
-        if version is not None and not _SHA256.fullmatch(version):
-            request["VersionId"] = version
-        return _s3_client(where["endpoint"], where["region"], where["access_key_id"], secret), request
 
     @staticmethod
     def _s3_call(call: Any, request: dict, name: str, version: str | None) -> dict:

@@ -6,19 +6,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from facegate.keys import OPERATOR_ROLE
 from facegate.results import FaceMatch, PersonMatch, VideoFace
 from facegate.snapshots import found_face_json, found_face_of, stored_face_json, stored_face_of
 from facegate.store import JobFinding
 
 SEARCH = "FaceSearch"
 DETECTION = "FaceDetection"
-APIS = {
-    "StartFaceSearch": SEARCH,
-    "StartFaceDetection": DETECTION,
-    "GetFaceSearch": SEARCH,
-    "GetFaceDetection": DETECTION,
-}
 IN_PROGRESS, SUCCEEDED, FAILED = "IN_PROGRESS", "SUCCEEDED", "FAILED"
+
+
+def requested_locally(requester: dict) -> bool:
+    """Whether a job was started by the local operator (the CLI, the Python API): only such a job may name a
+    file on this machine (``Video.File``)."""
+    return requester.get("principal", {}).get("role") == OPERATOR_ROLE
 
 
 def person_finding(person: PersonMatch) -> JobFinding:

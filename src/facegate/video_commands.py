@@ -20,9 +20,6 @@ from facegate.cli_errors import fail
 video_app = typer.Typer(no_args_is_help=True, help="Search or detect faces in a stored video (a local file).")
 jobs_app = typer.Typer(no_args_is_help=True, help="Video jobs: their state and progress.")
 notifications_app = typer.Typer(no_args_is_help=True, help="Webhooks for video jobs' SNS notification channels.")
-console_users_app = typer.Typer(
-    no_args_is_help=True, help="People who sign in to the console: reviewers, operators, auditors."
-)
 
 out = Console()
 err = Console(stderr=True)
@@ -197,36 +194,6 @@ def notifications_remove(
     """Remove a notification channel: jobs naming it are refused from the next Start on."""
     _governance().remove_notification(org, topic_arn, reason)
     out.print(f"removed {topic_arn} of {org}")
-
-
-@console_users_app.command("create")
-def console_users_create(
-    username: str,
-    org: Annotated[list[str], typer.Option("--org", help="An organisation the user works for (repeat; '*': all).")],
-    role: Annotated[str, typer.Option(help="reviewer, operator or auditor.")] = "reviewer",
-) -> None:
-    """Create a console user; prints a one-time password, to be changed at first sign-in."""
-    from facegate import cli
-
-    password = cli.state.facegate.console_accounts.create(username, role, tuple(org))
-    out.print(f"{username} ({role}, {', '.join(org)}): one-time password {password}", highlight=False)
-
-
-@console_users_app.command("list")
-def console_users_list(as_json: JsonOption = False) -> None:
-    """List console users."""
-    from facegate import cli
-
-    users = cli.state.facegate.console_accounts.users()
-    if as_json:
-        print(
-            json.dumps(
-                [{"Username": u.username, "Role": u.role, "Organisations": list(u.organisations)} for u in users]
-            )
-        )
-        return
-    for u in users:
-        out.print(f"{u.username}  {u.role}  {', '.join(u.organisations)}", highlight=False)
 
 
 def _store():

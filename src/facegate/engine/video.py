@@ -7,7 +7,6 @@ AVI containers, H.264 video, at most 10 GB and 6 hours.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,9 +91,9 @@ class VideoFile:
             CODECS[codec], duration_ms, CONTAINERS[container.format.name], float(rate), width, height, color_range
         )
 
-    def frames(self, interval_ms: int = SAMPLE_INTERVAL_MS, start_ms: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-        """(timestamp in ms, RGB frame) at ``interval_ms`` apart from ``start_ms``: the first frame at or after
-        each sampling time. Frames larger than the engine's working size are reduced to it, as images are."""
+    def frames(self, interval_ms: int = SAMPLE_INTERVAL_MS) -> Iterator[tuple[int, np.ndarray]]:
+        """(timestamp in ms, RGB frame) at ``interval_ms`` apart: the first frame at or after each sampling time.
+        Frames larger than the engine's working size are reduced to it, as images are."""
         import av
 
         stream = self._container.streams.video[0]
@@ -103,7 +102,7 @@ class VideoFile:
         width, height = working_size(self.metadata.width, self.metadata.height)
         slack = max(TRUNCATION_SLACK_MS, int(2000 / self.metadata.frame_rate) if self.metadata.frame_rate else 0)
         limit = min(self.metadata.duration_ms + slack, self.max_ms or MAX_VIDEO_MS)
-        due = start_ms
+        due = 0
         last = -1
         try:
             for frame in self._container.decode(stream):
@@ -157,8 +156,3 @@ def _duration_ms(container, stream) -> int:
 def _reason(exc: Exception) -> str:
     text = getattr(exc, "strerror", None) or str(exc)
     return text.split(": '", 1)[0] if isinstance(text, str) else "unreadable"
-
-
-def sample_count(duration_ms: int, interval_ms: int = SAMPLE_INTERVAL_MS) -> int:
-    """About how many frames a video of ``duration_ms`` yields (for progress)."""
-    return max(1, math.ceil(duration_ms / interval_ms))

@@ -52,7 +52,10 @@ class _Refused(Exception):
 
 
 def console_routes(
-    accounts: ConsoleAccounts, desk: ReviewDesk, governance: Governance, read_body: Callable[[Request], Awaitable[bytes]]
+    accounts: ConsoleAccounts,
+    desk: ReviewDesk,
+    governance: Governance,
+    read_body: Callable[[Request], Awaitable[bytes]],
 ) -> list[Route]:
     """The console's routes; ``read_body`` is the server's capped body reader (size and time)."""
     pages = Environment(loader=PackageLoader("facegate.server", "templates"), autoescape=select_autoescape())
@@ -166,11 +169,12 @@ def console_routes(
                 {
                     "case": case,
                     "recorded": desk.decisions_recorded(case),
-                    "mine": desk.decided_by(user, case) is not None,
-                    "show_count": case.status != "open" or desk.decided_by(user, case) is not None,
+                    "mine": mine,
+                    "show_count": case.status != "open" or mine,
                     "opened": _when(case.created_at),
                 }
                 for case in desk.cases(user)
+                for mine in (desk.decided_by(user, case) is not None,)
             ]
 
         cases = await anyio.to_thread.run_sync(rows)
@@ -225,10 +229,12 @@ def console_routes(
 
     # Governance pages
 
-    async def audit_page(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
+    async def audit_page(
+        request: Request, user: ConsoleUser, session: ConsoleSession, notice: str | None = None
+    ) -> Response:
         filters = {k: request.query_params.get(k) or None for k in ("organisation", "decision", "event")}
         # An auditor of some organisations reads theirs only.
-        if "*" not in user.organisations and filters["organisation"] not in user.organisations:
+        if not _in_scope(user, filters["organisation"] or "*"):
             filters["organisation"] = user.organisations[0]
 
         def load() -> list[dict]:
@@ -237,7 +243,13 @@ def console_routes(
 
         entries = await anyio.to_thread.run_sync(load)
         return render(
-            "audit.html", title="Audit log", user=user, csrf=session.csrf_token, entries=entries, filters=filters
+            "audit.html",
+            title="Audit log",
+            user=user,
+            csrf=session.csrf_token,
+            entries=entries,
+            filters=filters,
+            notice=notice,
         )
 
     async def audit_entry(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
@@ -245,7 +257,7 @@ def console_routes(
 
         def load() -> tuple[dict, dict]:
             entry = next(iter(e for e in governance.audit.entries() if e.get("seq") == seq), None)
-            if entry is None or ("*" not in user.organisations and entry.get("organisation") not in user.organisations):
+            if entry is None or not _in_scope(user, entry.get("organisation") or "*"):
                 raise ResourceNotFoundException("No such entry.")
             return entry, governance.audit.inclusion_proof(seq)
 
@@ -268,19 +280,7 @@ def console_routes(
             if report.ok
             else f"The log does NOT verify: {'; '.join(report.problems[:5])}"
         )
-        scope = None if _global(user) else user.organisations[0]
-        entries = await anyio.to_thread.run_sync(
-            lambda: list(governance.audit.entries(organisation=scope))[-AUDIT_PAGE:][::-1]
-        )
-        return render(
-            "audit.html",
-            title="Audit log",
-            user=user,
-            csrf=session.csrf_token,
-            entries=entries,
-            filters={},
-            notice=notice,
-        )
+        return await audit_page(request, user, session, notice)
 
     async def users_page(request: Request, user: ConsoleUser, session: ConsoleSession, **extra: Any) -> Response:
         users = [
@@ -362,19 +362,18 @@ def console_routes(
         )
 
     def revoke_use_case(fields: dict, user: ConsoleUser) -> None:
-        use_case = governance.store.get_use_case(fields.get("use_case", ""))
+        use_case = governance.use_case(fields.get("use_case", ""))
         _require_scope(user, use_case.organisation if use_case else "")
         governance.revoke_use_case(fields.get("use_case", ""), fields.get("reason", ""), _actor(user))
 
     def key_change(fields: dict, user: ConsoleUser) -> dict | None:
         if fields.get("action") == "revoke":
-            key = governance.store.get_key(fields.get("access_key_id", ""))
-            _require_scope(user, key.owner if key else "")
+            _require_scope(user, governance.key_owner(fields.get("access_key_id", "")) or "")
             governance.revoke_key(fields.get("access_key_id", ""), fields.get("reason", ""), _actor(user))
             return None
         use_case_id = fields.get("use_case") or None
         if use_case_id is not None:
-            use_case = governance.store.get_use_case(use_case_id)
+            use_case = governance.use_case(use_case_id)
             _require_scope(user, use_case.organisation if use_case else "")
         else:
             _require_scope(user, fields.get("organisation") or "")
@@ -406,13 +405,11 @@ def console_routes(
 
     async def fairness_report(request: Request, user: ConsoleUser, session: ConsoleSession) -> Response:
         from facegate.fairness.report import audit_html, gate_view_html
-        from facegate.governance import AUDIT_SETTING
 
         def build() -> str:
-            text = governance.store.get_setting(AUDIT_SETTING)
-            if text is None:
+            report = governance.active_audit_report()
+            if report is None:
                 raise ResourceNotFoundException("No fairness audit.")
-            report = json.loads(text)
             try:
                 return audit_html(report)
             except (KeyError, TypeError):  # a report with only what the gate reads (curves by group)

@@ -1,19 +1,14 @@
-"""Video jobs and their findings: the same tables and statements on every SQL store. The store supplies
-``_transaction``, a context in which ``run(sql, params)`` executes one ``?``-placeholder statement and returns its
-cursor, all of them committed together."""
+"""Video jobs and their findings: the same tables and statements on every SQL store, over its primitives
+(``sql_tables.SqlTables``)."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
-from typing import Any
 
 from facegate.errors import ConflictException
 from facegate.store import JobFinding, VideoJob
-
-Run = Callable[[str, tuple], Any]  # executes one statement, returns a cursor
+from facegate.store.sql_tables import SqlTables
 
 JOB_COLUMNS = (
     "job_id, owner, api, status, request, requester, created_at, updated_at, client_token, fingerprint, "
@@ -55,11 +50,8 @@ def json_or_none(value: dict | None) -> str | None:
     return json.dumps(value) if value is not None else None
 
 
-class JobTables:
-    """``JobStore`` over one primitive of a SQL store: a transaction."""
-
-    def _transaction(self) -> AbstractContextManager[Run]:
-        raise NotImplementedError
+class JobTables(SqlTables):
+    """``JobStore``."""
 
     def add_job(self, job: VideoJob) -> VideoJob:
         with self._transaction() as run:
@@ -86,12 +78,11 @@ class JobTables:
         return job_from_row(row) if row else None
 
     def list_jobs(self, owner: str | None = None, status: str | None = None) -> list[VideoJob]:
-        with self._transaction() as run:
-            rows = run(
-                f"SELECT {JOB_COLUMNS} FROM video_jobs WHERE (CAST(? AS TEXT) IS NULL OR owner = ?) "
-                "AND (CAST(? AS TEXT) IS NULL OR status = ?) ORDER BY created_at DESC, job_id",
-                (owner, owner, status, status),
-            ).fetchall()
+        rows = self._query(
+            f"SELECT {JOB_COLUMNS} FROM video_jobs WHERE (CAST(? AS TEXT) IS NULL OR owner = ?) "
+            "AND (CAST(? AS TEXT) IS NULL OR status = ?) ORDER BY created_at DESC, job_id",
+            (owner, owner, status, status),
+        )
         return [job_from_row(row) for row in rows]
 
     def claim_job(self, job_id: str, worker: str, expected_worker: str | None) -> VideoJob | None:
@@ -147,10 +138,9 @@ class JobTables:
 
     def job_findings(self, job_id: str, order: str, offset: int, limit: int) -> list[JobFinding]:
         by = "timestamp_ms, person_index, seq" if order == "TIMESTAMP" else "person_index, timestamp_ms, seq"
-        with self._transaction() as run:
-            rows = run(
-                "SELECT timestamp_ms, person_index, body FROM video_job_findings WHERE job_id = ? "
-                f"ORDER BY {by} LIMIT ? OFFSET ?",
-                (job_id, limit, offset),
-            ).fetchall()
+        rows = self._query(
+            "SELECT timestamp_ms, person_index, body FROM video_job_findings WHERE job_id = ? "
+            f"ORDER BY {by} LIMIT ? OFFSET ?",
+            (job_id, limit, offset),
+        )
         return [JobFinding(t, i, json.loads(body)) for t, i, body in rows]

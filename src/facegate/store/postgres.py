@@ -34,6 +34,7 @@ from facegate.store import (
 )
 from facegate.store.job_tables import JobTables
 from facegate.store.review_tables import ReviewTables, postgres_ddl
+from facegate.store.sql_tables import SourceTables
 
 try:
     import psycopg
@@ -230,7 +231,7 @@ EF_SEARCH_MIN = 200
 MAX_SCAN_TUPLES = 100_000
 
 
-class PostgresStore(ReviewTables, JobTables):
+class PostgresStore(ReviewTables, JobTables, SourceTables):
     """``Store`` on PostgreSQL + pgvector, opened from a ``postgresql://user:password@host:port/database`` URL.
 
     Safe to share between threads (each gets its own connection) and between processes and hosts (nothing
@@ -289,19 +290,6 @@ class PostgresStore(ReviewTables, JobTables):
 
     def schema_version(self) -> int:
         return self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-
-    # ReviewTables' primitives: one statement each, atomic on its own (autocommit).
-
-    def _fetchone(self, sql: str, params: tuple = ()) -> tuple | None:
-        return self._db.execute(sql.replace("?", "%s"), params).fetchone()
-
-    def _fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
-        return self._db.execute(sql.replace("?", "%s"), params).fetchall()
-
-    def _execute(self, sql: str, params: tuple = ()) -> int:
-        return self._db.execute(sql.replace("?", "%s"), params).rowcount
-
-    # Collections
 
     def create_collection(self, owner: str, collection_id: str, model_version: str, tags: dict[str, str]) -> Collection:
         created = time.time()
@@ -678,51 +666,19 @@ class PostgresStore(ReviewTables, JobTables):
     def _bump_governance(db: psycopg.Connection) -> None:
         db.execute("UPDATE meta SET value = value + 1 WHERE key = 'governance_generation'")
 
-    # Object sources (S3Object's Bucket, per organisation)
-
-    def add_source(self, source: ObjectSource) -> None:
-        db = self._db
-        with db.transaction():
-            inserted = db.execute(
-                "INSERT INTO object_sources (owner, name, kind, location, created_at, sealed_secret) "
-                "VALUES (%s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT DO NOTHING",
-                (source.owner, source.name, source.kind, source.location, source.created_at, source.sealed_secret),
-            ).rowcount
-            if not inserted:
-                raise ResourceAlreadyExistsException(f"The source {source.name} already exists for {source.owner}.")
-            self._bump_governance(db)
-
-    def get_source(self, owner: str, name: str) -> ObjectSource | None:
-        row = self._db.execute(
-            "SELECT owner, name, kind, location, created_at, sealed_secret FROM object_sources "
-            "WHERE owner = %s AND name = %s",
-            (owner, name),
-        ).fetchone()
-        return _source(row) if row else None
-
-    def list_sources(self, owner: str | None = None) -> list[ObjectSource]:
-        rows = self._db.execute(
-            "SELECT owner, name, kind, location, created_at, sealed_secret FROM object_sources "
-            "WHERE %s::text IS NULL OR owner = %s ORDER BY owner, name",
-            (owner, owner),
-        ).fetchall()
-        return [_source(row) for row in rows]
-
-    def remove_source(self, owner: str, name: str) -> bool:
-        db = self._db
-        with db.transaction():
-            removed = db.execute("DELETE FROM object_sources WHERE owner = %s AND name = %s", (owner, name)).rowcount
-            self._bump_governance(db)
-        return bool(removed)
-
-    # Video jobs (JobTables' primitive: statements in one transaction)
+    # The shared tables' primitives (sql_tables.SqlTables): a transaction, a read, the governance generation
 
     @contextmanager
     def _transaction(self) -> Iterator:
         db = self._db
         with db.transaction():
             yield lambda sql, params: db.execute(sql.replace("?", "%s"), params)
+
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return self._db.execute(sql.replace("?", "%s"), params).fetchall()
+
+    def _governance_changed(self, run) -> None:
+        run("UPDATE meta SET value = value + 1 WHERE key = 'governance_generation'", ())
 
     def get_setting(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM settings WHERE key = %s", (key,)).fetchone()
@@ -1194,6 +1150,3 @@ def _use_case_row(u: UseCase) -> tuple:
     )
 
 
-def _source(row: tuple) -> ObjectSource:
-    owner, name, kind, location, created_at, sealed = row
-    return ObjectSource(owner, name, kind, location, created_at, bytes(sealed) if sealed is not None else None)

@@ -1,17 +1,16 @@
-"""Review cases, reviewers' decisions, console users and sessions: the same tables and statements on every SQL
-store. Each statement is one atomic write (conflicts resolved by ``ON CONFLICT``), so the store supplies only how
-to run one: ``_fetchone``, ``_fetchall`` and ``_execute`` with ``?`` placeholders."""
+"""Review cases, reviewers' decisions, face thumbnails, console users and sessions: the same tables and statements
+on every SQL store, over its primitives (``sql_tables.SqlTables``)."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 from facegate.errors import ResourceAlreadyExistsException
 from facegate.store import Collection, ConsoleSession, ConsoleUser, ReviewCase, ReviewDecision
+from facegate.store.sql_tables import SqlTables
 
 # SQLite's types; PostgreSQL's migration swaps them (``postgres_ddl``).
 DDL = """
@@ -78,75 +77,52 @@ _CASE = (
     "case_id, owner, operation, status, reviewers_required, withheld, facts, candidates, requester, request_id, "
     "created_at, updated_at, released, probe_crop"
 )
+_CASE_BY_ID = f"SELECT {_CASE} FROM review_cases WHERE case_id = ?"
+_DECISION = "case_id, reviewer, verdict, face_id, decided_at, note"
+_DECISIONS_OF_CASE = f"SELECT {_DECISION} FROM review_decisions WHERE case_id = ? ORDER BY decided_at, reviewer"
 _USER = "username, role, organisations, password_hash, created_at, failed_logins, locked_until, must_change_password"
 _SESSION = "token_hash, username, csrf_token, created_at, expires_at"
 
 
-class ReviewTables:
-    """``ReviewStore`` and ``ConsoleUserStore`` over the primitives a SQL store provides."""
-
-    def _transaction(self) -> AbstractContextManager[Callable[[str, tuple], Any]]:
-        raise NotImplementedError
-
-    def _fetchone(self, sql: str, params: tuple = ()) -> tuple | None:
-        raise NotImplementedError
-
-    def _fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
-        raise NotImplementedError
-
-    def _execute(self, sql: str, params: tuple = ()) -> int:
-        raise NotImplementedError
+class ReviewTables(SqlTables):
+    """``ReviewStore`` and ``ConsoleUserStore``, and the face thumbnails reviewers see."""
 
     # Review cases
 
     def add_case(self, case: ReviewCase) -> None:
-        self._execute(
-            f"INSERT INTO review_cases ({_CASE}) VALUES ({', '.join('?' * 14)})",
-            (
-                case.case_id,
-                case.owner,
-                case.operation,
-                case.status,
-                case.reviewers_required,
-                int(case.withheld),
-                json.dumps(case.facts),
-                json.dumps(case.candidates),
-                case.requester,
-                case.request_id,
-                case.created_at,
-                case.updated_at,
-                json.dumps(case.released) if case.released is not None else None,
-                case.probe_crop,
-            ),
-        )
+        with self._transaction() as run:
+            run(
+                f"INSERT INTO review_cases ({_CASE}) VALUES ({', '.join('?' * 14)})",
+                (
+                    case.case_id,
+                    case.owner,
+                    case.operation,
+                    case.status,
+                    case.reviewers_required,
+                    int(case.withheld),
+                    json.dumps(case.facts),
+                    json.dumps(case.candidates),
+                    case.requester,
+                    case.request_id,
+                    case.created_at,
+                    case.updated_at,
+                    json.dumps(case.released) if case.released is not None else None,
+                    case.probe_crop,
+                ),
+            )
 
     def get_case(self, case_id: str) -> ReviewCase | None:
-        row = self._fetchone(f"SELECT {_CASE} FROM review_cases WHERE case_id = ?", (case_id,))
-        return _case(row) if row else None
+        rows = self._query(_CASE_BY_ID, (case_id,))
+        return _case(rows[0]) if rows else None
 
     def list_cases(self, owners: list[str] | None = None, status: str | None = None) -> list[ReviewCase]:
-        rows = self._fetchall(
-            f"SELECT {_CASE} FROM review_cases WHERE (CAST(? AS TEXT) IS NULL OR status = ?) ORDER BY created_at DESC, case_id",
+        rows = self._query(
+            f"SELECT {_CASE} FROM review_cases WHERE (CAST(? AS TEXT) IS NULL OR status = ?) "
+            "ORDER BY created_at DESC, case_id",
             (status, status),
         )
         cases = [_case(row) for row in rows]
         return cases if owners is None else [c for c in cases if c.owner in owners]
-
-    def add_decision(self, decision: ReviewDecision) -> bool:
-        return bool(
-            self._execute(
-                "INSERT INTO review_decisions (case_id, reviewer, verdict, face_id, decided_at, note) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (
-                    decision.case_id,
-                    decision.reviewer,
-                    decision.verdict,
-                    decision.face_id,
-                    decision.decided_at,
-                    decision.note,
-                ),
-            )
-        )
 
     def decide_case(
         self, decision: ReviewDecision, settle: Callable[[ReviewCase, list[ReviewDecision]], tuple | None]
@@ -160,11 +136,10 @@ class ReviewTables:
                 "UPDATE review_cases SET updated_at = ? WHERE case_id = ? AND status = 'open'", (now, decision.case_id)
             ).rowcount  # takes the case's row (PostgreSQL) or the database (SQLite) until the end
             if not held:
-                row = run(f"SELECT {_CASE} FROM review_cases WHERE case_id = ?", (decision.case_id,)).fetchone()
+                row = run(_CASE_BY_ID, (decision.case_id,)).fetchone()
                 return "not-open", _case(row) if row else None
             added = run(
-                "INSERT INTO review_decisions (case_id, reviewer, verdict, face_id, decided_at, note) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                f"INSERT INTO review_decisions ({_DECISION}) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (
                     decision.case_id,
                     decision.reviewer,
@@ -174,17 +149,10 @@ class ReviewTables:
                     decision.note,
                 ),
             ).rowcount
-            case = _case(run(f"SELECT {_CASE} FROM review_cases WHERE case_id = ?", (decision.case_id,)).fetchone())
+            case = _case(run(_CASE_BY_ID, (decision.case_id,)).fetchone())
             if not added:
                 return "duplicate", case
-            decisions = [
-                ReviewDecision(*row)
-                for row in run(
-                    "SELECT case_id, reviewer, verdict, face_id, decided_at, note FROM review_decisions "
-                    "WHERE case_id = ? ORDER BY decided_at, reviewer",
-                    (decision.case_id,),
-                ).fetchall()
-            ]
+            decisions = [ReviewDecision(*row) for row in run(_DECISIONS_OF_CASE, (decision.case_id,)).fetchall()]
             settled = settle(case, decisions)
             if settled is None:
                 return "recorded", case
@@ -196,76 +164,56 @@ class ReviewTables:
             ).fetchone()
             return "recorded", _case(row)
 
-    def count_failed_login(self, username: str) -> int:
-        """One more failed sign-in, counted in the database (concurrent guesses each count); the new count."""
-        with self._transaction() as run:
-            row = run(
-                "UPDATE console_users SET failed_logins = failed_logins + 1 WHERE username = ? RETURNING failed_logins",
-                (username,),
-            ).fetchone()
-        return int(row[0]) if row else 0
-
     def decisions(self, case_id: str) -> list[ReviewDecision]:
-        rows = self._fetchall(
-            "SELECT case_id, reviewer, verdict, face_id, decided_at, note FROM review_decisions WHERE case_id = ? "
-            "ORDER BY decided_at, reviewer",
-            (case_id,),
-        )
-        return [ReviewDecision(*row) for row in rows]
-
-    def close_case(self, case_id: str, status: str, released: list[str] | None) -> ReviewCase | None:
-        row = self._fetchone(
-            "UPDATE review_cases SET status = ?, released = ?, probe_crop = NULL, updated_at = ? "
-            f"WHERE case_id = ? AND status = 'open' RETURNING {_CASE}",
-            (status, json.dumps(released) if released is not None else None, time.time(), case_id),
-        )
-        return _case(row) if row else None
+        return [ReviewDecision(*row) for row in self._query(_DECISIONS_OF_CASE, (case_id,))]
 
     # Face thumbnails (for reviewers, where the collection keeps them)
 
     def add_thumbnails(self, collection: Collection, thumbnails: dict[str, bytes]) -> None:
-        for face_id, jpeg in thumbnails.items():  # only faces of the collection: the insert selects them
-            self._execute(
-                "INSERT INTO face_thumbnails (face_id, collection_pk, jpeg) SELECT face_id, collection_pk, ? "
-                "FROM faces WHERE face_id = ? AND collection_pk = ? ON CONFLICT DO NOTHING",
-                (jpeg, face_id, collection.pk),
-            )
+        with self._transaction() as run:
+            for face_id, jpeg in thumbnails.items():  # only faces of the collection: the insert selects them
+                run(
+                    "INSERT INTO face_thumbnails (face_id, collection_pk, jpeg) SELECT face_id, collection_pk, ? "
+                    "FROM faces WHERE face_id = ? AND collection_pk = ? ON CONFLICT DO NOTHING",
+                    (jpeg, face_id, collection.pk),
+                )
 
     def thumbnails(self, collection: Collection, face_ids: list[str]) -> dict[str, bytes]:
         found = {}
         for face_id in face_ids:
-            row = self._fetchone(
+            rows = self._query(
                 "SELECT jpeg FROM face_thumbnails WHERE face_id = ? AND collection_pk = ?", (face_id, collection.pk)
             )
-            if row:
-                found[face_id] = bytes(row[0])
+            if rows:
+                found[face_id] = bytes(rows[0][0])
         return found
 
     # Console users and sessions
 
     def add_console_user(self, user: ConsoleUser) -> None:
-        added = self._execute(
-            f"INSERT INTO console_users ({_USER}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (
-                user.username,
-                user.role,
-                json.dumps(list(user.organisations)),
-                user.password_hash,
-                user.created_at,
-                user.failed_logins,
-                user.locked_until,
-                int(user.must_change_password),
-            ),
-        )
+        with self._transaction() as run:
+            added = run(
+                f"INSERT INTO console_users ({_USER}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (
+                    user.username,
+                    user.role,
+                    json.dumps(list(user.organisations)),
+                    user.password_hash,
+                    user.created_at,
+                    user.failed_logins,
+                    user.locked_until,
+                    int(user.must_change_password),
+                ),
+            ).rowcount
         if not added:
             raise ResourceAlreadyExistsException(f"The console user {user.username} already exists.")
 
     def get_console_user(self, username: str) -> ConsoleUser | None:
-        row = self._fetchone(f"SELECT {_USER} FROM console_users WHERE username = ?", (username,))
-        return _user(row) if row else None
+        rows = self._query(f"SELECT {_USER} FROM console_users WHERE username = ?", (username,))
+        return _user(rows[0]) if rows else None
 
     def list_console_users(self) -> list[ConsoleUser]:
-        return [_user(row) for row in self._fetchall(f"SELECT {_USER} FROM console_users ORDER BY username")]
+        return [_user(row) for row in self._query(f"SELECT {_USER} FROM console_users ORDER BY username")]
 
     def update_console_user(
         self,
@@ -285,22 +233,32 @@ class ReviewTables:
         values = [value for value in changes.values() if value is not None]
         sets.append("locked_until = ?")  # always written: None unlocks
         values.append(locked_until)
-        self._execute(f"UPDATE console_users SET {', '.join(sets)} WHERE username = ?", (*values, username))
+        with self._transaction() as run:
+            run(f"UPDATE console_users SET {', '.join(sets)} WHERE username = ?", (*values, username))
+
+    def count_failed_login(self, username: str) -> int:
+        """One more failed sign-in, counted in the database (concurrent guesses each count); the new count."""
+        with self._transaction() as run:
+            row = run(
+                "UPDATE console_users SET failed_logins = failed_logins + 1 WHERE username = ? RETURNING failed_logins",
+                (username,),
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     def add_session(self, session: ConsoleSession) -> None:
-        self._execute(
-            f"INSERT INTO console_sessions ({_SESSION}) VALUES (?, ?, ?, ?, ?)",
-            (session.token_hash, session.username, session.csrf_token, session.created_at, session.expires_at),
-        )
+        with self._transaction() as run:
+            run(
+                f"INSERT INTO console_sessions ({_SESSION}) VALUES (?, ?, ?, ?, ?)",
+                (session.token_hash, session.username, session.csrf_token, session.created_at, session.expires_at),
+            )
 
     def get_session(self, token_hash: str) -> ConsoleSession | None:
-        row = self._fetchone(f"SELECT {_SESSION} FROM console_sessions WHERE token_hash = ?", (token_hash,))
-        return ConsoleSession(*row) if row else None
+        rows = self._query(f"SELECT {_SESSION} FROM console_sessions WHERE token_hash = ?", (token_hash,))
+        return ConsoleSession(*rows[0]) if rows else None
 
     def delete_sessions(self, *, token_hash: str | None = None, username: str | None = None) -> None:
-        self._execute(
-            "DELETE FROM console_sessions WHERE token_hash = ? OR username = ?", (token_hash or "", username or "")
-        )
+        with self._transaction() as run:
+            run("DELETE FROM console_sessions WHERE token_hash = ? OR username = ?", (token_hash or "", username or ""))
 
 
 def _case(row: tuple) -> ReviewCase:

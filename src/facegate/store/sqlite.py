@@ -21,7 +21,6 @@ from facegate.store import (
     AccessKey,
     Collection,
     Gallery,
-    ObjectSource,
     Organisation,
     PolicyState,
     StoredFace,
@@ -31,6 +30,7 @@ from facegate.store import (
 from facegate.store.job_tables import JobTables
 from facegate.store.review_tables import DDL as REVIEW_DDL
 from facegate.store.review_tables import ReviewTables
+from facegate.store.sql_tables import SourceTables
 from facegate.store.vector_index import ANN_MIN_FACES, IndexedCollection, VectorIndexes, face_key
 
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
@@ -215,7 +215,7 @@ _FACE_COLUMNS = (
 )
 
 
-class SqliteStore(ReviewTables, JobTables):
+class SqliteStore(ReviewTables, JobTables, SourceTables):
     """``Store`` on SQLite. Safe to share between threads: each thread gets its own connection.
 
     ``read_only``: open an existing store without writing anything (no migration, no WAL switch), for
@@ -263,19 +263,6 @@ class SqliteStore(ReviewTables, JobTables):
 
     def _write(self):
         return _Transaction(self._db)
-
-    # ReviewTables' primitives: one statement each, atomic on its own.
-
-    def _fetchone(self, sql: str, params: tuple = ()) -> tuple | None:
-        with self._write() as db:
-            return db.execute(sql, params).fetchone()
-
-    def _fetchall(self, sql: str, params: tuple = ()) -> list[tuple]:
-        return self._db.execute(sql, params).fetchall()
-
-    def _execute(self, sql: str, params: tuple = ()) -> int:
-        with self._write() as db:
-            return db.execute(sql, params).rowcount
 
     def _migrate(self) -> None:
         with self._write() as db:
@@ -718,50 +705,18 @@ class SqliteStore(ReviewTables, JobTables):
     def _bump_governance(db: sqlite3.Connection) -> None:
         db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'governance_generation'")
 
-    # Object sources (S3Object's Bucket, per organisation)
-
-    def add_source(self, source: ObjectSource) -> None:
-        with self._write() as db:
-            try:
-                db.execute(
-                    "INSERT INTO object_sources (owner, name, kind, location, created_at, sealed_secret) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (source.owner, source.name, source.kind, source.location, source.created_at, source.sealed_secret),
-                )
-            except sqlite3.IntegrityError:
-                raise ResourceAlreadyExistsException(
-                    f"The source {source.name} already exists for {source.owner}."
-                ) from None
-            self._bump_governance(db)
-
-    def get_source(self, owner: str, name: str) -> ObjectSource | None:
-        row = self._db.execute(
-            "SELECT owner, name, kind, location, created_at, sealed_secret FROM object_sources "
-            "WHERE owner = ? AND name = ?",
-            (owner, name),
-        ).fetchone()
-        return _source(row) if row else None
-
-    def list_sources(self, owner: str | None = None) -> list[ObjectSource]:
-        rows = self._db.execute(
-            "SELECT owner, name, kind, location, created_at, sealed_secret FROM object_sources "
-            "WHERE ? IS NULL OR owner = ? ORDER BY owner, name",
-            (owner, owner),
-        ).fetchall()
-        return [_source(row) for row in rows]
-
-    def remove_source(self, owner: str, name: str) -> bool:
-        with self._write() as db:
-            removed = db.execute("DELETE FROM object_sources WHERE owner = ? AND name = ?", (owner, name)).rowcount
-            self._bump_governance(db)
-        return bool(removed)
-
-    # Video jobs (JobTables' primitive: statements in one transaction)
+    # The shared tables' primitives (sql_tables.SqlTables): a transaction, a read, the governance generation
 
     @contextmanager
     def _transaction(self) -> Iterator:
         with self._write() as db:
             yield lambda sql, params: db.execute(sql, params)
+
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return self._db.execute(sql, params).fetchall()
+
+    def _governance_changed(self, run) -> None:
+        run("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'governance_generation'", ())
 
     def get_setting(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", ("setting:" + key,)).fetchone()
@@ -1026,6 +981,3 @@ def _face(row: tuple) -> StoredFace:
     )
 
 
-def _source(row: tuple) -> ObjectSource:
-    owner, name, kind, location, created_at, sealed = row
-    return ObjectSource(owner, name, kind, location, created_at, bytes(sealed) if sealed is not None else None)
