@@ -34,7 +34,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 import struct  # noqa: E402
@@ -52,6 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search  # noqa: E402
 
 from facegate.engine.models import EMBEDDING_MODEL_VERSION  # noqa: E402
+from facegate.engine.scores import Scoring  # noqa: E402
+from facegate.engine.similarity import similarity_scale  # noqa: E402
 from facegate.store import StoredFace  # noqa: E402
 from facegate.store import postgres as postgres_store  # noqa: E402
 from facegate.store.postgres import EF_SEARCH_MIN, MIGRATIONS, PostgresStore  # noqa: E402
@@ -200,10 +201,11 @@ def measure_postgres(server, url: str, gallery: np.ndarray, probes: np.ndarray, 
         collection = store.get_collection(OWNER, "gallery")
         row_of = {face_id: row for row, face_id in enumerate(face_ids)}
         faces = FaceSearch(store)
+        raw = Scoring(similarity_scale(collection.model_version))
         norms = np.einsum("ij,ij->i", gallery, gallery)
 
         def top10(probe: np.ndarray) -> np.ndarray:
-            found = faces.nearest(collection, probe, math.inf, args.max_faces)[:10]
+            found = faces.nearest(collection, probe, raw, 0.0, args.max_faces)[:10]
             return np.array([row_of[n.face.face_id] for n in found], dtype=np.int64)
 
         def timed_pass() -> list[float]:

@@ -229,7 +229,7 @@ def test_an_operator_governs_in_the_browser_and_auditors_read_the_reports(browse
     operator.goto("/console/governance")
     assert "metro-police" in operator.content() and "law_enforcement" in operator.content()
     operator.get_by_text("Cedar text of kill-switch").click()
-    assert 'forbid' in operator.inner_text("details[open] pre")
+    assert "forbid" in operator.inner_text("details[open] pre")
     row = operator.locator("tr", has_text="Kill switch")
     row.get_by_label("Reason").fill("drill: all identification stops")
     with operator.expect_navigation():
@@ -243,9 +243,12 @@ def test_an_operator_governs_in_the_browser_and_auditors_read_the_reports(browse
     row.get_by_label("Reason").fill("drill over")
     row.get_by_role("button", name="Deactivate kill-switch").click()
     operator.get_by_text("Done.").wait_for()
-    assert "x-facegate-review-case" in client.search_faces_by_image(
-        CollectionId="mugshots", Image={"Bytes": world["probe"]}
-    )["ResponseMetadata"]["HTTPHeaders"]
+    assert (
+        "x-facegate-review-case"
+        in client.search_faces_by_image(CollectionId="mugshots", Image={"Bytes": world["probe"]})["ResponseMetadata"][
+            "HTTPHeaders"
+        ]
+    )
     changes = [
         json.loads(line)
         for line in run_facegate(world["home"], "audit", "show", "--event", "policy_change", "--json").splitlines()
@@ -313,7 +316,9 @@ def test_an_operator_of_one_organisation_governs_only_that_one(browser, world):
     ):
         answer = otto.request.post(path, form={"csrf": csrf, **form})
         assert "There is no organisation acme" in answer.text() or "global operator" in answer.text(), path
-    refused = otto.request.post("/console/users", form={"csrf": csrf, "username": "mallory", "role": "reviewer", "organisations": "*"})
+    refused = otto.request.post(
+        "/console/users", form={"csrf": csrf, "username": "mallory", "role": "reviewer", "organisations": "*"}
+    )
     assert "only for your organisations" in refused.text()
     assert json.loads(run_facegate(world["home"], "orgs", "list", "--json"))[0]["Status"] == "active"
     assert otto.goto("/console/transparency").status == 404  # the report spans organisations

@@ -167,7 +167,9 @@ def test_the_eu_ai_act_template_holds_a_user_search_for_two_reviewers(tmp_path, 
         ).result
         governed.execute(officer, "CreateUser", {"CollectionId": "suspects", "UserId": "suspect-7"})
         face = indexed.records[0].face.face_id
-        governed.execute(officer, "AssociateFaces", {"CollectionId": "suspects", "UserId": "suspect-7", "FaceIds": [face]})
+        governed.execute(
+            officer, "AssociateFaces", {"CollectionId": "suspects", "UserId": "suspect-7", "FaceIds": [face]}
+        )
         governance.activate("eu-ai-act-5-1-h", [], "EU AI Act in force")
 
         probe = {"CollectionId": "suspects", "Image": {"Bytes": people["Serena_Williams"][1].read_bytes()}}

@@ -41,7 +41,11 @@ def clips(tmp_path_factory, people) -> Path:
         5,
     )
     # Long enough to be caught in progress: the indexed person walks to and fro for 40 s.
-    make_clip(root / "hall.mp4", [Appearance(bush, 0.0, 20.0), Appearance(bush, 20.0, 40.0, start=(0.8, 0.6), end=(0.1, 0.1))], 40)
+    make_clip(
+        root / "hall.mp4",
+        [Appearance(bush, 0.0, 20.0), Appearance(bush, 20.0, 40.0, start=(0.8, 0.6), end=(0.1, 0.1))],
+        40,
+    )
     data = (root / "door.mp4").read_bytes()
     (root / "cut.mp4").write_bytes(data[: len(data) // 2])  # a download cut off half-way
     make_clip(root / "door.avi", [Appearance(bush, 0.5, 3.0)], 4, container="avi", codec="mpeg4")
@@ -108,7 +112,10 @@ def deployment(tmp_path_factory, clips, people):
     for org, category in (("acme", "commercial"), ("metro-police", "law_enforcement")):
         run_facegate(home, "orgs", "create", org, "--category", category, "--jurisdiction", "US-NY")
         run_facegate(home, "sources", "add", f"{org}-cams", "--org", org, "--dir", str(clips), "--reason", "pilot")
-    keys = {org: json.loads(run_facegate(home, "keys", "create", "--org", org, "--json")) for org in ("acme", "metro-police")}
+    keys = {
+        org: json.loads(run_facegate(home, "keys", "create", "--org", org, "--json"))
+        for org in ("acme", "metro-police")
+    }
     server = _Server(home)
     server.start()
     rek = boto_client(server.endpoint, keys["acme"], retries=1)
@@ -179,7 +186,9 @@ def test_results_page_and_sort_by_index_or_timestamp(deployment):
     assert [p["Timestamp"] for p in by_time] == sorted(p["Timestamp"] for p in by_time)
     indexes = [p["Person"]["Index"] for p in by_index]
     assert indexes == sorted(indexes)
-    assert sorted(json.dumps(p, sort_keys=True) for p in by_time) == sorted(json.dumps(p, sort_keys=True) for p in by_index)
+    assert sorted(json.dumps(p, sort_keys=True) for p in by_time) == sorted(
+        json.dumps(p, sort_keys=True) for p in by_index
+    )
     with pytest.raises(ClientError) as bad_token:
         rek.get_face_search(JobId=search, NextToken="bm90IGEgdG9rZW4=")
     assert bad_token.value.response["Error"]["Code"] == "InvalidPaginationTokenException"
@@ -281,7 +290,9 @@ def test_a_webhook_receives_rekognitions_completion_message(deployment):
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{hook.server_port}/rekognition"
-        run_facegate(deployment["home"], "notifications", "add", TOPIC, "--org", "acme", "--url", url, "--reason", "ops")
+        run_facegate(
+            deployment["home"], "notifications", "add", TOPIC, "--org", "acme", "--url", url, "--reason", "ops"
+        )
         rek = _client(deployment)
         job_id = rek.start_face_search(
             Video=_video("door.mp4"),
@@ -351,7 +362,9 @@ def test_revocation_stops_a_running_job_at_its_next_batch(tmp_path, clips, peopl
         governed = facegate.governed
         governed.execute(operator, "CreateCollection", {"CollectionId": "staff"})
         governed.execute(
-            operator, "IndexFaces", {"CollectionId": "staff", "Image": {"Bytes": people["George_W_Bush"][1].read_bytes()}}
+            operator,
+            "IndexFaces",
+            {"CollectionId": "staff", "Image": {"Bytes": people["George_W_Bush"][1].read_bytes()}},
         )
         started = governed.execute(
             operator, "StartFaceSearch", {"Video": {"File": str(clips / "hall.mp4")}, "CollectionId": "staff"}
@@ -453,7 +466,9 @@ def test_jobs_read_videos_from_s3_sources_and_the_limits_hold(tmp_path, clips, p
         job = facegate.jobs.run(started.job_id, "acme")
         assert job.status == "FAILED" and "not this object's SHA-256" in job.status_message
         with pytest.raises(InvalidS3ObjectException):
-            governed.execute(operator, "StartFaceDetection", {"Video": {"S3Object": {"Bucket": "doorbell", "Name": "x"}}})
+            governed.execute(
+                operator, "StartFaceDetection", {"Video": {"S3Object": {"Bucket": "doorbell", "Name": "x"}}}
+            )
 
         monkeypatch.setattr(service_module, "MAX_VIDEO_BYTES", 1000)
         with pytest.raises(VideoTooLargeException, match="at most 1,000"):

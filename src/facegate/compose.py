@@ -30,6 +30,9 @@ class Settings:
     # With a PostgreSQL store the audit log is there too, signed with this key (servers sharing the database
     # share it; default data_dir/audit_signing.key, created if absent).
     audit_signing_key: Path | None = None
+    # The scores served: None for the data directory's active calibration (`facegate fairness scores`), else
+    # "raw" or a calibration id (the fairness tools compare both).
+    scores: str | None = None
 
     @classmethod
     def from_env(cls, data_dir: str | os.PathLike | None = None, **options) -> Settings:
@@ -76,7 +79,16 @@ class Facegate:
     def service(self):
         from facegate.service import FaceService
 
-        return FaceService(self.store, self.engine, region=self.settings.regions[0], videos=self.videos)
+        return FaceService(
+            self.store, self.engine, region=self.settings.regions[0], videos=self.videos, scores=self.scores
+        )
+
+    @cached_property
+    def scores(self):
+        """Raw distances, or the score calibration `facegate fairness calibrate` made active in the data dir."""
+        from facegate.engine.scores import scoring_for
+
+        return scoring_for(Path(self.settings.data_dir), self.engine.similarity, self.settings.scores)
 
     @cached_property
     def videos(self):

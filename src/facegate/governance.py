@@ -412,10 +412,19 @@ class Governance:
         """Make an audit report the one the gate reads. The report itself goes into the store, so every server
         on a shared database gates by it; a copy is kept under the data directory, by model version, to read."""
         text = Path(report_path).read_text()
-        curves = AuditCurves.from_report(json.loads(text))
+        report = json.loads(text)
+        curves = AuditCurves.from_report(report)
         if self.model_version is not None and curves.model_version != self.model_version:
             raise InvalidParameterException(
                 f"The audit measured model {curves.model_version}; this facegate embeds with {self.model_version}."
+            )
+        from facegate.engine.scores import RAW, active_scores
+
+        measured, served = report.get("scores", {}).get("served", RAW), active_scores(self.keys.data_dir)
+        if measured != served:  # the gate must read the error rates of the similarities it actually serves
+            raise InvalidParameterException(
+                f"The audit measured {measured} scores; this facegate serves {served}: audit again "
+                "(`facegate fairness audit` measures the scores served)."
             )
         # A copy on this host, by model version, for people to read; gates read the report from the store.
         home = Path(self.keys.data_dir) / "fairness" / "audits" / curves.model_version
@@ -431,6 +440,15 @@ class Governance:
             reason=reason,
         )
         return curves
+
+    def activate_scores(self, calibration_id: str, reason: str, actor: str = OPERATOR) -> None:
+        """Serve a score calibration ("raw": dlib's distances) from the next start; audited. The active fairness
+        audit measured the old scores, so it stops gating: audit and activate again."""
+        from facegate.engine.scores import activate_scores
+
+        activate_scores(self.keys.data_dir, calibration_id)
+        self.store.set_setting(AUDIT_SETTING, None)
+        self.record_event("scores_activated", actor, scores=calibration_id, reason=reason)
 
     def active_audit(self) -> AuditCurves | None:
         report = self.active_audit_report()
@@ -695,8 +713,12 @@ class Governance:
             facts["indexed_face_ids"] = list(result.loaded)
         elif isinstance(result, ReviewOutcome):
             facts.update(review_case=result.case.case_id, review_status=result.case.status)
-            facts["matches"] = [{"face_id": m.face.face_id, "similarity": round(m.similarity, 4)} for m in result.face_matches]
-            facts["matches"] += [{"user_id": m.user_id, "similarity": round(m.similarity, 4)} for m in result.user_matches]
+            facts["matches"] = [
+                {"face_id": m.face.face_id, "similarity": round(m.similarity, 4)} for m in result.face_matches
+            ]
+            facts["matches"] += [
+                {"user_id": m.user_id, "similarity": round(m.similarity, 4)} for m in result.user_matches
+            ]
         elif isinstance(result, JobStarted):
             facts["job_id"] = result.job_id
         elif isinstance(result, VideoJobResults):

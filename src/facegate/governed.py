@@ -127,6 +127,7 @@ class GovernedService:
             decision="allow",
             latency_ms=_ms(context.started),
             model_version=getattr(result, "model_version", None),  # where the operation reports the face model
+            scores=getattr(result, "scores", None),  # and the score calibration its similarities came from
             intent_seq=intent,
             **facts,
         )
@@ -201,11 +202,19 @@ class GovernedService:
         try:
             batch = self.service.analyse_video(principal.owner, job, frames, tracker)
         except Exception as raised:
-            error = self._failed(raised, outcome, principal, operation, context, {**facts, "event": "video-batch"}, None)
+            error = self._failed(
+                raised, outcome, principal, operation, context, {**facts, "event": "video-batch"}, None
+            )
             raise error from None
         facts.update(Governance.summarise_result(operation, batch))
         self.governance.record_request(
-            outcome, principal, operation, event="video-batch", decision="allow", latency_ms=_ms(context.started), **facts
+            outcome,
+            principal,
+            operation,
+            event="video-batch",
+            decision="allow",
+            latency_ms=_ms(context.started),
+            **facts,
         )
         return batch
 
@@ -381,7 +390,9 @@ def _requester(principal: Principal, context: RequestContext, outcome: GateOutco
 
 def _requester_of(job: VideoJob) -> tuple[Principal, RequestContext]:
     asked = job.requester
-    context = RequestContext(case_reference=asked.get("case_reference"), consent_reference=asked.get("consent_reference"))
+    context = RequestContext(
+        case_reference=asked.get("case_reference"), consent_reference=asked.get("consent_reference")
+    )
     return Principal(**asked["principal"]), context
 
 

@@ -181,6 +181,7 @@ class FaceMatches:
     model_version: str
     searched_face_id: str | None = None
     searched_face: FoundFace | None = None
+    scores: str = "raw"  # the score calibration served ("raw": dlib distances), audited with the result
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,7 @@ class Comparison:
     source: FoundFace
     matches: tuple[TargetMatch, ...]  # most similar first
     unmatched: tuple[FoundFace, ...]
+    scores: str = "raw"
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,7 @@ class UserMatches:
     searched_user_id: str | None = None
     searched_face: FoundFace | None = None
     unsearched: tuple[FoundFace, ...] = ()
+    scores: str = "raw"
 
 
 # Tags

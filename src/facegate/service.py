@@ -24,6 +24,7 @@ import numpy as np
 from facegate.crops import face_crop, thumbnails_setting
 from facegate.engine import AnalysedImage, Face, FaceEngine
 from facegate.engine import video as video_limits
+from facegate.engine.scores import Scoring
 from facegate.errors import (
     ConflictException,
     FacegateError,
@@ -119,10 +120,18 @@ class _PendingIndex:
 class FaceService:
     """Rekognition's face operations over a face engine and a store."""
 
-    def __init__(self, store: Store, engine: FaceEngine, region: str = REGION, videos: VideoSizes | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        engine: FaceEngine,
+        region: str = REGION,
+        videos: VideoSizes | None = None,
+        scores: Scoring | None = None,
+    ) -> None:
         self.store = store
         self.search = FaceSearch(store)
         self.engine = engine
+        self.scores = scores or Scoring(engine.similarity)  # raw distances unless a calibration is served
         self.region = region
         self.videos = videos
         self.on_job_added: Callable[[], None] | None = None  # the job runner's wake-up, where one runs
@@ -297,6 +306,8 @@ class FaceService:
             for found in kept
         ]
         stored = self.store.add_faces(collection, new)
+        if new and stored[0].face_id == new[0].face_id:
+            self.scores.remember([f.face_id for f in new], np.stack([f.embedding for f in new]))
         if stored and stored[0].face_id != (new[0].face_id if new else None):
             # A concurrent IndexFaces of the same image won the race; report its faces, as a repeat would.
             return _repeat(collection, stored)
@@ -380,7 +391,7 @@ class FaceService:
             p.get("MaxFaces", DEFAULT_SEARCH_MAX),
             exclude=face_id,
         )
-        return FaceMatches(matches, collection.model_version, searched_face_id=face_id)
+        return FaceMatches(matches, collection.model_version, searched_face_id=face_id, scores=self.scores.name)
 
     def search_faces_by_image(self, owner: str, p: dict) -> FaceMatches:
         collection = self._collection(owner, p["CollectionId"])
@@ -393,7 +404,9 @@ class FaceService:
             p.get("FaceMatchThreshold", DEFAULT_THRESHOLD),
             p.get("MaxFaces", DEFAULT_SEARCH_MAX),
         )
-        return FaceMatches(matches, collection.model_version, searched_face=FoundFace.of(face, analysed))
+        return FaceMatches(
+            matches, collection.model_version, searched_face=FoundFace.of(face, analysed), scores=self.scores.name
+        )
 
     def compare_faces(self, owner: str, p: dict) -> Comparison:
         level = p.get("QualityFilter", "NONE")
@@ -412,7 +425,7 @@ class FaceService:
                 else:
                     unmatched.append(FoundFace.of(face, target))
         matches.sort(key=lambda m: m.similarity, reverse=True)
-        return Comparison(FoundFace.of(source_face, source), tuple(matches), tuple(unmatched))
+        return Comparison(FoundFace.of(source_face, source), tuple(matches), tuple(unmatched), self.scores.name)
 
     def detect_faces(self, owner: str, p: dict) -> Detection:
         analysed = self.engine.analyse_bytes(_image_bytes(p["Image"]), embed=False)
@@ -421,16 +434,11 @@ class FaceService:
     def _search(
         self, collection: Collection, probe: np.ndarray, threshold: float, limit: int, exclude: str | None = None
     ) -> tuple[FaceMatch, ...]:
-        found = self.search.nearest(collection, probe, self._max_distance(threshold), limit, exclude_face=exclude)
-        scored = [(float(self.engine.similarity.similarity(n.distance)), n.face) for n in found]
-        return tuple(FaceMatch(s, f) for s, f in scored if s >= threshold)
-
-    def _max_distance(self, threshold: float) -> float:
-        """The distance a threshold allows (with rounding slack; similarities are checked after)."""
-        return self.engine.similarity.max_distance(threshold) + 1e-6 if threshold > 0 else float("inf")
+        found = self.search.nearest(collection, probe, self.scores, threshold, limit, exclude_face=exclude)
+        return tuple(FaceMatch(n.similarity, n.face) for n in found)
 
     def _similarities(self, embeddings: np.ndarray, probe: np.ndarray) -> np.ndarray:
-        return self.engine.similarity.similarity(distances(embeddings, probe))
+        return self.scores.similarities(probe, distances(embeddings, probe), embeddings)
 
     # Users
 
@@ -558,7 +566,11 @@ class FaceService:
             exclude_user=p.get("UserId"),  # searching by user leaves that user out; by face keeps the face's user
         )
         return UserMatches(
-            matches, collection.model_version, searched_face_id=p.get("FaceId"), searched_user_id=p.get("UserId")
+            matches,
+            collection.model_version,
+            searched_face_id=p.get("FaceId"),
+            searched_user_id=p.get("UserId"),
+            scores=self.scores.name,
         )
 
     def search_users_by_image(self, owner: str, p: dict) -> UserMatches:
@@ -577,6 +589,7 @@ class FaceService:
             collection.model_version,
             searched_face=FoundFace.of(face, analysed),
             unsearched=tuple(FoundFace.of(other, analysed) for other in analysed.faces if other is not face),
+            scores=self.scores.name,
         )
 
     def _search_users(
@@ -588,11 +601,8 @@ class FaceService:
         exclude_user: str | None = None,
     ) -> tuple[UserMatch, ...]:
         """A user's similarity is the best similarity between any probe and any of the user's faces."""
-        found = self.search.nearest_users(
-            collection, probes, self._max_distance(threshold), limit, exclude_user=exclude_user
-        )
-        scored = [(float(self.engine.similarity.similarity(n.distance)), n.user_id) for n in found]
-        return tuple(UserMatch(s, u) for s, u in scored if s >= threshold)
+        found = self.search.nearest_users(collection, probes, self.scores, threshold, limit, exclude_user=exclude_user)
+        return tuple(UserMatch(n.similarity, n.user_id) for n in found)
 
     # Stored video
 

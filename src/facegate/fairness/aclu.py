@@ -141,8 +141,10 @@ def run_aclu(
     detector: str = DEFAULT_DETECTOR,
     workers: int | None = None,
     reporter: Reporter | None = None,
+    scores: str | None = None,
 ) -> dict:
-    """Build the gallery, search every member at each threshold, write report.json/html and summary.md."""
+    """Build the gallery, search every member at each threshold, write report.json/html and summary.md.
+    ``scores``: "raw" or a calibration id to search with, instead of the data directory's served scores."""
     from facegate.compose import Settings, build
     from facegate.fairness.report import write_aclu_report
 
@@ -163,20 +165,22 @@ def run_aclu(
         embed_dataset(d, Path(data_dir), detector=detector, workers=workers, reporter=reporter) for d in datasets
     ]
 
-    facegate = build(Settings(Path(data_dir), detector=detector))
+    facegate = build(Settings(Path(data_dir), detector=detector, scores=scores))
     model_version = facegate.engine.model_version
+    served = facegate.scores.name
     try:
         gallery, faces, sources = _build_gallery(facegate, embedded, excluded_identities, reporter)
         reporter.note(
             f"searching {sum(m.photo is not None for m in members)} members at {', '.join(map(str, thresholds))}"
         )
         results = _search_all(
-            Path(data_dir), detector, gallery["collection_id"], members, thresholds, workers, reporter
+            Path(data_dir), detector, served, gallery["collection_id"], members, thresholds, workers, reporter
         )
     finally:
         facegate.close()
     report, pairs = _tally(members, results, thresholds, faces, gallery, audit_report, model_version)
     report["gallery"]["sources"] = sources
+    report["scores"] = served
     write_aclu_report(report, Path(out_dir), pairs)
     return report
 
@@ -280,12 +284,12 @@ def _external_id(source: int, index: int, relative: str) -> str:
 _searcher = None
 
 
-def _start_searcher(data_dir: str, detector: str) -> None:
+def _start_searcher(data_dir: str, detector: str, scores: str) -> None:
     global _searcher
     from facegate.compose import Settings, build
 
     _searcher = (
-        build(Settings(Path(data_dir), detector=detector)).governed,
+        build(Settings(Path(data_dir), detector=detector, scores=scores)).governed,
         Principal.operator(DEFAULT_OWNER, EXPERIMENT_ACTOR),
     )
 
@@ -316,6 +320,7 @@ def _search_member(task: tuple[str, str, tuple[float, ...]]) -> dict:
 def _search_all(
     data_dir: Path,
     detector: str,
+    scores: str,
     collection_id: str,
     members: list[Member],
     thresholds: tuple[float, ...],
@@ -325,7 +330,7 @@ def _search_all(
     probes = [m for m in members if m.photo is not None]
     results: dict[str, dict] = {}
     count = workers or os.cpu_count() or 1
-    with ProcessPoolExecutor(count, initializer=_start_searcher, initargs=(str(data_dir), detector)) as pool:
+    with ProcessPoolExecutor(count, initializer=_start_searcher, initargs=(str(data_dir), detector, scores)) as pool:
         tasks = [(collection_id, str(m.photo), thresholds) for m in probes]
         for n, (member, result) in enumerate(zip(probes, pool.map(_search_member, tasks, chunksize=4), strict=True), 1):
             results[member.bioguide] = result

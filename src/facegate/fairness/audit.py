@@ -15,6 +15,7 @@ import numpy as np
 import facegate
 from facegate.config import DEFAULT_DETECTOR
 from facegate.engine.models import embedding_weights, weights_sha256
+from facegate.engine.scores import RAW, Scoring
 from facegate.engine.similarity import similarity_scale
 from facegate.fairness import metrics
 from facegate.fairness.datasets import Dataset, dimension_name, load_dataset
@@ -39,17 +40,26 @@ def run_audit(
     detector: str = DEFAULT_DETECTOR,
     workers: int | None = None,
     reporter: Reporter | None = None,
+    scores: Scoring | None = None,
 ) -> dict:
-    """Audit one dataset and write report.json, report.html and summary.md into ``out_dir``."""
+    """Audit one dataset and write report.json, report.html and summary.md into ``out_dir``; with normalised
+    ``scores``, the same dataset's raw audit goes into ``out_dir/raw`` beside it."""
     from facegate.fairness.report import write_audit_report
 
     reporter = reporter or Reporter()
     dataset = load_dataset(dataset_spec)
     embedded = embed_dataset(dataset, Path(data_dir), detector=detector, workers=workers, reporter=reporter)
     report = audit_embedded(
-        embedded, thresholds=thresholds, fmr_targets=fmr_targets, detector=detector, reporter=reporter
+        embedded, thresholds=thresholds, fmr_targets=fmr_targets, detector=detector, reporter=reporter, scores=scores
     )
     write_audit_report(report, Path(out_dir))
+    if scores is not None and scores.name != RAW:
+        reporter.note("auditing the raw scores too, for comparison")
+        raw = audit_embedded(
+            embedded, thresholds=thresholds, fmr_targets=fmr_targets, detector=detector, reporter=reporter
+        )
+        write_audit_report(raw, Path(out_dir) / "raw")
+        report["raw_report"] = str(Path(out_dir) / "raw" / "report.json")
     return report
 
 
@@ -75,8 +85,10 @@ def audit_embedded(
     detector: str = DEFAULT_DETECTOR,
     replicates: int = BOOTSTRAP_REPLICATES,
     reporter: Reporter | None = None,
+    scores: Scoring | None = None,
 ) -> dict:
-    """Every number of the report, as a JSON-ready dict."""
+    """Every number of the report, as a JSON-ready dict. ``scores``: the scoring served (default raw); for
+    normalised scores every pair is audited at the raw distance with its normalised similarity."""
     reporter = reporter or Reporter()
     dataset = embedded.dataset
     detected = embedded.detected
@@ -86,8 +98,14 @@ def audit_embedded(
     groupings = groupings_of(dataset, detected)
     scale = similarity_scale(embedded.model_version)
 
+    pair_distance, overlap = None, 0
+    if scores is not None and scores.name != RAW:
+        reporter.note(f"profiling {len(vectors):,} faces against the cohort of {scores.name}")
+        pair_distance, overlap = scores.audit_distances(vectors)
+        if overlap:
+            reporter.note(f"warning: {overlap:,} audited faces are in the score cohort; audit disjoint faces")
     reporter.note(f"scanning {len(vectors) * (len(vectors) - 1) // 2:,} pairs of {len(vectors):,} faces")
-    scan = metrics.scan_pairs(vectors, ids, [g for g, _ in groupings])
+    scan = metrics.scan_pairs(vectors, ids, [g for g, _ in groupings], pair_distance=pair_distance)
     points = [
         {"name": f"similarity {t:g}", "kind": "similarity", "similarity": float(t), "distance": scale.max_distance(t)}
         for t in thresholds
@@ -105,7 +123,7 @@ def audit_embedded(
         )
     distances = [p["distance"] for p in points]
     reporter.note("collecting the impostor pairs within the loosest threshold")
-    close = metrics.close_impostor_pairs(vectors, ids, max(distances))
+    close = metrics.close_impostor_pairs(vectors, ids, max(distances), pair_distance=pair_distance)
     gi, gj, gd = scan.genuine_pairs
     for point in points:
         point["fmr"] = Rate(int((close[2] <= point["distance"]).sum()), scan.impostor_pairs).to_json()
@@ -127,6 +145,15 @@ def audit_embedded(
                 "version": embedded.model_version,
                 "weights_sha256": weights_sha256(embedding_weights()),
                 "detector": detector,
+            },
+            "scores": {
+                "served": RAW if scores is None else scores.name,
+                "cohorts": None if scores is None or scores.name == RAW else scores.calibration.table["cohorts"],
+                "cohort_overlap_faces": overlap,
+                "how": "raw: dlib distances"
+                if pair_distance is None
+                else "each pair at the raw distance with its "
+                "normalised similarity, so thresholds, histograms and curves read the scores served",
             },
             "dataset": {
                 "spec": dataset.spec,

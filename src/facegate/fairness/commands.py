@@ -6,6 +6,7 @@ experiment's gallery collection is kept. Errors print one line and exit 1.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -91,14 +92,16 @@ def audit(
     from facegate.fairness.audit import SIMILARITY_THRESHOLDS, run_audit
     from facegate.fairness.report import rate_text, ratio_text
 
+    home = data_dir(data, ctx)
     with one_line_errors(), _RichReporter() as reporter:
         report = run_audit(
             dataset,
             to,
-            data_dir(data, ctx),
+            home,
             thresholds=tuple(threshold) if threshold else SIMILARITY_THRESHOLDS,
             workers=workers,
             reporter=reporter,
+            scores=_served_scores(home),
         )
     points = report["operating_points"]
     headline = [k for k, p in enumerate(points) if p["name"] in ("similarity 80", "similarity 99")]
@@ -114,7 +117,47 @@ def audit(
         out.print(table)
         for k in headline:
             out.print(f"  {points[k]['name']}: {ratio_text(dimension['operating_points'][k]['fmr_disparity'])}")
+    if report.get("raw_report"):
+        _side_by_side(json.loads(Path(report["raw_report"]).read_text()), report)
     out.print(f"wrote {to / 'report.json'}, {to / 'report.html'}, {to / 'summary.md'}", markup=False)
+
+
+def _served_scores(home: Path):
+    from facegate.engine.models import EMBEDDING_MODEL_VERSION
+    from facegate.engine.scores import scoring_for
+    from facegate.engine.similarity import similarity_scale
+
+    return scoring_for(home, similarity_scale(EMBEDDING_MODEL_VERSION))
+
+
+def _side_by_side(raw: dict, served: dict) -> None:
+    """Raw and normalised rates per group at equal overall FMR, and which groups' false matches rose."""
+    from facegate.fairness.report import pct
+
+    name = served["scores"]["served"]
+    points = [k for k, p in enumerate(served["operating_points"]) if p["kind"] == "overall_fmr"]
+    for raw_dim, dim in zip(raw["dimensions"], served["dimensions"], strict=True):
+        table = Table(title=f"FMR by {dim['name']} at equal overall FMR: raw → {name}")
+        table.add_column("group")
+        for k in points:
+            table.add_column(served["operating_points"][k]["name"], justify="right")
+        for group in dim["groups"]:
+            cells = []
+            for k in points:
+                before = raw_dim["operating_points"][k]["groups"][group]["fmr"]["rate"]
+                after = dim["operating_points"][k]["groups"][group]["fmr"]["rate"]
+                arrow = "" if before is None or after is None else (" ↑" if after > before else " ↓")
+                cells.append(f"{pct(before)} → {pct(after)}{arrow}")
+            table.add_row(group, *cells)
+        out.print(table)
+        for k in points:
+            before = raw_dim["operating_points"][k]["fmr_disparity"]["max_over_min"]
+            after = dim["operating_points"][k]["fmr_disparity"]["max_over_min"]
+            text = lambda r: "n/a" if r is None else f"{r:.1f}×"  # noqa: E731
+            out.print(f"  {served['operating_points'][k]['name']}: worst/best {text(before)} → {text(after)}")
+    overlap = served["scores"]["cohort_overlap_faces"]
+    if overlap:
+        out.print(f"warning: {overlap:,} audited faces are in the score cohort: audit faces disjoint from it")
 
 
 @fairness_app.command()
@@ -138,22 +181,35 @@ def aclu(
 ) -> None:
     """The ACLU test: search every member of Congress against a gallery of other people; count false matches."""
     from facegate.fairness.aclu import THRESHOLDS, audit_report_of, run_aclu
+
+    home = data_dir(data, ctx)
+    served = _served_scores(home).name
+    runs = [("raw", to / "raw"), (served, to)] if served != "raw" else [("raw", to)]
+    with one_line_errors(), _RichReporter() as reporter:
+        for scores, folder in runs:
+            report = run_aclu(
+                probes,
+                members,
+                gallery,
+                folder,
+                home,
+                overlap=overlap,
+                thresholds=tuple(threshold) if threshold else THRESHOLDS,
+                audit_report=audit_report_of(audit_json) if audit_json else None,
+                workers=workers,
+                reporter=reporter,
+                scores=scores,
+            )
+            _aclu_table(report)
+    out.print(f"wrote {to / 'report.json'}, {to / 'report.html'}, {to / 'summary.md'}", markup=False)
+
+
+def _aclu_table(report: dict) -> None:
     from facegate.fairness.report import pct, rate_text
 
-    with one_line_errors(), _RichReporter() as reporter:
-        report = run_aclu(
-            probes,
-            members,
-            gallery,
-            to,
-            data_dir(data, ctx),
-            overlap=overlap,
-            thresholds=tuple(threshold) if threshold else THRESHOLDS,
-            audit_report=audit_report_of(audit_json) if audit_json else None,
-            workers=workers,
-            reporter=reporter,
-        )
-    table = Table(title=f"Members falsely matched against {report['gallery']['faces']:,} gallery faces")
+    table = Table(
+        title=f"Members falsely matched against {report['gallery']['faces']:,} gallery faces ({report['scores']} scores)"
+    )
     for column in ("threshold", "probed", "falsely matched", "false candidates/probe", "POC among matched", "POC"):
         table.add_column(column, justify="right")
     for t in report["thresholds"]:
@@ -167,7 +223,6 @@ def aclu(
             pct(poc["among_members"]["share"]),
         )
     out.print(table)
-    out.print(f"wrote {to / 'report.json'}, {to / 'report.html'}, {to / 'summary.md'}", markup=False)
 
 
 def _governance(home: Path, ctx: typer.Context):
@@ -215,3 +270,94 @@ def show(ctx: typer.Context, data: DataOption = None) -> None:
         threshold = curves.threshold_for(target)
         where = f"similarity ≥ {threshold:g}" if threshold is not None else "no threshold below 100 reaches it"
         out.print(f"worst-group FMR ≤ {target:g}: {where}")
+
+
+@fairness_app.command()
+def calibrate(
+    ctx: typer.Context,
+    cohort: Annotated[
+        list[str], typer.Option("--cohort", help=f"Cohort dataset, repeatable: {SPEC_HELP} (thousands of faces).")
+    ],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log when activated).")] = (
+        "score normalisation calibrated"
+    ),
+    activate: Annotated[
+        bool, typer.Option("--activate/--no-activate", help="Serve the normalised scores from the next start.")
+    ] = True,
+    data: DataOption = None,
+    workers: WorkersOption = None,
+) -> None:
+    """Fit label-free score normalisation on a cohort of faces and measure its similarity table."""
+    import numpy as np
+
+    from facegate.engine.scores import calibrate as fit_scores
+    from facegate.fairness.datasets import load_dataset
+    from facegate.fairness.embeddings import embed_dataset
+
+    home = data_dir(data, ctx)
+    with one_line_errors(), _RichReporter() as reporter:
+        embedded = [embed_dataset(load_dataset(spec), home, workers=workers, reporter=reporter) for spec in cohort]
+        versions = {e.model_version for e in embedded}
+        vectors, identities, sources = [], [], []
+        for e in embedded:
+            rows = np.nonzero(e.detected)[0]
+            vectors.append(e.embeddings[rows])
+            # Without identity labels every image is its own identity: all its pairs are impostor pairs.
+            identities += [f"{e.dataset.spec}|{e.dataset.records[i].identity or i}" for i in rows.tolist()]
+            sources.append({"spec": e.dataset.spec, "faces": len(rows), "dataset_sha256": e.dataset_hash})
+        reporter.note(f"fitting on {sum(len(v) for v in vectors):,} cohort faces")
+        calibration = fit_scores(
+            np.concatenate(vectors), np.array(identities), model_version=versions.pop(), cohorts=sources
+        )
+        calibration.save(home, activate=False)
+        if activate:
+            _governance(home, ctx).activate_scores(calibration.calibration_id, reason)
+    table = Table(title=f"score calibration {calibration.calibration_id}: similarity ↔ measured rates")
+    for column in ("similarity", "score", "cohort FMR", "cohort TMR"):
+        table.add_column(column, justify="right")
+    for anchor, point in zip(calibration.table["anchors"][1:], calibration.table["operating_points"], strict=False):
+        tmr = point["tmr"]
+        table.add_row(
+            f"{anchor['similarity']:g}",
+            f"{anchor['score']:.3f}",
+            f"{point['fmr']:.2e}",
+            "—" if tmr is None else f"{tmr:.1%}",
+        )
+    out.print(table)
+    t = calibration.table
+    out.print(
+        f"{t['cohort_faces']:,} faces of {t['cohort_identities']:,} identities, {t['impostor_pairs']:,} impostor "
+        f"pairs; stored in {home / 'scores' / calibration.calibration_id}",
+        markup=False,
+    )
+    if activate:
+        out.print(
+            f"serving {calibration.calibration_id} from the next start; the fairness audit of record measured the "
+            "old scores and no longer gates: run `facegate fairness audit`, then `facegate fairness activate`",
+            markup=False,
+        )
+
+
+@fairness_app.command()
+def scores(
+    ctx: typer.Context,
+    serve: Annotated[
+        str | None, typer.Argument(help="A calibration id to serve, or 'raw' for dlib's distances.")
+    ] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (recorded in the audit log).")] = None,
+    data: DataOption = None,
+) -> None:
+    """Which scores are served (and the calibrations stored), or serve another."""
+    from facegate.engine.scores import active_scores, scores_dir
+
+    home = data_dir(data, ctx)
+    with one_line_errors():
+        if serve is not None:
+            if not reason:
+                fail("say why with --reason: the change is recorded in the audit log")
+            _governance(home, ctx).activate_scores(serve, reason)
+    active = active_scores(home)
+    out.print(f"serving: {active}", markup=False)
+    stored = sorted(p.name for p in scores_dir(home).glob("cal-*")) if scores_dir(home).exists() else []
+    for name in stored:
+        out.print(f"  {name}{'  (served)' if name == active else ''}", markup=False)

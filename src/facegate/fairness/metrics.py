@@ -14,7 +14,7 @@ only the few pairs closer than the loosest threshold of interest are kept.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,7 +123,14 @@ def distance_bins(d: np.ndarray) -> np.ndarray:
     return np.minimum((d * (1.0 / BIN)).astype(np.int64), N_BINS - 1)
 
 
-def _blocks(embeddings: np.ndarray, identities: np.ndarray, block: int) -> Iterator[tuple]:
+PairDistance = Callable[[int, int, np.ndarray], np.ndarray]
+"""(row offset, column offset, raw distances) → the distances to audit: for normalised scores, the raw distance
+with each pair's similarity, so every histogram, threshold and curve below reads the scores actually served."""
+
+
+def _blocks(
+    embeddings: np.ndarray, identities: np.ndarray, block: int, pair_distance: PairDistance | None = None
+) -> Iterator[tuple]:
     """Every unordered pair i < j once: (row offset, column offset, distances, impostor mask, genuine mask)."""
     n = len(embeddings)
     data = embeddings.astype(np.float64)
@@ -131,6 +138,8 @@ def _blocks(embeddings: np.ndarray, identities: np.ndarray, block: int) -> Itera
         a = data[i : i + block]
         for j in range(i, n, block):
             d = pairwise_distances(a, data[j : j + block])
+            if pair_distance is not None:
+                d = pair_distance(i, j, d)
             upper = np.ones(d.shape, dtype=bool)
             if i == j:
                 upper = np.triu(upper, k=1)
@@ -173,7 +182,11 @@ def identity_codes(identities: list[str | None]) -> np.ndarray:
 
 
 def scan_pairs(
-    embeddings: np.ndarray, identities: np.ndarray, groupings: list[Grouping], block: int = BLOCK
+    embeddings: np.ndarray,
+    identities: np.ndarray,
+    groupings: list[Grouping],
+    block: int = BLOCK,
+    pair_distance: PairDistance | None = None,
 ) -> PairScan:
     """Histograms of impostor and genuine distances, overall and within each group, in one blockwise pass."""
     impostor = np.zeros(N_BINS, dtype=np.int64)
@@ -181,7 +194,7 @@ def scan_pairs(
     per_group = {g.name: np.zeros(len(g.groups) * N_BINS, dtype=np.int64) for g in groupings}
     per_group_genuine = {g.name: np.zeros(len(g.groups) * N_BINS, dtype=np.int64) for g in groupings}
     gi, gj, gd = [], [], []
-    for i, j, d, imp, gen in _blocks(embeddings, identities, block):
+    for i, j, d, imp, gen in _blocks(embeddings, identities, block, pair_distance):
         bins = distance_bins(d)
         impostor += np.bincount(bins[imp], minlength=N_BINS)
         if gen.any():
@@ -209,12 +222,16 @@ def scan_pairs(
 
 
 def close_impostor_pairs(
-    embeddings: np.ndarray, identities: np.ndarray, max_distance: float, block: int = BLOCK
+    embeddings: np.ndarray,
+    identities: np.ndarray,
+    max_distance: float,
+    block: int = BLOCK,
+    pair_distance: PairDistance | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every impostor pair (i < j) with distance ≤ ``max_distance``: exact counts at any threshold up to it."""
     rows, cols, dists = [], [], []
     kept = 0
-    for i, j, d, imp, _ in _blocks(embeddings, identities, block):
+    for i, j, d, imp, _ in _blocks(embeddings, identities, block, pair_distance):
         close = imp & (d <= max_distance)
         r, c = np.nonzero(close)
         rows.append((r + i).astype(np.int32))

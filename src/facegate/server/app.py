@@ -303,7 +303,11 @@ def _decision_members(outcome: GateOutcome, case: ReviewCase | None = None) -> d
         "ReviewersRequired": obligations.reviewers,
     }
     if case is not None:  # the matches went to review; under two-person review the client has none yet
-        decision["ReviewCase"] = {"CaseId": case.case_id, "Status": case.status.upper(), "MatchesWithheld": case.withheld}
+        decision["ReviewCase"] = {
+            "CaseId": case.case_id,
+            "Status": case.status.upper(),
+            "MatchesWithheld": case.withheld,
+        }
     fairness = outcome.decision.fairness
     if fairness is not None:
         decision["ExpectedFalseCandidates"] = {

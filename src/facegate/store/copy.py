@@ -32,6 +32,8 @@ from facegate.audit.base import AuditUnavailable, LogMismatch
 from facegate.audit.log import DB_NAME as AUDIT_DB_NAME
 from facegate.audit.log import KEY_NAME as AUDIT_KEY_NAME
 from facegate.audit.log import AuditLog
+from facegate.engine.scores import Scoring
+from facegate.engine.similarity import similarity_scale
 from facegate.keys import KEY_FILE as SEALING_KEY_NAME
 from facegate.store import Collection, StoredFace
 from facegate.store.search import FaceSearch
@@ -215,10 +217,13 @@ def _copy_collection(
 def _spot_check(target: PostgresStore, collection: Collection, sample: list[StoredFace]) -> None:
     copied = target.get_collection(collection.owner, collection.collection_id)
     search = FaceSearch(target)
+    raw = Scoring(similarity_scale(copied.model_version))
     for face in {face.face_id: face for face in sample}.values():
         stored = target.get_faces(copied, [face.face_id], with_embeddings=True)
         exact = bool(stored) and _bits(stored[0].embedding) == _bits(face.embedding)
-        found = {n.face.face_id for n in search.nearest(copied, face.embedding, max_distance=0.01, limit=100)}
+        found = {
+            n.face.face_id for n in search.nearest(copied, face.embedding, raw, raw.scale.similarity(0.01), limit=100)
+        }
         if not exact or face.face_id not in found:
             raise CopyError(
                 f"After copying collection {collection.collection_id} of {collection.owner}, face {face.face_id} "

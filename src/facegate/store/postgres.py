@@ -1148,5 +1148,3 @@ def _use_case_row(u: UseCase) -> tuple:
         u.created_at,
         u.status_reason,
     )
-
-

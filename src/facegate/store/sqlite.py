@@ -979,5 +979,3 @@ def _face(row: tuple) -> StoredFace:
         user_id=row[11],
         embedding=embedding,
     )
-
-
