@@ -315,6 +315,14 @@ def test_audit_end_to_end_on_real_utkface_faces(small_utkface, tmp_path_factory)
     for group in race["groups"]:
         fmr = [p["groups"][group]["fmr"] for p in race["operating_points"][:4]]
         assert [f["count"] for f in fmr] == sorted((f["count"] for f in fmr), reverse=True)  # stricter, fewer
+    # 1:N measured: with every other face as the gallery, the probes' mean false candidates per gallery face is
+    # the overall FMR (each impostor pair is a false candidate of both its faces' searches).
+    curves = race["curves"]
+    at_80 = curves["similarity"].index(80.0)
+    sizes = {g: race["groups"][g]["detected"] for g in race["groups"]}
+    mean = sum(curves["candidates_per_face"][g][at_80] * n for g, n in sizes.items()) / sum(sizes.values())
+    assert mean == pytest.approx(written["operating_points"][0]["fmr"]["rate"], rel=1e-9)
+    assert curves["candidates_per_face"]["Asian"][0] is None  # similarity 0: looser than any audited threshold
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
     summary = (out / "summary.md").read_text()

@@ -42,7 +42,7 @@ def utkface(engine) -> dict:
     with (UTKFACE / "labels.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     seen: dict[tuple[str, str], int] = {}
-    cohort, white, asian, files = [], [], [], []
+    cohort, white, asian, files, held_out = [], [], [], [], []
     for row in rows:
         cell = (row["race"], row["gender"])
         n = seen.get(cell, 0)
@@ -55,11 +55,16 @@ def utkface(engine) -> dict:
         if n < COHORT_PER_CELL:
             cohort.append(faces[0].embedding)
             files.append(row["path"])
-        elif row["race"] == WHITE:
-            white.append(faces[0].embedding)
-        elif row["race"] == ASIAN:
-            asian.append(faces[0].embedding)
-    return {"cohort": np.array(cohort), "white": np.array(white), "asian": np.array(asian), "files": files}
+        elif row["race"] in (WHITE, ASIAN):
+            (white if row["race"] == WHITE else asian).append(faces[0].embedding)
+            held_out.append((row["path"], "White" if row["race"] == WHITE else "Asian"))
+    return {
+        "cohort": np.array(cohort),
+        "white": np.array(white),
+        "asian": np.array(asian),
+        "files": files,
+        "held_out": held_out,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -245,3 +250,61 @@ def test_calibrate_from_the_command_line_serves_and_audits(tmp_path, utkface, pe
     assert back.exit_code == 0 and active_scores(home) == RAW
     bad = runner.invoke(fairness_app, ["calibrate", "--cohort", "csv:/nowhere.csv", "--data", str(home)])
     assert bad.exit_code == 1
+
+
+def test_the_fairness_audit_measures_the_served_scores_beside_raw(tmp_path, utkface, calibration):
+    home = tmp_path / "data"
+    calibration.save(home, activate=True)
+    listing = tmp_path / "held_out.csv"
+    with listing.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "race"])
+        writer.writerows([[str(UTKFACE / path), race] for path, race in utkface["held_out"]])
+    out = tmp_path / "audit"
+    runner = CliRunner()
+    audited = runner.invoke(
+        fairness_app, ["audit", "--dataset", f"csv:{listing}", "--out", str(out), "--data", str(home)]
+    )
+    assert audited.exit_code == 0, audited.output
+    assert f"raw → {calibration.calibration_id}" in audited.output and "worst/best" in audited.output
+    served = json.loads((out / "report.json").read_text())
+    raw = json.loads((out / "raw" / "report.json").read_text())
+    assert served["scores"]["served"] == calibration.calibration_id and served["scores"]["cohort_overlap_faces"] == 0
+    assert raw["scores"]["served"] == RAW
+
+    # Same pairs, other scores: the similarity-80 rates differ, and Asian faces' raw excess shrinks.
+    def rates(report: dict) -> dict[str, float]:
+        race = next(d for d in report["dimensions"] if d["name"] == "race")
+        k = next(i for i, p in enumerate(report["operating_points"]) if p["name"] == "similarity 80")
+        return {g: race["operating_points"][k]["groups"][g]["fmr"]["rate"] for g in race["groups"]}
+
+    before, after = rates(raw), rates(served)
+    assert before["Asian"] > before["White"]
+    assert after["Asian"] / max(after["White"], 1e-9) < before["Asian"] / max(before["White"], 1e-9)
+    refused = runner.invoke(
+        fairness_app, ["activate", str(out / "raw" / "report.json"), "--reason", "x", "--data", str(home)]
+    )
+    assert refused.exit_code == 1 and "serves" in refused.output
+
+
+def test_one_to_many_is_measured_with_mateless_searches(utkface, engine):
+    """metrics.identification against a brute-force count: random galleries, every other face a probe."""
+    from facegate.engine.similarity import similarity_scale
+    from facegate.fairness import metrics
+
+    emb = np.vstack([utkface["white"], utkface["asian"]])
+    codes = np.array([0] * len(utkface["white"]) + [1] * len(utkface["asian"]))
+    ids = np.arange(len(emb))
+    limit = similarity_scale(engine.model_version).max_distance(80.0)
+    close = metrics.close_impostor_pairs(emb, ids, limit)
+    measured = metrics.identification(codes, ids, close, [limit], (15,), seed=3)[15][0]
+    in_gallery = np.zeros(len(emb), dtype=bool)
+    in_gallery[np.random.default_rng(3).choice(len(emb), 15, replace=False)] = True
+    d = pairwise_distances(emb, emb)
+    for group in (0, 1):
+        probes = np.nonzero(~in_gallery & (codes == group))[0]
+        hits = (d[np.ix_(probes, np.nonzero(in_gallery)[0])] <= limit).sum(1)
+        assert measured[group]["probes"] == len(probes)
+        assert measured[group]["false_candidates_per_search"] == pytest.approx(hits.mean())
+        assert measured[group]["fpir"]["count"] == int((hits > 0).sum())
+    assert measured[1]["false_candidates_per_search"] > measured[0]["false_candidates_per_search"]  # raw scores

@@ -413,11 +413,6 @@ class Governance:
         on a shared database gates by it; a copy is kept under the data directory, by model version, to read."""
         text = Path(report_path).read_text()
         report = json.loads(text)
-        curves = AuditCurves.from_report(report)
-        if self.model_version is not None and curves.model_version != self.model_version:
-            raise InvalidParameterException(
-                f"The audit measured model {curves.model_version}; this facegate embeds with {self.model_version}."
-            )
         from facegate.engine.scores import RAW, active_scores
 
         measured, served = report.get("scores", {}).get("served", RAW), active_scores(self.keys.data_dir)
@@ -425,6 +420,11 @@ class Governance:
             raise InvalidParameterException(
                 f"The audit measured {measured} scores; this facegate serves {served}: audit again "
                 "(`facegate fairness audit` measures the scores served)."
+            )
+        curves = AuditCurves.from_report(report)
+        if self.model_version is not None and curves.model_version != self.model_version:
+            raise InvalidParameterException(
+                f"The audit measured model {curves.model_version}; this facegate embeds with {self.model_version}."
             )
         # A copy on this host, by model version, for people to read; gates read the report from the store.
         home = Path(self.keys.data_dir) / "fairness" / "audits" / curves.model_version

@@ -27,6 +27,7 @@ FMR_TARGETS = (1e-3, 1e-4, 1e-5)
 GALLERY_SIZES = (1_000, 25_000)  # FPIR is shown at these gallery sizes; 25,000 is the ACLU test's gallery
 BOOTSTRAP_REPLICATES = 1000
 NEAR = 0.05  # impostor pairs this close are almost surely one photograph twice: reported, not removed
+IDENTIFICATION_SIZES = (100, 1_000, 10_000)  # mate-less 1:N searches against random galleries of these sizes
 CURVE_SIMILARITIES = np.round(np.arange(0.0, 100.01, 0.5), 2)
 
 
@@ -187,6 +188,11 @@ def audit_embedded(
                 "near_identical": f"impostor pairs at distance <= {NEAR} are almost surely the same photograph "
                 "listed twice (a labelling error of the dataset); they are counted as false matches, as the data "
                 "says; fmr_excluding_near_identical shows each rate without them",
+                "identification": "measured 1:N: for each gallery size, a random gallery of that many of the "
+                "dataset's faces; every other face searched against it without its own identity's faces, so every "
+                "candidate is false; per probe group: mean false candidates per search and FPIR (share of searches "
+                "with at least one). curves.candidates_per_face is the whole dataset as gallery: a search's "
+                "expected false candidates are the collection size times the worst group's value",
                 "fpir": "FPIR at gallery size N estimated as 1-(1-FMR)^N from the group's within-group FMR "
                 "(independent comparisons assumed)",
                 "zero_counts": metrics.ZERO_HANDLING,
@@ -290,6 +296,23 @@ def _dimension(
         point["cross"] = {"false_matches": cells.tolist(), "impostor_pairs": trials.tolist(), "fmr": cell_fmr.tolist()}
     scale = similarity_scale(embedded.model_version)
     curve_d = _curve_distances(scale)
+    known = grouping.codes >= 0
+    measured = metrics.identification(
+        np.where(known, grouping.codes, len(grouping.groups)), ids, close, distances, IDENTIFICATION_SIZES
+    )
+    identification = {
+        str(size): [
+            {
+                "name": point["name"],
+                "groups": {grouping.groups[k]: e for k, e in row.items() if k < len(grouping.groups)},
+            }
+            for point, row in zip(points, rows, strict=True)
+        ]
+        for size, rows in measured.items()
+    }
+    per_face = metrics.candidate_curves(
+        np.where(known, grouping.codes, len(grouping.groups)), ids, close, curve_d, max(distances)
+    )
     group_fmr = metrics.fmr_curve(scan.group_impostor_hist[grouping.name], curve_d)
     has_genuine = bool(scan.group_genuine_hist[grouping.name].sum())
     group_fnmr = metrics.fnmr_curve(scan.group_genuine_hist[grouping.name], curve_d) if has_genuine else None
@@ -302,7 +325,11 @@ def _dimension(
             "similarity": CURVE_SIMILARITIES.tolist(),
             "fmr": {g: group_fmr[k].tolist() for k, g in enumerate(grouping.groups)},
             "fnmr": {g: group_fnmr[k].tolist() for k, g in enumerate(grouping.groups)} if has_genuine else None,
+            # 1:N: false candidates per search per gallery face, the whole dataset as the gallery (None where
+            # looser than the audit's loosest threshold)
+            "candidates_per_face": {g: per_face[k].tolist() for k, g in enumerate(grouping.groups)},
         },
+        "identification": identification,
     }
 
 

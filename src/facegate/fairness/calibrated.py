@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +34,22 @@ class AuditCurves:
     dataset: str
     similarity: np.ndarray
     groups: dict[str, np.ndarray]
+    # Measured 1:N false candidates per search per gallery face, per probe group (NaN: not measured there).
+    candidates: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def from_report(cls, report: dict) -> AuditCurves:
-        groups = {}
+        groups, candidates = {}, {}
         for dimension in report["dimensions"]:
             curves = dimension.get("curves") or {}
             for group, fmr in (curves.get("fmr") or {}).items():
                 if dimension["groups"].get(group, {}).get("impostor_pairs", 0) >= MIN_PAIRS:
                     groups[f"{dimension['name']}={group}"] = np.asarray(fmr, dtype=np.float64)
+                    per_face = (curves.get("candidates_per_face") or {}).get(group)
+                    if per_face is not None:
+                        candidates[f"{dimension['name']}={group}"] = np.array(
+                            [np.nan if v is None else v for v in per_face], dtype=np.float64
+                        )
         if not groups:
             raise ValueError("the audit has no group with enough impostor pairs to calibrate thresholds")
         digest = hashlib.sha256(json.dumps(report, sort_keys=True).encode()).hexdigest()[:16]
@@ -52,6 +59,7 @@ class AuditCurves:
             dataset=report["dataset"]["spec"],
             similarity=np.asarray(report["dimensions"][0]["curves"]["similarity"], dtype=np.float64),
             groups=groups,
+            candidates=candidates,
         )
 
     @classmethod
@@ -73,5 +81,11 @@ class AuditCurves:
         return float(self.similarity[ok[0]]) if len(ok) else None
 
     def expected_false_candidates(self, collection_size: int, threshold: float) -> float:
-        """False candidates one search should expect: collection size × the worst group's FMR (FPIR ≈ N·FMR)."""
+        """False candidates one search should expect: collection size × the worst probe group's measured 1:N
+        candidates per gallery face where the audit measured them, else × the worst group's within-group FMR
+        (an audit from before 1:N was measured). Read at the grid point at or below the threshold."""
+        index = max(0, int(np.searchsorted(self.similarity, threshold, side="right")) - 1)
+        measured = [c[index] for c in self.candidates.values() if np.isfinite(c[index])]
+        if measured:
+            return collection_size * max(measured)
         return collection_size * self.worst_group(threshold).fmr

@@ -117,9 +117,41 @@ def audit(
         out.print(table)
         for k in headline:
             out.print(f"  {points[k]['name']}: {ratio_text(dimension['operating_points'][k]['fmr_disparity'])}")
+    _identification_table(report, headline)
     if report.get("raw_report"):
         _side_by_side(json.loads(Path(report["raw_report"]).read_text()), report)
     out.print(f"wrote {to / 'report.json'}, {to / 'report.html'}, {to / 'summary.md'}", markup=False)
+
+
+def _identification_table(report: dict, headline: list[int]) -> None:
+    """Measured 1:N (mate-less searches against random galleries) beside the 1-(1-FMR)^N prediction."""
+    from facegate.fairness.metrics import fpir
+    from facegate.fairness.report import pct
+
+    points = report["operating_points"]
+    for dimension in report["dimensions"]:
+        measured = dimension.get("identification") or {}
+        if not measured:
+            continue
+        table = Table(title=f"1:N by {dimension['name']}: mate-less searches, measured (worst probe group)")
+        for column in ("gallery", "threshold", "worst group", "false candidates/search", "FPIR", "1-(1-FMR)^N"):
+            table.add_column(column, justify="right")
+        for size, rows in measured.items():
+            for k in headline:
+                groups = rows[k]["groups"]
+                if not groups:
+                    continue
+                worst = max(groups, key=lambda g: groups[g]["false_candidates_per_search"])
+                fmr = dimension["operating_points"][k]["groups"][worst]["fmr"]["rate"]
+                table.add_row(
+                    f"{int(size):,}",
+                    points[k]["name"],
+                    worst,
+                    f"{groups[worst]['false_candidates_per_search']:.3f}",
+                    pct(groups[worst]["fpir"]["rate"]),
+                    pct(fpir(fmr, int(size))) if fmr is not None else "n/a",
+                )
+        out.print(table)
 
 
 def _served_scores(home: Path):
@@ -146,7 +178,7 @@ def _side_by_side(raw: dict, served: dict) -> None:
             for k in points:
                 before = raw_dim["operating_points"][k]["groups"][group]["fmr"]["rate"]
                 after = dim["operating_points"][k]["groups"][group]["fmr"]["rate"]
-                arrow = "" if before is None or after is None else (" ↑" if after > before else " ↓")
+                arrow = "" if before is None or after is None or after == before else (" ↑" if after > before else " ↓")
                 cells.append(f"{pct(before)} → {pct(after)}{arrow}")
             table.add_row(group, *cells)
         out.print(table)

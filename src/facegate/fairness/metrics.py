@@ -380,3 +380,84 @@ def bootstrap_fnmr(
     with np.errstate(invalid="ignore", divide="ignore"):
         rates = (draws[:, owner] @ missed) / trials[:, None]
     return np.nanpercentile(rates, [2.5, 97.5], axis=0).T
+
+
+def identification(
+    codes: np.ndarray,
+    identities: np.ndarray,
+    close: tuple[np.ndarray, np.ndarray, np.ndarray],
+    distances: list[float],
+    gallery_sizes: tuple[int, ...],
+    *,
+    seed: int = 0,
+) -> dict:
+    """Mate-less 1:N searches, measured rather than predicted from FMR: for each gallery size, a random gallery
+    of that many faces; every face outside it is a probe (its own identity's faces are left out of its gallery,
+    so every candidate is false). Per probe group and threshold: probes, mean false candidates per search, and
+    FPIR (the share of searches with at least one). ``close`` holds every impostor pair within the loosest
+    threshold, so the counts are exact."""
+    pi, pj, pd = close
+    n = len(codes)
+    groups = int(codes.max()) + 1 if len(codes) else 0
+    rng = np.random.default_rng(seed)
+    out: dict = {}
+    for size in gallery_sizes:
+        if size >= n:
+            continue
+        in_gallery = np.zeros(n, dtype=bool)
+        in_gallery[rng.choice(n, size, replace=False)] = True
+        probes = ~in_gallery
+        # A probe's gallery is the sampled one less its own identity's faces: count those out per probe.
+        own = np.bincount(identities[in_gallery], minlength=int(identities.max()) + 1)[identities]
+        per_size = []
+        for d in distances:
+            hits = np.zeros(n, dtype=np.int64)
+            near = pd <= d
+            a, b = pi[near], pj[near]
+            np.add.at(hits, a[in_gallery[b] & probes[a]], 1)
+            np.add.at(hits, b[in_gallery[a] & probes[b]], 1)
+            row = {}
+            for k in range(groups):
+                mask = probes & (codes == k)
+                if not mask.any():
+                    continue
+                row[k] = {
+                    "probes": int(mask.sum()),
+                    "false_candidates_per_search": float(hits[mask].mean()),
+                    "candidates_per_gallery_face": float((hits[mask] / (size - own[mask])).mean()),
+                    "fpir": Rate(int((hits[mask] > 0).sum()), int(mask.sum())).to_json(),
+                }
+            per_size.append(row)
+        out[size] = per_size
+    return out
+
+
+def candidate_curves(
+    codes: np.ndarray,
+    identities: np.ndarray,
+    close: tuple[np.ndarray, np.ndarray, np.ndarray],
+    distances: np.ndarray,
+    collected_within: float,
+) -> np.ndarray:
+    """Per probe group (rows) and distance (columns): false candidates per search per gallery face when every
+    other face is the gallery — the 1:N rate a search's expected false candidates scale by. Distances beyond
+    the loosest collected pair are NaN (not measured)."""
+    pi, pj, pd = close
+    n = len(codes)
+    groups = int(codes.max()) + 1 if len(codes) else 0
+    gallery = n - np.bincount(identities, minlength=int(identities.max()) + 1)[identities]  # per probe
+    weight = 1.0 / np.maximum(gallery, 1)
+    out = np.full((groups, len(distances)), np.nan)
+    order = np.argsort(pd)
+    sorted_d = pd[order]
+    for k in range(groups):
+        probes = codes == k
+        count = int(probes.sum())
+        if not count:
+            continue
+        # each pair counts once for each of its faces that is a probe of this group
+        w = np.where(probes[pi[order]], weight[pi[order]], 0.0) + np.where(probes[pj[order]], weight[pj[order]], 0.0)
+        cumulative = np.concatenate([[0.0], np.cumsum(w)])
+        index = np.searchsorted(sorted_d, distances, side="right")
+        out[k] = np.where(np.asarray(distances) <= collected_within, cumulative[index] / count, np.nan)
+    return out
