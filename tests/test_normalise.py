@@ -29,7 +29,7 @@ from facegate.service import FaceService
 from .conftest import DATA, OWNER, image_of
 
 UTKFACE = DATA / "utkface"
-COHORT_PER_CELL = 46  # race × sex cell: 460 cohort faces in all, enough pairs to measure FMR 1e-5
+COHORT_PER_CELL = 100  # race × sex cell: 1,000 cohort faces, half of them to measure FMR 1e-5 with
 PROBES_PER_CELL = 10  # held-out White and Asian faces, never in the cohort
 WHITE, ASIAN = "0", "2"
 

@@ -25,7 +25,7 @@ from facegate.engine.similarity import SimilarityScale
 RAW = "raw"
 # Similarity anchors and the overall FMR each stands for, as in the raw table.
 ANCHORS = ((99.0, 1e-5), (95.0, 1e-4), (90.0, 1e-3), (80.0, 1e-2), (50.0, 1e-1))
-IMPOSTOR_SAMPLE = 4_000_000  # impostor pairs drawn for the table: about 40 false matches at FMR 1e-5
+IMPOSTOR_SAMPLE = 20_000_000  # impostor pairs drawn for the table: about 200 false matches at FMR 1e-5
 _CHUNK = 250_000
 
 
@@ -221,47 +221,57 @@ def calibrate(
     *,
     model_version: str,
     cohorts: list[dict],
+    sources: np.ndarray | None = None,
     seed: int = 0,
 ) -> ScoreCalibration:
-    """Fit a rank-profile model on cohort embeddings and measure its similarity table on the cohort's own
-    impostor pairs, each face profiled without its own identity's photos (identities tell genuine from
-    impostor pairs; no demographic label is read)."""
+    """Fit a rank-profile model on half the cohort's identities and measure its similarity table on the
+    other half's impostor pairs, profiled against the first half exactly as a new face is when it is served
+    (a cohort face's own profile would count its pair's partner; halves by identity keep a person's photos on one
+    side). Identities tell genuine from impostor pairs; no demographic label is read. With ``sources`` (the
+    cohort dataset of each face) impostor pairs are drawn within each dataset, as the raw table's are, and each
+    dataset weighs the same in a threshold's FMR."""
     keep = ~np.isnan(cohort).any(1)
     cohort, identities = np.asarray(cohort, dtype=np.float32)[keep], np.asarray(identities)[keep]
+    sources = np.zeros(len(cohort), dtype=np.int64) if sources is None else np.asarray(sources)[keep]
     ids = np.unique(identities, return_inverse=True)[1]
-    model = RankProfileModel.fit(cohort)
-    profiles = model.profiles(cohort, identities=ids, cohort_ids=ids)
-    if not np.isfinite(profiles).all():
-        raise ValueError("one identity holds more than three quarters of the cohort: use a cohort of many people")
     rng = np.random.default_rng(seed)
-    n = len(cohort)
-    if n * (n - 1) // 2 <= IMPOSTOR_SAMPLE:  # every pair once
-        i, j = np.triu_indices(n, k=1)
-    else:  # a sample: repeats are negligible among this many pairs
-        i, j = rng.integers(0, n, IMPOSTOR_SAMPLE), rng.integers(0, n, IMPOSTOR_SAMPLE)
+    profiled = (rng.permutation(int(ids.max()) + 1) % 2 == 0)[ids]  # the served cohort; the rest measure it
+    model = RankProfileModel.fit(cohort[profiled])
+    table_rows = np.nonzero(~profiled)[0]
+    cohort, ids, sources = cohort[table_rows], np.unique(ids[table_rows], return_inverse=True)[1], sources[table_rows]
+    profiles = model.profiles(cohort)
+    i, j = _within_source_pairs(sources, rng)
     impostor = ids[i] != ids[j]
     i, j = i[impostor], j[impostor]
     if len(i) < 1 / ANCHORS[0][1]:
         raise ValueError(
             f"the cohort gives {len(i):,} impostor pairs: measuring FMR {ANCHORS[0][1]:g} takes at least "
-            f"{1 / ANCHORS[0][1]:,.0f} (about 450 faces of different people; use thousands)"
+            f"{1 / ANCHORS[0][1]:,.0f} (a cohort of about 900 faces of different people, half of them to measure with; use thousands)"
         )
     impostor_scores = _pair_scores(model, cohort, profiles, i, j)
+    # Each cohort dataset weighs the same in a threshold's FMR, however many pairs it has: a large dataset of
+    # one kind of photo must not set the thresholds for every other kind.
+    pair_source = sources[i]
+    names, per_source = np.unique(pair_source, return_counts=True)
+    weight = (1.0 / (len(names) * per_source))[np.searchsorted(names, pair_source)]
+    order = np.argsort(impostor_scores, kind="stable")
+    ordered, cumulative = impostor_scores[order], np.cumsum(weight[order])
     gi, gj = _genuine_pairs(ids)
     genuine_scores = _pair_scores(model, cohort, profiles, gi, gj)
     low, high = model.score_range
     anchors = [{"similarity": 100.0, "score": low, "rule": "identical embeddings"}]
     points = []
-    ordered = np.sort(impostor_scores)
     for similarity, fmr in ANCHORS:
-        accepted = max(1, int(fmr * len(ordered)))
+        at = min(int(np.searchsorted(cumulative, fmr * (1 - 1e-12))), len(ordered) - 1)
         # Strictly above the previous anchor: near-duplicate photos of different "people" can tie at the bottom.
-        score = max(float(ordered[accepted - 1]), anchors[-1]["score"] + 1e-6)
+        score = max(float(ordered[at]), anchors[-1]["score"] + 1e-6)
         anchors.append({"similarity": similarity, "score": score, "rule": f"FMR {fmr:g}"})
+        accepted = impostor_scores <= score
         points.append(
             {
                 "threshold": similarity,
-                "fmr": float((impostor_scores <= score).mean()),
+                "fmr": float(weight[accepted].sum()),
+                "fmr_per_cohort": [float(accepted[pair_source == n].mean()) for n in names],
                 "tmr": float((genuine_scores <= score).mean()) if len(genuine_scores) else None,
             }
         )
@@ -274,9 +284,12 @@ def calibrate(
         "method": "rank-profile normalisation (engine/normalise.py)",
         "model": model.to_json(),
         "cohorts": cohorts,
-        "cohort_faces": n,
-        "cohort_identities": int(ids.max() + 1),
+        "cohort_faces": model.cohort_size,
+        "table_faces": len(cohort),
+        "table_identities": int(ids.max() + 1),
         "impostor_pairs": len(impostor_scores),
+        "impostor_pairs_drawn": "within each cohort dataset (as the raw table's); a threshold's FMR is the mean of "
+        "the datasets' FMRs",
         "smallest_measurable_fmr": 1.0 / len(impostor_scores),
         "genuine_pairs": len(genuine_scores),
         "seed": seed,
@@ -296,6 +309,24 @@ def _pair_scores(
         d = np.sqrt(np.maximum(((emb[a] - emb[b]) ** 2).sum(1), 0.0))
         out[s : s + _CHUNK] = model.scores(d, profiles[a], profiles[b])
     return out
+
+
+def _within_source_pairs(sources: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of faces of one source: all of them when few enough, else a sample of IMPOSTOR_SAMPLE split
+    across sources by their share of the pairs (repeats are negligible among so many)."""
+    members = [np.nonzero(sources == s)[0] for s in np.unique(sources)]
+    counts = np.array([len(m) * (len(m) - 1) // 2 for m in members], dtype=np.float64)
+    parts_i, parts_j = [], []
+    for rows, count in zip(members, counts, strict=True):
+        if counts.sum() <= IMPOSTOR_SAMPLE:
+            a, b = np.triu_indices(len(rows), k=1)
+        else:
+            take = int(round(IMPOSTOR_SAMPLE * count / counts.sum()))
+            a, b = rng.integers(0, len(rows), take), rng.integers(0, len(rows), take)
+            a, b = a[a != b], b[a != b]
+        parts_i.append(rows[a])
+        parts_j.append(rows[b])
+    return np.concatenate(parts_i), np.concatenate(parts_j)
 
 
 def _genuine_pairs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

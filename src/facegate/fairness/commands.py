@@ -330,16 +330,21 @@ def calibrate(
     with one_line_errors(), _RichReporter() as reporter:
         embedded = [embed_dataset(load_dataset(spec), home, workers=workers, reporter=reporter) for spec in cohort]
         versions = {e.model_version for e in embedded}
-        vectors, identities, sources = [], [], []
-        for e in embedded:
+        vectors, identities, sources, origin = [], [], [], []
+        for n, e in enumerate(embedded):
             rows = np.nonzero(e.detected)[0]
             vectors.append(e.embeddings[rows])
             # Without identity labels every image is its own identity: all its pairs are impostor pairs.
             identities += [f"{e.dataset.spec}|{e.dataset.records[i].identity or i}" for i in rows.tolist()]
             sources.append({"spec": e.dataset.spec, "faces": len(rows), "dataset_sha256": e.dataset_hash})
+            origin += [n] * len(rows)
         reporter.note(f"fitting on {sum(len(v) for v in vectors):,} cohort faces")
         calibration = fit_scores(
-            np.concatenate(vectors), np.array(identities), model_version=versions.pop(), cohorts=sources
+            np.concatenate(vectors),
+            np.array(identities),
+            model_version=versions.pop(),
+            cohorts=sources,
+            sources=np.array(origin),
         )
         calibration.save(home, activate=False)
         if activate:
@@ -358,8 +363,9 @@ def calibrate(
     out.print(table)
     t = calibration.table
     out.print(
-        f"{t['cohort_faces']:,} faces of {t['cohort_identities']:,} identities, {t['impostor_pairs']:,} impostor "
-        f"pairs; stored in {home / 'scores' / calibration.calibration_id}",
+        f"profiles against {t['cohort_faces']:,} cohort faces; the table measured on {t['table_faces']:,} others of "
+        f"{t['table_identities']:,} identities, {t['impostor_pairs']:,} impostor pairs; stored in "
+        f"{home / 'scores' / calibration.calibration_id}",
         markup=False,
     )
     if activate:
