@@ -362,6 +362,9 @@ def test_aclu_counts_false_matches_and_honours_the_overlap(small_utkface, tmp_pa
         lines.append(f"m{k}.jpg,{row['name'].replace(' ', '_')}")
     for image in sorted((small_utkface / "images").iterdir()):
         lines.append(f"{image},")
+    # The genuine side: a gallery person with three photos; the first is searched against the other two.
+    blair = sorted((DATA / "lfw" / "images" / "Tony_Blair").glob("*.jpg"))[:3]
+    lines += [f"{path},Tony_Blair" for path in blair]
     (gallery / "labels.csv").write_text("\n".join(lines) + "\n")
     overlap = tmp_path / "overlap.csv"
     overlap.write_text(f"bioguide,lfw_identity\n{picked[0]['bioguide']},{picked[0]['name'].replace(' ', '_')}\n")
@@ -397,4 +400,11 @@ def test_aclu_counts_false_matches_and_honours_the_overlap(small_utkface, tmp_pa
     ]
     log.close()
     assert ("LoadFaces", "allow") in runs and ("CreateCollection", "allow") in runs
-    assert runs.count(("SearchFacesByImage", "allow")) == 6 * 2  # every probe, at each threshold
+    # every member at each threshold, then every member and the one genuine probe for their nearest face
+    assert runs.count(("SearchFacesByImage", "allow")) == 6 * 2 + 6 + 1
+    assert report["gallery"]["genuine_probes_held_out"] == 1
+    point = report["operating_points"][0]
+    assert point["genuine_target"] == 0.95 and point["genuine_searches"] == 1 and point["genuine_found"] == 1.0
+    assert point["threshold"] > 80  # Tony Blair's first photo finds one of his others first
+    # The member whose own photo is in the gallery (not declared) is matched at any genuine threshold.
+    assert point["members_falsely_matched"]["count"] >= 1 and point["members_falsely_matched"]["trials"] == 6

@@ -230,9 +230,12 @@ def test_calibrate_from_the_command_line_serves_and_audits(tmp_path, utkface, pe
     runner = CliRunner()
     made = runner.invoke(fairness_app, ["calibrate", "--cohort", f"csv:{listing}", "--data", str(home)])
     assert made.exit_code == 0, made.output
-    served = active_scores(home)
-    assert served.startswith("cal-") and served in made.output
-    assert "FMR" in made.output and "no longer gates" in made.output
+    assert active_scores(home) == RAW and "stored, not served" in made.output  # measuring does not serve
+    served = made.output.split("score calibration ")[1].split(":")[0]
+    assert served.startswith("cal-") and (home / "scores" / served / "calibration.json").exists()
+    again = runner.invoke(fairness_app, ["calibrate", "--cohort", f"csv:{listing}", "--activate", "--data", str(home)])
+    assert again.exit_code == 0 and active_scores(home) == served  # the same cohort and seed: the same calibration
+    assert "FMR" in again.output and "no longer gates" in again.output
     shown = runner.invoke(fairness_app, ["scores", "--data", str(home)])
     assert shown.exit_code == 0 and f"serving: {served}" in shown.output
     with facegate.open(home) as fg:

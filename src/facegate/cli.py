@@ -1093,7 +1093,8 @@ def serve(
         f"  boto3:   boto3.client('rekognition', endpoint_url='{endpoint}', region_name='{regions[0]}', "
         "aws_access_key_id=..., aws_secret_access_key=...)\n"
         f"  AWS CLI: aws rekognition list-collections --endpoint-url {endpoint}\n"
-        f"  new key: facegate keys create --json  (with FACEGATE_HOME={home})",
+        f"  new key: facegate keys create --json  (with FACEGATE_HOME={home})\n"
+        f"  scores:  {_scores_line(home)}",
         flush=True,
     )
     uvicorn.run(
@@ -1104,6 +1105,15 @@ def serve(
         timeout_graceful_shutdown=10,
         http=GuardedH11Protocol,
     )
+
+
+def _scores_line(home: Path) -> str:
+    from facegate.engine.scores import RAW, active_scores
+
+    served = active_scores(home)
+    if served == RAW:
+        return "raw dlib distances (calibrate fair scores: facegate fairness calibrate --cohort …)"
+    return f"normalised, calibration {served} (facegate fairness scores)"
 
 
 def _print_first_start(admin, client, host: str, port: int) -> None:

@@ -78,6 +78,15 @@ class Member:
 
 
 @dataclass(frozen=True)
+class GenuineProbe:
+    """A gallery person's photo searched against the gallery that holds their other photos."""
+
+    source: str
+    identity: str
+    path: Path
+
+
+@dataclass(frozen=True)
 class GalleryFace:
     source: str  # the dataset spec
     path: Path
@@ -169,16 +178,25 @@ def run_aclu(
     model_version = facegate.engine.model_version
     served = facegate.scores.name
     try:
-        gallery, faces, sources = _build_gallery(facegate, embedded, excluded_identities, reporter)
+        gallery, faces, sources, genuine = _build_gallery(facegate, embedded, excluded_identities, reporter)
         reporter.note(
-            f"searching {sum(m.photo is not None for m in members)} members at {', '.join(map(str, thresholds))}"
+            f"searching {sum(m.photo is not None for m in members)} members at {', '.join(map(str, thresholds))}, "
+            f"then members and {len(genuine):,} gallery people with a mate for their nearest face"
         )
-        results = _search_all(
-            Path(data_dir), detector, served, gallery["collection_id"], members, thresholds, workers, reporter
-        )
+        probes = [m.photo for m in members if m.photo is not None]
+        tasks = [(gallery["collection_id"], str(p), thresholds) for p in probes]
+        tasks += [(gallery["collection_id"], str(p), None) for p in [*probes, *(g.path for g in genuine)]]
+        answers = _search_all(Path(data_dir), detector, served, tasks, workers, reporter)
+        found = iter(answers[: len(probes)])
+        results = {m.bioguide: next(found) for m in members if m.photo is not None}
+        tops = answers[len(probes) :]
+        found = iter(tops[: len(probes)])
+        member_top = {m.bioguide: next(found) for m in members if m.photo is not None}
+        genuine_top = tops[len(probes) :]
     finally:
         facegate.close()
     report, pairs = _tally(members, results, thresholds, faces, gallery, audit_report, model_version)
+    report["operating_points"] = _operating_points(members, member_top, genuine, genuine_top, faces)
     report["gallery"]["sources"] = sources
     report["scores"] = served
     write_aclu_report(report, Path(out_dir), pairs)
@@ -187,7 +205,7 @@ def run_aclu(
 
 def _build_gallery(
     facegate: Facegate, embedded: list[EmbeddedDataset], excluded_identities: set[str], reporter: Reporter
-) -> tuple[dict, dict[str, GalleryFace], dict]:
+) -> tuple[dict, dict[str, GalleryFace], dict, list[GenuineProbe]]:
     """Create (or reuse, if identical) the gallery collection; returns its description and the faces by
     ExternalImageId. The collection is created (and replaced) through the governed operation; its faces,
     embedded once for every threshold, are bulk-loaded into the store and the load is audited as one event."""
@@ -215,6 +233,19 @@ def _build_gallery(
             "faces": kept,
             "dataset_sha256": data.dataset_hash,
         }
+    # The genuine side: the first photo of every gallery person with two or more is searched instead of stored,
+    # so each of those searches has a mate in the gallery.
+    by_person: dict[tuple[str, str], list[int]] = {}
+    for n, (data, i, _) in enumerate(chosen):
+        identity = data.dataset.records[i].identity
+        if identity is not None:
+            by_person.setdefault((data.dataset.spec, identity), []).append(n)
+    held = {rows[0] for rows in by_person.values() if len(rows) >= 2}
+    genuine = []
+    for n in sorted(held):
+        data, i, _ = chosen[n]
+        genuine.append(GenuineProbe(data.dataset.spec, data.dataset.records[i].identity, data.dataset.records[i].path))
+    chosen = [c for n, c in enumerate(chosen) if n not in held]
     digest = hashlib.sha256(model_version.encode())
     for data, i, external in chosen:
         digest.update(f"{external}\0{data.file_hashes[i]}\n".encode())
@@ -272,8 +303,9 @@ def _build_gallery(
         "gallery_sha256": gallery_hash,
         "specs": [d.dataset.spec for d in embedded],
         "excluded_overlap": {"identities": sorted(excluded_images), "images": sum(excluded_images.values())},
+        "genuine_probes_held_out": len(genuine),
     }
-    return gallery, faces, sources
+    return gallery, faces, sources, genuine
 
 
 def _external_id(source: int, index: int, relative: str) -> str:
@@ -300,6 +332,16 @@ def _search_member(task: tuple[str, str, tuple[float, ...]]) -> dict:
 
     collection_id, photo, thresholds = task
     data = Path(photo).read_bytes()
+    if thresholds is None:  # the nearest face at any similarity: where this probe's first candidate lies
+        params = {"CollectionId": collection_id, "Image": {"Bytes": data}, "FaceMatchThreshold": 0.0, "MaxFaces": 1}
+        try:
+            governed, operator = _searcher
+            found = governed.execute(operator, "SearchFacesByImage", params).result
+        except FacegateError as exc:
+            return {"error": f"{exc.code}: {exc.message}"}
+        return {
+            "top": (found.matches[0].similarity, found.matches[0].face.external_image_id) if found.matches else None
+        }
     out: dict = {}
     for t in thresholds:
         params = {
@@ -318,24 +360,63 @@ def _search_member(task: tuple[str, str, tuple[float, ...]]) -> dict:
 
 
 def _search_all(
-    data_dir: Path,
-    detector: str,
-    scores: str,
-    collection_id: str,
-    members: list[Member],
-    thresholds: tuple[float, ...],
-    workers: int | None,
-    reporter: Reporter,
-) -> dict[str, dict]:
-    probes = [m for m in members if m.photo is not None]
-    results: dict[str, dict] = {}
+    data_dir: Path, detector: str, scores: str, tasks: list[tuple], workers: int | None, reporter: Reporter
+) -> list[dict]:
+    results: list[dict] = []
     count = workers or os.cpu_count() or 1
     with ProcessPoolExecutor(count, initializer=_start_searcher, initargs=(str(data_dir), detector, scores)) as pool:
-        tasks = [(collection_id, str(m.photo), thresholds) for m in probes]
-        for n, (member, result) in enumerate(zip(probes, pool.map(_search_member, tasks, chunksize=4), strict=True), 1):
-            results[member.bioguide] = result
-            reporter.step("searching members", n, len(probes))
+        for n, result in enumerate(pool.map(_search_member, tasks, chunksize=4), 1):
+            results.append(result)
+            reporter.step("searching", n, len(tasks))
     return results
+
+
+GENUINE_TARGETS = (0.95, 0.90, 0.85, 0.80)  # shares of genuine searches that must find their mate at rank 1
+
+
+def _operating_points(
+    members: list[Member],
+    member_top: dict[str, dict],
+    genuine: list[GenuineProbe],
+    genuine_top: list[dict],
+    faces: dict[str, GalleryFace],
+) -> list[dict]:
+    """For each target share of genuine searches finding their mate first: the strictest threshold that still
+    does, and the members falsely matched there (any candidate at or above it) with their share of people of
+    colour. A genuine search whose first candidate is someone else counts as not found at any threshold."""
+    mates = []
+    for probe, answer in zip(genuine, genuine_top, strict=True):
+        top = answer.get("top")
+        same = top is not None and faces[top[1]].source == probe.source and faces[top[1]].label == probe.identity
+        mates.append(top[0] if same else -np.inf)
+    if not mates:
+        return []  # no gallery person has two photos: no genuine side to measure
+    ordered = np.sort(np.array(mates))[::-1]
+    probed = [m for m in members if m.bioguide in member_top and "top" in member_top[m.bioguide]]
+    points = []
+    for target in GENUINE_TARGETS:
+        need = int(np.ceil(target * len(ordered)))
+        threshold = float(ordered[need - 1]) if len(ordered) and need >= 1 else -np.inf
+        reached = bool(np.isfinite(threshold))
+        matched = [
+            m
+            for m in probed
+            if reached and member_top[m.bioguide]["top"] and member_top[m.bioguide]["top"][0] >= threshold
+        ]
+        points.append(
+            {
+                "genuine_target": target,
+                "threshold": threshold if reached else None,
+                "genuine_searches": len(ordered),
+                "genuine_found": float((ordered >= threshold).mean())
+                if reached
+                else float(np.isfinite(ordered).mean()),
+                "members_falsely_matched": Rate(len(matched), len(probed)).to_json() if reached else None,
+                "people_of_colour_among_falsely_matched": _poc_share(matched) if reached else None,
+                "people_of_colour_among_members": _poc_share(probed),
+            }
+        )
+    return points
 
 
 def _tally(

@@ -255,6 +255,22 @@ def _aclu_table(report: dict) -> None:
             pct(poc["among_members"]["share"]),
         )
     out.print(table)
+    points = report.get("operating_points") or []
+    if points:
+        table = Table(title=f"Where genuine searches still find their mate first ({report['scores']} scores)")
+        for column in ("genuine found at rank 1", "threshold", "members falsely matched", "POC among them", "POC"):
+            table.add_column(column, justify="right")
+        for p in points:
+            reached = p["threshold"] is not None
+            poc = p["people_of_colour_among_falsely_matched"]
+            table.add_row(
+                f"≥ {p['genuine_target']:.0%} of {p['genuine_searches']:,}",
+                f"{p['threshold']:.2f}" if reached else f"unreachable (at most {p['genuine_found']:.1%})",
+                rate_text(p["members_falsely_matched"]) if reached else "—",
+                pct(poc["share"]) if reached and poc["of"] else "—",
+                pct(p["people_of_colour_among_members"]["share"]),
+            )
+        out.print(table)
 
 
 def _governance(home: Path, ctx: typer.Context):
@@ -314,8 +330,13 @@ def calibrate(
         "score normalisation calibrated"
     ),
     activate: Annotated[
-        bool, typer.Option("--activate/--no-activate", help="Serve the normalised scores from the next start.")
-    ] = True,
+        bool,
+        typer.Option(
+            "--activate/--no-activate",
+            help="Also serve them from the next start (default: only measure and store; see the README for when "
+            "normalised scores help and when they do not).",
+        ),
+    ] = False,
     data: DataOption = None,
     workers: WorkersOption = None,
 ) -> None:
@@ -368,7 +389,13 @@ def calibrate(
         f"{home / 'scores' / calibration.calibration_id}",
         markup=False,
     )
-    if activate:
+    if not activate:
+        out.print(
+            f"stored, not served: audit it first (`facegate fairness scores {calibration.calibration_id} --reason …` "
+            "serves it)",
+            markup=False,
+        )
+    else:
         out.print(
             f"serving {calibration.calibration_id} from the next start; the fairness audit of record measured the "
             "old scores and no longer gates: run `facegate fairness audit`, then `facegate fairness activate`",
