@@ -228,12 +228,14 @@ def test_calibrate_from_the_command_line_serves_and_audits(tmp_path, utkface, pe
         writer.writerows([[str(UTKFACE / f)] for f in utkface["files"]])
     home = tmp_path / "data"
     runner = CliRunner()
-    made = runner.invoke(fairness_app, ["calibrate", "--cohort", f"csv:{listing}", "--data", str(home)])
+    made = runner.invoke(
+        fairness_app, ["calibrate", "--cohort", f"csv:{listing}", "--no-activate", "--data", str(home)]
+    )
     assert made.exit_code == 0, made.output
-    assert active_scores(home) == RAW and "stored, not served" in made.output  # measuring does not serve
+    assert active_scores(home) == RAW and "stored, not served" in made.output  # only measured
     served = made.output.split("score calibration ")[1].split(":")[0]
     assert served.startswith("cal-") and (home / "scores" / served / "calibration.json").exists()
-    again = runner.invoke(fairness_app, ["calibrate", "--cohort", f"csv:{listing}", "--activate", "--data", str(home)])
+    again = runner.invoke(fairness_app, ["calibrate", "--cohort", f"csv:{listing}", "--data", str(home)])
     assert again.exit_code == 0 and active_scores(home) == served  # the same cohort and seed: the same calibration
     assert "FMR" in again.output and "no longer gates" in again.output
     shown = runner.invoke(fairness_app, ["scores", "--data", str(home)])

@@ -333,10 +333,9 @@ def calibrate(
         bool,
         typer.Option(
             "--activate/--no-activate",
-            help="Also serve them from the next start (default: only measure and store; see the README for when "
-            "normalised scores help and when they do not).",
+            help="Serve them from the next start (--no-activate: only measure and store).",
         ),
-    ] = False,
+    ] = True,
     data: DataOption = None,
     workers: WorkersOption = None,
 ) -> None:
