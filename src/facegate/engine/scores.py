@@ -27,6 +27,7 @@ RAW = "raw"
 ANCHORS = ((99.0, 1e-5), (95.0, 1e-4), (90.0, 1e-3), (80.0, 1e-2), (50.0, 1e-1))
 IMPOSTOR_SAMPLE = 20_000_000  # impostor pairs drawn for the table: about 200 false matches at FMR 1e-5
 _CHUNK = 250_000
+MAX_REMEMBERED = 2_000_000  # profiles kept per process (~0.5 GB); exact search never needs more than its galleries
 
 
 class Scoring:
@@ -139,18 +140,29 @@ class NormalisedScoring(Scoring):
         for cached, matrix in self._galleries:
             if cached is face_ids:  # a gallery's own id list: its profiles were stacked before
                 return matrix
-        missing = [k for k, f in enumerate(face_ids) if f not in self._profiles]
+        matrix = np.empty((len(face_ids), len(self.model.ranks)), dtype=np.float32)
+        missing = []
+        for k, face_id in enumerate(face_ids):
+            known = self._profiles.get(face_id)
+            if known is None:
+                missing.append(k)
+            else:
+                matrix[k] = known
         if missing:
-            self.remember([face_ids[k] for k in missing], embeddings[missing])
-        matrix = np.stack([self._profiles[f] for f in face_ids]) if face_ids else np.zeros((0, len(self.model.ranks)))
+            matrix[missing] = self.model.profiles(embeddings[missing])
+            self._keep([face_ids[k] for k in missing], matrix[missing])
         if len(face_ids) > 1000:  # a gallery, not a search's few candidates
             self._galleries = [(face_ids, matrix), *self._galleries[:15]]
         return matrix
 
     def remember(self, face_ids: list[str], embeddings: np.ndarray) -> None:
         for start in range(0, len(face_ids), 4096):
-            chunk = self.model.profiles(embeddings[start : start + 4096])
-            self._profiles.update(zip(face_ids[start : start + 4096], chunk, strict=True))
+            self._keep(face_ids[start : start + 4096], self.model.profiles(embeddings[start : start + 4096]))
+
+    def _keep(self, face_ids: list[str], profiles: np.ndarray) -> None:
+        if len(self._profiles) + len(face_ids) > MAX_REMEMBERED:  # bounded memory: recomputed when met again
+            self._profiles.clear()
+        self._profiles.update(zip(face_ids, profiles, strict=True))
 
     def similarities(
         self, probe: np.ndarray, distances: np.ndarray, faces: np.ndarray, face_ids: list[str] | None = None
