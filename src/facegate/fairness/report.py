@@ -101,6 +101,13 @@ def audit_summary(report: dict) -> str:
         f"{detection['images']:,} images, {detection['detected']:,} with a face "
         f"(detection failures {rate_text(detection['failure'])}); {report['pairs']['impostor']:,} impostor pairs, "
         f"{report['pairs']['genuine']:,} genuine pairs.",
+        f"Scores: {report.get('scores', {}).get('served', 'raw')}"
+        + (
+            f" (normalised; {report['scores']['cohort_overlap_faces']:,} audited faces are in its cohort)"
+            if report.get("scores", {}).get("served", "raw") != "raw"
+            else " (dlib distances)"
+        )
+        + ".",
         "",
         "## Operating points (one global threshold for every group)",
         "",
@@ -147,6 +154,26 @@ def audit_summary(report: dict) -> str:
                 f"\nNear-identical impostor pairs (distance ≤ 0.05, most likely one photograph listed twice): "
                 f"{', '.join(f'{g} {n}' for g, n in near.items())}. FMR @ {point['name']} without them: {without}."
             )
+        measured = dimension.get("identification") or {}
+        if measured:
+            lines += [
+                "",
+                f"1:N by {dimension['name']}, mate-less searches against random galleries (measured): false "
+                "candidates per search / FPIR",
+                "",
+                "| gallery | threshold | " + " | ".join(dimension["groups"]) + " |",
+                "|---|---|" + "---|" * len(dimension["groups"]),
+            ]
+            for size, rows in measured.items():
+                for k in headline:
+                    groups = rows[k]["groups"]
+                    cells = [
+                        f"{groups[g]['false_candidates_per_search']:.3g} / {pct(groups[g]['fpir']['rate'])}"
+                        if g in groups
+                        else "n/a"
+                        for g in dimension["groups"]
+                    ]
+                    lines.append(f"| {int(size):,} | {rows[k]['name']} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Rates are shares of pairs; a group with no false match shows its 95% rule-of-three bound (< 3/n). "
@@ -465,6 +492,25 @@ def aclu_summary(report: dict) -> str:
                     f"| {attribute} | {group} | {entry['members']} | {rate_text(entry['falsely_matched'])} | "
                     f"{entry['false_candidates_per_probe']:.2f} |"
                 )
+    points = report.get("operating_points") or []
+    if points:
+        lines += [
+            "",
+            f"## Where genuine searches still find their mate first ({report.get('scores', 'raw')} scores)",
+            "",
+            "| genuine found at rank 1 | threshold | members falsely matched | people of colour among them |",
+            "|---|---|---|---|",
+        ]
+        for p in points:
+            reached = p["threshold"] is not None
+            poc = p["people_of_colour_among_falsely_matched"]
+            lines.append(
+                f"| ≥ {p['genuine_target']:.0%} of {p['genuine_searches']:,} | "
+                + (f"{p['threshold']:.2f}" if reached else f"unreachable (at most {p['genuine_found']:.1%})")
+                + f" | {rate_text(p['members_falsely_matched']) if reached else '—'} | "
+                + (pct(poc["share"]) if reached and poc["of"] else "—")
+                + " |"
+            )
     lines.append("")
     return "\n".join(lines)
 
