@@ -45,10 +45,10 @@ CONNECTIVITY = 24
 EXPANSION_ADD = 128
 MIN_EXPANSION_SEARCH = 768
 # Past a million faces the same depth finds less of the true top 10, so it grows with the collection: keeping
-# recall@10 at 0.99 took 768 at 1M and 1024 at 2M in bench/search.py (depth ∝ size^0.415). Beyond 2M this is
-# an extrapolation, not yet measured.
+# recall@10 at 0.99 took 768 at 1M, 1024 at 2M and 2048 at 4M in bench/search.py (depth ∝ size^0.71 fits all
+# three). Beyond 4M this is an extrapolation, not yet measured.
 DEPTH_BASE_FACES = 1_000_000
-DEPTH_GROWTH = 0.415
+DEPTH_GROWTH = 0.71
 # usearch stores a vector as int8 round(127·x), clipped to ±127. dlib's embedding components are small, so they
 # are scaled up first to use more of the int8 range. `bench/search.py --size 20000 --queries 50` (13,539 real
 # faces): the largest |x| is 0.577, and at 1.9 2.0 components in 100,000 are clipped, which can only cost
