@@ -50,9 +50,7 @@ import datasets  # noqa: E402
 from facegate.engine.models import EMBEDDING_MODEL_VERSION  # noqa: E402
 from facegate.engine.normalise import (  # noqa: E402
     distances_at_ranks,
-    kmeans,
     local_log_fmr,
-    nearest_distances,
     pairwise_distances,
     profile_ranks,
 )
@@ -153,6 +151,41 @@ def load(folds: int, seed: int) -> Data:
 
 
 # ---------------------------------------------------------------- fitting on a cohort
+
+
+def nearest_distances(
+    faces: np.ndarray,
+    cohort: np.ndarray,
+    count: int,
+    *,
+    face_ids: np.ndarray | None = None,
+    cohort_ids: np.ndarray | None = None,
+) -> np.ndarray:
+    """The ``count`` smallest distances from each face to the cohort, ascending (``len(faces) × count``)."""
+    return distances_at_ranks(faces, cohort, np.arange(1, count + 1), face_ids=face_ids, cohort_ids=cohort_ids)
+
+
+def kmeans(points: np.ndarray, clusters: int, *, seed: int = 0, iterations: int = 50) -> np.ndarray:
+    """Centroids (``clusters × dim``) by Lloyd's algorithm from a k-means++ start; deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    points = np.asarray(points, dtype=np.float32)
+    centroids = [points[rng.integers(len(points))]]
+    closest = pairwise_distances(points, centroids[0][None])[:, 0] ** 2
+    for _ in range(1, clusters):
+        chosen = rng.choice(len(points), p=closest / closest.sum())
+        centroids.append(points[chosen])
+        closest = np.minimum(closest, pairwise_distances(points, points[chosen][None])[:, 0] ** 2)
+    centres = np.stack(centroids)
+    for _ in range(iterations):
+        labels = pairwise_distances(points, centres).argmin(1)
+        sums = np.zeros_like(centres)
+        np.add.at(sums, labels, points)
+        sizes = np.bincount(labels, minlength=clusters)
+        moved = np.where(sizes[:, None] > 0, sums / np.maximum(sizes, 1)[:, None], centres)
+        if np.allclose(moved, centres, atol=1e-6):
+            break
+        centres = moved
+    return centres
 
 
 @dataclass

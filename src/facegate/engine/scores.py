@@ -55,10 +55,6 @@ class Scoring:
     def remember(self, face_ids: list[str], embeddings: np.ndarray) -> None:
         """Faces just indexed (nothing to keep for raw scores)."""
 
-    def raw_equivalent(self, distances: np.ndarray, *_: np.ndarray) -> np.ndarray:
-        """The raw distance with the same similarity: the distance itself."""
-        return distances
-
 
 @dataclass
 class ScoreCalibration:
@@ -115,6 +111,7 @@ class NormalisedScoring(Scoring):
         self.name = calibration.calibration_id
         self._profiles: dict[str, np.ndarray] = {}
         self._galleries: list[tuple[list[str], np.ndarray]] = []  # recent galleries' id lists and profiles
+        self._last_probe: tuple[bytes, np.ndarray] | None = None
 
     def prefilter(self, threshold: float, probe: np.ndarray | None = None) -> float:
         # A pair's score is the mean of two local log rates, the other face's never below the lowest, so the
@@ -126,7 +123,7 @@ class NormalisedScoring(Scoring):
         rank = np.exp(most) * (self.model.cohort_size + 1.0) - 0.5
         if rank >= self.model.ranks[-1]:
             return float("inf")
-        profile = self.model.profiles(probe)[0]
+        profile = self._probe_profile(probe)[0]
         return float(np.interp(rank, np.concatenate([[0.0], self.model.ranks]), np.concatenate([[0.0], profile])))
 
     def candidates(self, limit: int) -> int:
@@ -155,6 +152,16 @@ class NormalisedScoring(Scoring):
             self._galleries = [(face_ids, matrix), *self._galleries[:15]]
         return matrix
 
+    def _probe_profile(self, probe: np.ndarray) -> np.ndarray:
+        """The probe's profile; a search asks for it twice (its distance bound, then its scores)."""
+        key = np.asarray(probe, dtype=np.float32).tobytes()
+        last = self._last_probe
+        if last is not None and last[0] == key:
+            return last[1]
+        profile = self.model.profiles(probe)
+        self._last_probe = (key, profile)
+        return profile
+
     def remember(self, face_ids: list[str], embeddings: np.ndarray) -> None:
         for start in range(0, len(face_ids), 4096):
             self._keep(face_ids[start : start + 4096], self.model.profiles(embeddings[start : start + 4096]))
@@ -169,7 +176,7 @@ class NormalisedScoring(Scoring):
     ) -> np.ndarray:
         if len(distances) == 0:
             return np.zeros(0)
-        scores = self.model.scores(distances, self.model.profiles(probe), self.profiles(faces, face_ids))
+        scores = self.model.scores(distances, self._probe_profile(probe), self.profiles(faces, face_ids))
         return np.asarray(self.scale.similarity(scores), dtype=np.float64)
 
     def raw_equivalent(self, distances: np.ndarray, profile_a: np.ndarray, profile_b: np.ndarray) -> np.ndarray:

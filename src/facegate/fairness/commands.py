@@ -154,6 +154,10 @@ def _identification_table(report: dict, headline: list[int]) -> None:
         out.print(table)
 
 
+def _times(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.1f}×"
+
+
 def _served_scores(home: Path):
     from facegate.engine.models import EMBEDDING_MODEL_VERSION
     from facegate.engine.scores import scoring_for
@@ -185,8 +189,7 @@ def _side_by_side(raw: dict, served: dict) -> None:
         for k in points:
             before = raw_dim["operating_points"][k]["fmr_disparity"]["max_over_min"]
             after = dim["operating_points"][k]["fmr_disparity"]["max_over_min"]
-            text = lambda r: "n/a" if r is None else f"{r:.1f}×"  # noqa: E731
-            out.print(f"  {served['operating_points'][k]['name']}: worst/best {text(before)} → {text(after)}")
+            out.print(f"  {served['operating_points'][k]['name']}: worst/best {_times(before)} → {_times(after)}")
     overlap = served["scores"]["cohort_overlap_faces"]
     if overlap:
         out.print(f"warning: {overlap:,} audited faces are in the score cohort: audit faces disjoint from it")
@@ -212,10 +215,11 @@ def aclu(
     workers: WorkersOption = None,
 ) -> None:
     """The ACLU test: search every member of Congress against a gallery of other people; count false matches."""
+    from facegate.engine.scores import active_scores
     from facegate.fairness.aclu import THRESHOLDS, audit_report_of, run_aclu
 
     home = data_dir(data, ctx)
-    served = _served_scores(home).name
+    served = active_scores(home)
     runs = [("raw", to / "raw"), (served, to)] if served != "raw" else [("raw", to)]
     with one_line_errors(), _RichReporter() as reporter:
         for scores, folder in runs:

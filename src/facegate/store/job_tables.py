@@ -8,7 +8,7 @@ import time
 
 from facegate.errors import ConflictException
 from facegate.store import JobFinding, VideoJob
-from facegate.store.sql_tables import SqlTables
+from facegate.store.sql_tables import SqlTables, json_or_none
 
 JOB_COLUMNS = (
     "job_id, owner, api, status, request, requester, created_at, updated_at, client_token, fingerprint, "
@@ -44,10 +44,6 @@ def job_from_row(row: tuple) -> VideoJob:
     for i in (4, 5, 11, 16):
         values[i] = json.loads(values[i]) if values[i] is not None else None
     return VideoJob(*values)
-
-
-def json_or_none(value: dict | None) -> str | None:
-    return json.dumps(value) if value is not None else None
 
 
 class JobTables(SqlTables):

@@ -10,7 +10,7 @@ from typing import Any
 
 from facegate.errors import ResourceAlreadyExistsException
 from facegate.store import Collection, ConsoleSession, ConsoleUser, ReviewCase, ReviewDecision
-from facegate.store.sql_tables import SqlTables
+from facegate.store.sql_tables import SqlTables, json_or_none
 
 # SQLite's types; PostgreSQL's migration swaps them (``postgres_ddl``).
 DDL = """
@@ -106,7 +106,7 @@ class ReviewTables(SqlTables):
                     case.request_id,
                     case.created_at,
                     case.updated_at,
-                    json.dumps(case.released) if case.released is not None else None,
+                    json_or_none(case.released),
                     case.probe_crop,
                 ),
             )

@@ -5,6 +5,7 @@ write lock) and ``_governance_changed`` (bump the governance generation within a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -63,3 +64,8 @@ class SourceTables(SqlTables):
 def _source(row: tuple) -> ObjectSource:
     owner, name, kind, location, created_at, sealed = row
     return ObjectSource(owner, name, kind, location, created_at, bytes(sealed) if sealed is not None else None)
+
+
+def json_or_none(value: object) -> str | None:
+    """JSON text of a value, or NULL for None."""
+    return json.dumps(value) if value is not None else None
