@@ -34,6 +34,8 @@ import numpy as np
 import onnxruntime  # noqa: F401 - before usearch: loaded after it into a bare process, its import crashes (segfault)
 from usearch.index import Index
 
+from facegate.store.graph_walk import GraphLayoutError, unreachable_keys
+
 # Below this many faces exact search is about as fast as the index and loses no recall. bench/search.py (2 cores;
 # its numpy scan is FaceService's exact path), p50 exact vs index: 1.1 vs 2.0 ms at 100k, 2.6 vs 2.7 ms at 200k,
 # 11.3 vs 4.7 ms at 1M (recall@10 0.991), 143 vs 7.9 ms at 10M (recall@10 0.920; 464 B per face resident).
@@ -132,13 +134,21 @@ class FaceIndex:
             # has grown by a tenth, a little at a time rather than in one stall.
             self._recheck(RECHECK_PER_ADD * int(fresh.sum()))
 
-    def check_all(self) -> int:
-        """Search every face by its own vector and keep aside those not found (after a build: later inserts can
-        prune links that earlier faces depended on). Returns how many are kept aside."""
+    def check_all(self, scratch: Path | None = None) -> int:
+        """Keep aside every face no chain of the graph's links reaches (after a build: later inserts can prune
+        links that earlier faces depended on). Returns how many are kept aside.
+
+        The links are walked from the graph's saved file (written under ``scratch``); if usearch saved a layout
+        the walk does not know, every face is searched by its own vector instead, at many times the cost."""
         self._side_keys = np.zeros(0, dtype=np.uint64)
         self._side_vectors = np.zeros((0, self.ndim), dtype=np.float32)
         self._recheck_at = 0
-        self._check(self.keys())
+        try:
+            stranded = unreachable_keys(self.index, scratch)
+        except GraphLayoutError:
+            self._check(self.keys())
+        else:
+            self._keep_aside(stranded)
         return len(self._side_keys)
 
     def _recheck(self, count: int) -> None:
@@ -272,7 +282,7 @@ class VectorIndexes:
                 if index is not None:
                     index.add(found, vectors, check=False)
             index = index or FaceIndex(128, generation)
-            index.check_all()
+            index.check_all(self.directory)
             self._indexes[collection.pk] = index
             self._save(collection, index)
             return index
@@ -415,7 +425,7 @@ class VectorIndexes:
         )
         self._saved_at[collection.pk] = time.monotonic()
         if unreachable is None:  # saved before faces were checked: check them once, now
-            index.check_all()
+            index.check_all(self.directory)
             self._collections[collection.pk] = collection
             self._dirty.add(collection.pk)
         return index
