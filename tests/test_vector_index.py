@@ -17,6 +17,7 @@ import pytest
 from facegate.engine import FaceEngine
 from facegate.service import FaceService
 from facegate.store import StoredFace
+from facegate.store.graph_walk import unreachable_keys
 from facegate.store.sqlite import SqliteStore
 from facegate.store.vector_index import VECTOR_SCALE, FaceIndex
 from tests.conftest import OWNER
@@ -263,6 +264,42 @@ def test_every_face_is_found_by_its_own_embedding_after_a_multithreaded_build():
     index.index.expansion_search = 768
     graph_only = index.index.search(vectors[(stranded - 1).astype(np.int64)] * VECTOR_SCALE, 216, threads=0)
     assert all(k not in row for k, row in zip(stranded, np.asarray(graph_only.keys), strict=True))
+    assert _not_found_by_own_vector(index, keys, vectors) == []
+
+
+def test_the_link_walk_keeps_aside_only_faces_no_search_finds_and_removed_faces_are_not_reported(tmp_path):
+    keys, vectors = _synthetic_faces(12_000, seed=13)
+    index = FaceIndex(128)
+    index.add(keys, vectors, check=False)
+    index.index.remove(keys[:40])  # removed faces leave tombstones in the graph: never reported
+    walked = unreachable_keys(index.index, tmp_path)
+    assert not set(walked.tolist()) & set(keys[:40].tolist())
+    # The fallback searches every face by its own vector: whatever no link reaches, it cannot find either.
+    searched = FaceIndex(128, index=index.index)
+    searched._check(searched.keys())
+    assert set(walked.tolist()) <= set(searched.unreachable.tolist())
+    assert not list(tmp_path.iterdir())  # the walk's copy of the graph is gone
+
+
+def test_a_graph_file_of_another_layout_is_refused_and_the_check_falls_back_to_self_search(tmp_path, monkeypatch):
+    from facegate.store import graph_walk, vector_index
+
+    keys, vectors = _synthetic_faces(3_000, seed=17)
+    index = FaceIndex(128)
+    index.add(keys, vectors, check=False)
+    path = tmp_path / "graph.usearch"
+    index.index.save(str(path))
+    whole = path.read_bytes()
+    for broken in (whole[:-4], whole[:40], b"x" * 16 + whole[16:]):
+        path.write_bytes(broken)
+        with pytest.raises(graph_walk.GraphLayoutError):
+            graph_walk._Graph(np.memmap(path, dtype=np.uint8, mode="r"))
+
+    def unknown_layout(*_args):
+        raise graph_walk.GraphLayoutError("another usearch format")
+
+    monkeypatch.setattr(vector_index, "unreachable_keys", unknown_layout)
+    index.check_all()
     assert _not_found_by_own_vector(index, keys, vectors) == []
 
 

@@ -65,7 +65,7 @@ class _Graph:
         rows, row_bytes = (int(v) for v in _read(data, 0, np.uint32, 2))
         at = 8 + rows * row_bytes
         head = bytes(data[at : at + _HEAD_BYTES])
-        if head[:7] != b"usearch" or head[15] != _KEY_KIND_U64 or head[16] != _SLOT_KIND_U32:
+        if len(head) < _HEAD_BYTES or head[:7] != b"usearch" or head[15] != _KEY_KIND_U64 or head[16] != _SLOT_KIND_U32:
             raise GraphLayoutError("unexpected head (magic, key or slot type)")
         at += _HEAD_BYTES
         self.size, self.connectivity, self.base, _, self.entry = (int(v) for v in _read(data, at, np.uint64, 5))
