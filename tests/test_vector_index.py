@@ -267,7 +267,9 @@ def test_every_face_is_found_by_its_own_embedding_after_a_multithreaded_build():
     assert _not_found_by_own_vector(index, keys, vectors) == []
 
 
-def test_the_link_walk_keeps_aside_only_faces_no_search_finds_and_removed_faces_are_not_reported(tmp_path):
+def test_the_link_walk_keeps_aside_only_faces_no_search_finds_and_removed_faces_are_not_reported(tmp_path, monkeypatch):
+    from facegate.store import vector_index
+
     keys, vectors = _synthetic_faces(12_000, seed=13)
     index = FaceIndex(128)
     index.add(keys, vectors, check=False)
@@ -279,6 +281,10 @@ def test_the_link_walk_keeps_aside_only_faces_no_search_finds_and_removed_faces_
     searched._check(searched.keys())
     assert set(walked.tolist()) <= set(searched.unreachable.tolist())
     assert not list(tmp_path.iterdir())  # the walk's copy of the graph is gone
+    # Above the size where every face is also searched by its own vector, the walk alone decides.
+    monkeypatch.setattr(vector_index, "SELF_SEARCH_MAX_FACES", 0)
+    assert index.check_all(tmp_path) == len(walked)
+    assert sorted(index.unreachable.tolist()) == sorted(walked.tolist())
 
 
 def test_a_graph_file_of_another_layout_is_refused_and_the_check_falls_back_to_self_search(tmp_path, monkeypatch):

@@ -56,11 +56,14 @@ DEPTH_GROWTH = 0.71
 # faces): the largest |x| is 0.577, and at 1.9 2.0 components in 100,000 are clipped, which can only cost
 # recall, never a wrong answer.
 VECTOR_SCALE = 1.9
-# A face its own vector does not find is unreachable: a node with no incoming links (a multi-threaded build, or
-# later inserts pruning its neighbours' lists) is found at no depth. Faces are first searched this shallowly,
-# and those missed again at the search depth real searches use. An ad-hoc measurement (in the closing note, not
-# a bench script) found this leaves the same faces aside as a deeper, wider first pass at half its cost; asking
-# for 1 result leaves more (int8 vectors can tie).
+# A face no chain of links reaches is found at no depth (a multi-threaded build, or later inserts pruning its
+# neighbours' lists, leave a few). A walk of the links finds them cheaply; a rare face the walk reaches can still
+# be missed by a search for its own vector, so up to SELF_SEARCH_MAX_FACES every face is also searched by its own
+# vector (at a million faces that costs about as much as the build: bench/search.py), and each face added
+# always is. A search
+# for its own vector is first this shallow, then at the depth real searches use; asking for 1 result would
+# leave more aside (int8 vectors can tie).
+SELF_SEARCH_MAX_FACES = 1_000_000
 CHECK_EXPANSION = 32
 CHECK_K = 4
 RECHECK_PER_ADD = 10
@@ -136,19 +139,21 @@ class FaceIndex:
 
     def check_all(self, scratch: Path | None = None) -> int:
         """Keep aside every face no chain of the graph's links reaches (after a build: later inserts can prune
-        links that earlier faces depended on). Returns how many are kept aside.
+        links that earlier faces depended on), and up to SELF_SEARCH_MAX_FACES every face its own vector does
+        not find. Returns how many are kept aside.
 
         The links are walked from the graph's saved file (written under ``scratch``); if usearch saved a layout
-        the walk does not know, every face is searched by its own vector instead, at many times the cost."""
+        the walk does not know, every face is searched by its own vector instead, whatever the size."""
         self._side_keys = np.zeros(0, dtype=np.uint64)
         self._side_vectors = np.zeros((0, self.ndim), dtype=np.float32)
         self._recheck_at = 0
         try:
-            stranded = unreachable_keys(self.index, scratch)
+            self._keep_aside(unreachable_keys(self.index, scratch))
+            walked = True
         except GraphLayoutError:
-            self._check(self.keys())
-        else:
-            self._keep_aside(stranded)
+            walked = False
+        if not walked or len(self.index) <= SELF_SEARCH_MAX_FACES:
+            self._check(np.setdiff1d(self.keys(), self._side_keys))
         return len(self._side_keys)
 
     def _recheck(self, count: int) -> None:
