@@ -274,7 +274,7 @@ def test_the_link_walk_keeps_aside_only_faces_no_search_finds_and_removed_faces_
     index = FaceIndex(128)
     index.add(keys, vectors, check=False)
     index.index.remove(keys[:40])  # removed faces leave tombstones in the graph: never reported
-    walked = unreachable_keys(index.index, tmp_path)
+    walked = unreachable_keys(index.index, scratch=tmp_path)
     assert not set(walked.tolist()) & set(keys[:40].tolist())
     # The fallback searches every face by its own vector: whatever no link reaches, it cannot find either.
     searched = FaceIndex(128, index=index.index)
@@ -301,7 +301,7 @@ def test_a_graph_file_of_another_layout_is_refused_and_the_check_falls_back_to_s
         with pytest.raises(graph_walk.GraphLayoutError):
             graph_walk._Graph(np.memmap(path, dtype=np.uint8, mode="r"))
 
-    def unknown_layout(*_args):
+    def unknown_layout(*_args, **_kwargs):
         raise graph_walk.GraphLayoutError("another usearch format")
 
     monkeypatch.setattr(vector_index, "unreachable_keys", unknown_layout)

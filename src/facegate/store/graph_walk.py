@@ -38,24 +38,25 @@ class GraphLayoutError(RuntimeError):
     """The saved file is not laid out as this reader expects (another usearch format)."""
 
 
-def unreachable_keys(index: Index, scratch: Path | None = None) -> np.ndarray:
-    """Keys of the live faces no chain of links from the entry point reaches (at any level)."""
+def unreachable_keys(index: Index, *, saved: Path | None = None, scratch: Path | None = None) -> np.ndarray:
+    """Keys of the live faces no chain of links from the entry point reaches (at any level). ``saved`` is a file
+    this index was just saved to; without one the index is saved to a temporary file under ``scratch``."""
     if len(index) == 0:
         return np.zeros(0, dtype=np.uint64)
+    if saved is not None:
+        return _walk_file(index, saved)
     if scratch is not None:
         scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         path = Path(tmp) / "graph.usearch"
         index.save(str(path))
-        data = np.memmap(path, dtype=np.uint8, mode="r")
-        try:
-            graph = _Graph(data)
-            reached = graph.walk()
-            stranded = graph.keys[~reached & graph.live]
-            _check_keys(index, graph)
-            return np.sort(stranded)
-        finally:
-            del data
+        return _walk_file(index, path)
+
+
+def _walk_file(index: Index, path: Path) -> np.ndarray:
+    graph = _Graph(np.memmap(path, dtype=np.uint8, mode="r"))
+    _check_keys(index, graph)
+    return np.sort(graph.keys[~graph.walk() & graph.live])
 
 
 class _Graph:

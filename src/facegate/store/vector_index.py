@@ -137,20 +137,21 @@ class FaceIndex:
             # has grown by a tenth, a little at a time rather than in one stall.
             self._recheck(RECHECK_PER_ADD * int(fresh.sum()))
 
-    def check_all(self, scratch: Path | None = None) -> int:
+    def check_all(self, scratch: Path | None = None, saved: Path | None = None) -> int:
         """Keep aside every face no chain of the graph's links reaches (after a build: later inserts can prune
         links that earlier faces depended on), and up to SELF_SEARCH_MAX_FACES every face its own vector does
         not find. Returns how many are kept aside.
 
-        The links are walked from the graph's saved file (written under ``scratch``); if usearch saved a layout
+        The links are walked from the graph's saved file (``saved``, else one written under ``scratch``); if usearch
+        saved a layout
         the walk does not know, every face is searched by its own vector instead, whatever the size."""
         self._side_keys = np.zeros(0, dtype=np.uint64)
         self._side_vectors = np.zeros((0, self.ndim), dtype=np.float32)
         self._recheck_at = 0
         try:
-            self._keep_aside(unreachable_keys(self.index, scratch))
+            self._keep_aside(unreachable_keys(self.index, saved=saved, scratch=scratch))
             walked = True
-        except GraphLayoutError:
+        except (GraphLayoutError, OSError):  # another layout, or the snapshot replaced meanwhile
             walked = False
         if not walked or len(self.index) <= SELF_SEARCH_MAX_FACES:
             self._check(np.setdiff1d(self.keys(), self._side_keys))
@@ -287,9 +288,8 @@ class VectorIndexes:
                 if index is not None:
                     index.add(found, vectors, check=False)
             index = index or FaceIndex(128, generation)
-            index.check_all(self.directory)
             self._indexes[collection.pk] = index
-            self._save(collection, index)
+            self._save(collection, index, check=True)
             return index
 
     def added(self, collection: IndexedCollection, generation: int, keys: np.ndarray, vectors: np.ndarray) -> None:
@@ -380,12 +380,18 @@ class VectorIndexes:
     def _graph_path(self, collection: IndexedCollection, token: str) -> Path:
         return self.directory / f"{collection.pk}-{token}.usearch"
 
-    def _save(self, collection: IndexedCollection, index: FaceIndex) -> None:
-        """Write a new snapshot, then switch the pointer file atomically: readers never see half of one."""
+    def _save(self, collection: IndexedCollection, index: FaceIndex, *, check: bool = False) -> None:
+        """Write a new snapshot, then switch the pointer file atomically: readers never see half of one. With
+        ``check`` (after a build) the faces the graph cannot reach are found from the snapshot just written,
+        before the pointer names it."""
         self.directory.mkdir(parents=True, exist_ok=True)
         token = uuid.uuid4().hex
         started = time.monotonic()
         index.index.save(str(self._graph_path(collection, token)))
+        if check:
+            checking = time.monotonic()
+            index.check_all(saved=self._graph_path(collection, token))
+            started += time.monotonic() - checking  # the save's own cost paces later saves
         meta = {
             "format": FORMAT,
             "token": token,
@@ -430,7 +436,7 @@ class VectorIndexes:
         )
         self._saved_at[collection.pk] = time.monotonic()
         if unreachable is None:  # saved before faces were checked: check them once, now
-            index.check_all(self.directory)
+            index.check_all(saved=self._graph_path(collection, str(meta["token"])))
             self._collections[collection.pk] = collection
             self._dirty.add(collection.pk)
         return index
