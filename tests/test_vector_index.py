@@ -19,7 +19,7 @@ from facegate.service import FaceService
 from facegate.store import StoredFace
 from facegate.store.graph_walk import unreachable_keys
 from facegate.store.sqlite import SqliteStore
-from facegate.store.vector_index import VECTOR_SCALE, FaceIndex
+from facegate.store.vector_index import VECTOR_SCALE, FaceIndex, quantize
 from tests.conftest import OWNER
 
 MIN_FACES = 300
@@ -226,13 +226,13 @@ def test_faces_stored_before_ann_keys_existed_get_them_on_upgrade(ann_store, eng
 
 
 def test_components_beyond_the_int8_range_are_clipped_not_lost():
-    """The index keeps int8 round(127·x·VECTOR_SCALE); a component past ±1/VECTOR_SCALE is clipped, and its face
+    """The index keeps int8 round(x·VECTOR_SCALE); a component past ±127/VECTOR_SCALE is clipped, and its face
     must still be among the nearest to itself (HNSW is approximate: not necessarily first)."""
     rng = np.random.default_rng(1)
     vectors = (rng.standard_normal((2000, 128)) * 0.09).astype(np.float32)  # about dlib's component spread
     unusual = np.arange(0, 2000, 200)
     vectors[unusual, :8] = rng.choice([-0.9, 0.9], size=(len(unusual), 8))
-    assert np.abs(vectors).max() * VECTOR_SCALE > 1
+    assert np.abs(vectors).max() * VECTOR_SCALE > 127
     index = FaceIndex(128)
     for start in range(0, 2000, 500):  # small adds build on one thread, so the graph is the same on every run
         index.add(np.arange(start, start + 500, dtype=np.uint64), vectors[start : start + 500])
@@ -251,6 +251,20 @@ def _not_found_by_own_vector(index: FaceIndex, keys: np.ndarray, vectors: np.nda
     return [int(k) for k, v in zip(keys, vectors, strict=True) if k not in index.search(v, 216)]
 
 
+def test_the_graph_holds_each_embedding_as_given_in_int8_steps_not_scaled_to_unit_length():
+    """usearch's own float-to-int8 cast scales every vector to unit length (and truncates), which would rank
+    faces by angle; the index hands it int8 steps of 1/VECTOR_SCALE instead, so lengths count as in l2."""
+    keys, vectors = _synthetic_faces(300, seed=23)
+    probe = vectors[0].copy()
+    vectors[0] = 2.5 * probe  # key 1: the probe's direction exactly, far away
+    vectors[1] = probe + np.random.default_rng(4).normal(0, 0.01, 128).astype(np.float32)  # key 2: near it
+    index = FaceIndex(128)
+    index.add(keys, vectors)
+    stored = np.asarray(index.index.get(keys, dtype=np.int8)).reshape(len(keys), 128).astype(np.float32)
+    assert np.abs(stored / VECTOR_SCALE - vectors).max() <= 0.5 / VECTOR_SCALE + 1e-7
+    assert index.search(probe, 1)[0] == 2  # by angle, key 1 would be first
+
+
 def test_every_face_is_found_by_its_own_embedding_after_a_multithreaded_build():
     keys, vectors = _synthetic_faces(12_000)
     index = FaceIndex(128)
@@ -262,7 +276,7 @@ def test_every_face_is_found_by_its_own_embedding_after_a_multithreaded_build():
     assert set(lost) <= {int(k) for k in stranded}
     # What the side list holds really is beyond the graph: the graph's own search does not return them.
     index.index.expansion_search = 768
-    graph_only = index.index.search(vectors[(stranded - 1).astype(np.int64)] * VECTOR_SCALE, 216, threads=0)
+    graph_only = index.index.search(quantize(vectors[(stranded - 1).astype(np.int64)]), 216, threads=0)
     assert all(k not in row for k, row in zip(stranded, np.asarray(graph_only.keys), strict=True))
     assert _not_found_by_own_vector(index, keys, vectors) == []
 

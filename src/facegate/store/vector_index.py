@@ -40,7 +40,7 @@ from facegate.store.graph_walk import GraphLayoutError, unreachable_keys
 # its numpy scan is FaceService's exact path), p50 exact vs index: 1.1 vs 2.0 ms at 100k, 2.6 vs 2.7 ms at 200k,
 # 11.3 vs 4.7 ms at 1M (recall@10 0.991), 143 vs 7.9 ms at 10M (recall@10 0.920; 464 B per face resident).
 ANN_MIN_FACES = 200_000
-FORMAT = 3  # bump when the on-disk layout changes: older files are then rebuilt
+FORMAT = 4  # bump when the on-disk layout changes: older files are then rebuilt
 # bench/search.py at 1M faces, f16 vectors: connectivity 16 with search depth 512 gave recall@10 0.956; 24 with
 # 768 gave 0.994 (int8 vectors: 0.991, and p50 4.7 instead of 6.2 ms). More connectivity costs memory.
 CONNECTIVITY = 24
@@ -51,11 +51,11 @@ MIN_EXPANSION_SEARCH = 768
 # three). Beyond 4M this is an extrapolation, not yet measured.
 DEPTH_BASE_FACES = 1_000_000
 DEPTH_GROWTH = 0.71
-# usearch stores a vector as int8 round(127·x), clipped to ±127. dlib's embedding components are small, so they
-# are scaled up first to use more of the int8 range. `bench/search.py --size 20000 --queries 50` (13,539 real
-# faces): the largest |x| is 0.577, and at 1.9 2.0 components in 100,000 are clipped, which can only cost
-# recall, never a wrong answer.
-VECTOR_SCALE = 1.9
+# usearch casts a float vector to int8 by scaling it to unit length and truncating (its int8 is meant for cosine),
+# which bends l2 distances between dlib embeddings, whose lengths differ: so the index quantizes them itself and
+# hands usearch int8 arrays, stored as given: round(x·VECTOR_SCALE), clipped at ±127. dlib's largest real
+# component (0.577, `bench/search.py`) stays inside.
+VECTOR_SCALE = 200.0
 # A face no chain of links reaches is found at no depth (a multi-threaded build, or later inserts pruning its
 # neighbours' lists, leave a few). A walk of the links finds them cheaply; a rare face the walk reaches can still
 # be missed by a search for its own vector, so up to SELF_SEARCH_MAX_FACES every face is also searched by its own
@@ -69,6 +69,11 @@ CHECK_K = 4
 RECHECK_PER_ADD = 10
 SAVE_INTERVAL_S = 60.0  # incremental changes are saved at most this often; a stale file is reconciled on load
 _BATCH = 10_000
+
+
+def quantize(vectors: np.ndarray) -> np.ndarray:
+    """Embeddings as the graph holds them: int8 steps of 1/VECTOR_SCALE."""
+    return np.clip(np.rint(np.asarray(vectors, dtype=np.float32) * VECTOR_SCALE), -127, 127).astype(np.int8)
 
 
 def face_key(face_id: str) -> int:
@@ -108,7 +113,7 @@ class FaceIndex:
         self.ndim = ndim
         self.generation = generation
         self._side_keys = np.zeros(0, dtype=np.uint64)
-        self._side_vectors = np.zeros((0, ndim), dtype=np.float32)  # as the graph holds them: scaled, int8 steps
+        self._side_vectors = np.zeros((0, ndim), dtype=np.float32)  # as the graph holds them, in int8 steps
         self._recheck_at = 0
         if unreachable is not None and len(unreachable):
             self._keep_aside(np.asarray(unreachable, dtype=np.uint64))
@@ -127,8 +132,7 @@ class FaceIndex:
         fresh &= _first_occurrences(keys)
         if not fresh.any():
             return
-        vectors = np.asarray(embeddings, dtype=np.float32)[fresh]  # a contiguous copy: scaled in place
-        vectors *= VECTOR_SCALE
+        vectors = quantize(np.asarray(embeddings, dtype=np.float32)[fresh])
         self.index.add(keys[fresh], vectors, threads=1 if fresh.sum() < 1000 else 0)
         if check:
             self._check(keys[fresh])
@@ -198,15 +202,15 @@ class FaceIndex:
         return keys[~hits.any(axis=1)]
 
     def _stored(self, keys: np.ndarray) -> np.ndarray:
-        """The graph's own (scaled, int8-rounded) vectors of ``keys``: what a search compares against."""
-        return np.asarray(self.index.get(keys, dtype=np.float32), dtype=np.float32).reshape(len(keys), self.ndim)
+        """The graph's own (int8) vectors of ``keys``: what a search compares against."""
+        return np.asarray(self.index.get(keys, dtype=np.int8), dtype=np.int8).reshape(len(keys), self.ndim)
 
     def _keep_aside(self, keys: np.ndarray) -> None:
         keys = np.setdiff1d(keys, self._side_keys)
         keys = keys[np.atleast_1d(self.index.contains(keys))] if len(keys) else keys
         if len(keys):
             self._side_keys = np.concatenate([self._side_keys, keys])
-            self._side_vectors = np.concatenate([self._side_vectors, self._stored(keys)])
+            self._side_vectors = np.concatenate([self._side_vectors, self._stored(keys).astype(np.float32)])
 
     def remove(self, keys: np.ndarray) -> None:
         keys = np.asarray(keys, dtype=np.uint64)
@@ -221,17 +225,18 @@ class FaceIndex:
     def keys(self) -> np.ndarray:
         return np.asarray(self.index.keys, dtype=np.uint64)
 
-    def search(self, probe: np.ndarray, k: int) -> np.ndarray:
-        """Keys of (about) the ``k`` nearest faces: the graph's, then the nearest of those kept aside."""
+    def search(self, probe: np.ndarray, k: int, depth: int | None = None) -> np.ndarray:
+        """Keys of (about) the ``k`` nearest faces: the graph's, then the nearest of those kept aside. ``depth``
+        overrides the size-dependent search depth (benchmarks sweep it)."""
         if not len(self.index):
             return np.zeros(0, dtype=np.uint64)
         k = min(k, len(self.index))
-        self.index.expansion_search = self.search_depth(k)
-        scaled = np.asarray(probe, dtype=np.float32) * VECTOR_SCALE
-        found = np.asarray(self.index.search(scaled, k, threads=1).keys, dtype=np.uint64)
+        self.index.expansion_search = max(k, depth) if depth else self.search_depth(k)
+        rounded = quantize(probe)
+        found = np.asarray(self.index.search(rounded, k, threads=1).keys, dtype=np.uint64)
         if not len(self._side_keys):
             return found
-        distances = ((self._side_vectors - scaled) ** 2).sum(axis=1)
+        distances = ((self._side_vectors - rounded) ** 2).sum(axis=1)
         nearest = self._side_keys[np.argsort(distances)[:k]]
         return np.concatenate([found, nearest[~np.isin(nearest, found)]])
 
