@@ -48,13 +48,13 @@ EXPANSION_ADD = 128
 MIN_EXPANSION_SEARCH = 768
 # Past a million faces the same depth finds less of the true top 10, so it grows with the collection: keeping
 # recall@10 at 0.99 took 768 at 1M, 1024 at 2M and 2048 at 4M in bench/search.py (depth ∝ size^0.71 fits all
-# three). Beyond 4M this is an extrapolation, not yet measured.
+# three; it held at 10M: README).
 DEPTH_BASE_FACES = 1_000_000
 DEPTH_GROWTH = 0.71
 # usearch casts a float vector to int8 by scaling it to unit length and truncating (its int8 is meant for cosine),
 # which bends l2 distances between dlib embeddings, whose lengths differ: so the index quantizes them itself and
 # hands usearch int8 arrays, stored as given: round(x·VECTOR_SCALE), clipped at ±127. dlib's largest real
-# component (0.577, `bench/search.py`) stays inside.
+# component (`bench/search.py` prints it) stays inside.
 VECTOR_SCALE = 200.0
 # A face no chain of links reaches is found at no depth (a multi-threaded build, or later inserts pruning its
 # neighbours' lists, leave a few). A walk of the links finds them cheaply; a rare face the walk reaches can still
