@@ -260,7 +260,7 @@ def test_the_graph_holds_each_embedding_as_given_in_int8_steps_not_scaled_to_uni
     vectors[1] = probe + np.random.default_rng(4).normal(0, 0.01, 128).astype(np.float32)  # key 2: near it
     index = FaceIndex(128)
     index.add(keys, vectors)
-    stored = np.asarray(index.index.get(keys, dtype=np.int8)).reshape(len(keys), 128).astype(np.float32)
+    stored = index._stored(keys).astype(np.float32)  # what the graph holds, read back from usearch
     assert np.abs(stored / VECTOR_SCALE - vectors).max() <= 0.5 / VECTOR_SCALE + 1e-7
     assert index.search(probe, 1)[0] == 2  # by angle, key 1 would be first
 
