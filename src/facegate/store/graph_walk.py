@@ -5,7 +5,7 @@ A search can only return a node that some chain of links leads to from the entry
 link once costs a few seconds at millions of faces, where searching every face by its own vector cost more than
 the build. usearch's Python API does not expose a node's links, so this reads them from the file it saves:
 
-    u32 rows, u32 bytes per vector, the vectors      (skipped)
+    u32 rows, u32 bytes per vector, the vectors      (in slot order: what a GraphSnapshot searches)
     64-byte head: "usearch", version, kinds (metric, scalar, key, slot), counts present/deleted, dimensions
     header: u64 size, connectivity, base connectivity, max level, entry slot
     i16 level of every node
@@ -43,27 +43,36 @@ def unreachable_keys(index: Index, *, saved: Path | None = None, scratch: Path |
     this index was just saved to; without one the index is saved to a temporary file under ``scratch``."""
     if len(index) == 0:
         return np.zeros(0, dtype=np.uint64)
+    return read_graph(index, saved=saved, scratch=scratch).unreachable()
+
+
+def read_graph(index: Index, *, saved: Path | None = None, scratch: Path | None = None) -> SavedGraph:
+    """The links (and vectors) of ``index`` as read from ``saved``, a file it was just saved to, or from a
+    temporary copy written under ``scratch``; checked against the live index."""
     if saved is not None:
-        return _walk_file(index, saved)
+        return _read_file(index, saved)
     if scratch is not None:
         scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         path = Path(tmp) / "graph.usearch"
         index.save(str(path))
-        return _walk_file(index, path)
+        return _read_file(index, path)
 
 
-def _walk_file(index: Index, path: Path) -> np.ndarray:
-    graph = _Graph(np.memmap(path, dtype=np.uint8, mode="r"))
+def _read_file(index: Index, path: Path) -> SavedGraph:
+    graph = SavedGraph(np.memmap(path, dtype=np.uint8, mode="r"))
     _check_keys(index, graph)
-    return np.sort(graph.keys[~graph.walk() & graph.live])
+    return graph
 
 
-class _Graph:
+class SavedGraph:
+    """A saved usearch graph: keys, levels, every node's links, and the vectors, by slot."""
+
     def __init__(self, data: np.memmap) -> None:
         if len(data) < 8:
             raise GraphLayoutError("file too short")
         rows, row_bytes = (int(v) for v in _read(data, 0, np.uint32, 2))
+        self.row_bytes = row_bytes
         at = 8 + rows * row_bytes
         head = bytes(data[at : at + _HEAD_BYTES])
         if len(head) < _HEAD_BYTES or head[:7] != b"usearch" or head[15] != _KEY_KIND_U64 or head[16] != _SLOT_KIND_U32:
@@ -114,8 +123,18 @@ class _Graph:
             raise GraphLayoutError("a link points past the last node")
         return links
 
-    def walk(self) -> np.ndarray:
-        """Every node a chain of links from the entry point leads to, at any level."""
+    def vectors(self) -> np.ndarray:
+        """The stored vectors by slot (a copy: the file may be replaced or removed after reading)."""
+        raw = self.data[8 : 8 + self.size * self.row_bytes]
+        return np.array(raw, dtype=np.uint8).view(np.int8).reshape(self.size, self.row_bytes)
+
+    def unreachable(self, *, base_only: bool = False) -> np.ndarray:
+        """Keys of the live faces no chain of links from the entry point reaches (``base_only``: at the bottom
+        level alone, where a GraphSnapshot searches)."""
+        return np.sort(self.keys[~self.walk(base_only=base_only) & self.live])
+
+    def walk(self, *, base_only: bool = False) -> np.ndarray:
+        """Every node a chain of links from the entry point leads to, at any level (or at the bottom level)."""
         reached = np.zeros(self.size + 1, bool)
         reached[self.size] = True  # where unused links point: never walked
         frontier = np.array([self.entry])
@@ -123,7 +142,7 @@ class _Graph:
         in_frontier = np.zeros(self.size, bool)
         while len(frontier):
             nxt = self.neighbours[frontier].ravel().astype(np.int64)
-            if len(self.upper_src):
+            if len(self.upper_src) and not base_only:
                 in_frontier[frontier] = True
                 nxt = np.concatenate([nxt, self.upper_dst[in_frontier[self.upper_src]]])
                 in_frontier[frontier] = False
@@ -141,7 +160,7 @@ def _read(data: np.memmap, at: int, dtype: type, count: int) -> np.ndarray:
     return np.frombuffer(bytes(data[at : at + width]), dtype=dtype)
 
 
-def _check_keys(index: Index, graph: _Graph) -> None:
+def _check_keys(index: Index, graph: SavedGraph) -> None:
     live = np.sort(graph.keys[graph.live])
     if len(live) != len(index) or not np.array_equal(live, np.sort(np.asarray(index.keys, dtype=np.uint64))):
         raise GraphLayoutError("the file's keys are not the index's")

@@ -34,7 +34,8 @@ import numpy as np
 import onnxruntime  # noqa: F401 - before usearch: loaded after it into a bare process, its import crashes (segfault)
 from usearch.index import Index
 
-from facegate.store.graph_walk import GraphLayoutError, unreachable_keys
+from facegate.store.graph_search import GraphSnapshot
+from facegate.store.graph_walk import GraphLayoutError, SavedGraph, read_graph
 
 # Below this many faces exact search is about as fast as the index and loses no recall. bench/search.py (2 cores;
 # its numpy scan is FaceService's exact path), p50 exact vs index: 1.1 vs 2.0 ms at 100k, 2.6 vs 2.7 ms at 200k,
@@ -67,6 +68,9 @@ SELF_SEARCH_MAX_FACES = 1_000_000
 CHECK_EXPANSION = 32
 CHECK_K = 4
 RECHECK_PER_ADD = 10
+# Faces added since the snapshot searches use was taken are scanned exactly until the next save takes a new one;
+# past this many, searches go back to usearch's own walk of the graph, which holds them.
+FRESH_MAX_FACES = 50_000
 SAVE_INTERVAL_S = 60.0  # incremental changes are saved at most this often; a stale file is reconciled on load
 _BATCH = 10_000
 
@@ -115,6 +119,12 @@ class FaceIndex:
         self._side_keys = np.zeros(0, dtype=np.uint64)
         self._side_vectors = np.zeros((0, ndim), dtype=np.float32)  # as the graph holds them, in int8 steps
         self._recheck_at = 0
+        # Searches walk a snapshot of the graph (GraphSnapshot) once one is taken from a saved file; faces added
+        # since are scanned exactly, and faces removed since are struck from it.
+        self._snapshot: GraphSnapshot | None = None
+        self._fresh_keys = np.zeros(0, dtype=np.uint64)
+        self._fresh_vectors = np.zeros((0, ndim), dtype=np.float32)
+        self._snapshot_changed = False
         if unreachable is not None and len(unreachable):
             self._keep_aside(np.asarray(unreachable, dtype=np.uint64))
 
@@ -134,7 +144,13 @@ class FaceIndex:
             return
         vectors = quantize(np.asarray(embeddings, dtype=np.float32)[fresh])
         self.index.add(keys[fresh], vectors, threads=1 if fresh.sum() < 1000 else 0)
-        if check:
+        if self._snapshot is not None:
+            self._fresh_keys = np.concatenate([self._fresh_keys, keys[fresh]])
+            self._fresh_vectors = np.concatenate([self._fresh_vectors, vectors.astype(np.float32)])
+            self._snapshot_changed = True
+            if len(self._fresh_keys) > FRESH_MAX_FACES:
+                self.drop_snapshot()
+        if check and self._snapshot is None:  # with a snapshot, new faces are scanned exactly until the next one
             self._check(keys[fresh])
             # New faces prune their neighbours' links, which can strand faces checked earlier: each add re-checks
             # RECHECK_PER_ADD earlier faces per face added, in turn, so the whole graph is re-checked by the time it
@@ -152,14 +168,52 @@ class FaceIndex:
         self._side_keys = np.zeros(0, dtype=np.uint64)
         self._side_vectors = np.zeros((0, self.ndim), dtype=np.float32)
         self._recheck_at = 0
-        try:
-            self._keep_aside(unreachable_keys(self.index, saved=saved, scratch=scratch))
-            walked = True
-        except (GraphLayoutError, OSError):  # another layout, or the snapshot replaced meanwhile
-            walked = False
-        if not walked or len(self.index) <= SELF_SEARCH_MAX_FACES:
+        self.drop_snapshot()
+        graph = self._read(saved, scratch)
+        if graph is not None:
+            self._keep_aside(graph.unreachable())
+            self._take_snapshot(graph)
+        if graph is None or len(self.index) <= SELF_SEARCH_MAX_FACES:
             self._check(np.setdiff1d(self.keys(), self._side_keys))
         return len(self._side_keys)
+
+    def refresh(self, saved: Path | None = None, scratch: Path | None = None) -> bool:
+        """Take a new snapshot for searches from the graph as saved (after a load, or a save that follows
+        changes); faces its bottom level does not reach are kept aside. False when the file could not be read."""
+        self.drop_snapshot()  # first: the old snapshot's memory is free before the new one is read
+        graph = self._read(saved, scratch)
+        if graph is None:
+            self.drop_snapshot()
+            return False
+        self._take_snapshot(graph)
+        return True
+
+    @property
+    def snapshot_current(self) -> bool:
+        """Whether searches walk a snapshot that holds every face (none added or removed since it was taken)."""
+        return self._snapshot is not None and not self._snapshot_changed
+
+    def drop_snapshot(self) -> None:
+        self._snapshot = None
+        self._fresh_keys = np.zeros(0, dtype=np.uint64)
+        self._fresh_vectors = np.zeros((0, self.ndim), dtype=np.float32)
+        self._snapshot_changed = False
+
+    def _read(self, saved: Path | None, scratch: Path | None) -> SavedGraph | None:
+        if not len(self.index):
+            return None
+        try:
+            return read_graph(self.index, saved=saved, scratch=scratch)
+        except (GraphLayoutError, OSError):  # another layout, or the file replaced meanwhile
+            return None
+
+    def _take_snapshot(self, graph: SavedGraph) -> None:
+        if graph.row_bytes != self.ndim:
+            return
+        # The snapshot walks the bottom level only: a face linked to from upper levels alone is kept aside (and
+        # so is a face no level reaches, for when searches go back to usearch's own walk).
+        self._keep_aside(np.union1d(graph.unreachable(), graph.unreachable(base_only=True)))
+        self._snapshot = GraphSnapshot(graph)
 
     def _recheck(self, count: int) -> None:
         size = len(self.index)
@@ -170,7 +224,9 @@ class FaceIndex:
         self._recheck_at = start + len(keys)
         stranded = self._not_found_checked(keys)
         reachable = np.setdiff1d(keys, stranded)
-        if len(reachable) and len(self._side_keys):  # faces a later insert linked back in leave the side list
+        # Faces a later insert linked back in leave the side list, unless a snapshot (which that insert did not
+        # change) is what searches walk.
+        if len(reachable) and len(self._side_keys) and self._snapshot is None:
             kept = ~np.isin(self._side_keys, reachable)
             self._side_keys, self._side_vectors = self._side_keys[kept], self._side_vectors[kept]
         if len(stranded):
@@ -194,6 +250,10 @@ class FaceIndex:
     def _not_found(self, keys: np.ndarray, depth: int) -> np.ndarray:
         if not len(keys):
             return keys
+        if self._snapshot is not None:  # what searches walk is what must find each face
+            stored = self._stored(keys)
+            k = min(CHECK_K, len(self.index))
+            return keys[[key not in self._snapshot.search(v, k, depth) for key, v in zip(keys, stored, strict=True)]]
         self.index.expansion_search = depth
         found = self.index.search(
             self._stored(keys), min(CHECK_K, len(self.index)), threads=0 if len(keys) >= 1000 else 1
@@ -221,6 +281,11 @@ class FaceIndex:
         if len(keys) and len(self._side_keys):
             kept = ~np.isin(self._side_keys, keys)
             self._side_keys, self._side_vectors = self._side_keys[kept], self._side_vectors[kept]
+        if len(keys) and self._snapshot is not None:
+            kept = ~np.isin(self._fresh_keys, keys)
+            self._fresh_keys, self._fresh_vectors = self._fresh_keys[kept], self._fresh_vectors[kept]
+            self._snapshot.remove(keys)
+            self._snapshot_changed = True
 
     def keys(self) -> np.ndarray:
         return np.asarray(self.index.keys, dtype=np.uint64)
@@ -231,14 +296,14 @@ class FaceIndex:
         if not len(self.index):
             return np.zeros(0, dtype=np.uint64)
         k = min(k, len(self.index))
-        self.index.expansion_search = max(k, depth) if depth else self.search_depth(k)
+        depth = max(k, depth) if depth else self.search_depth(k)
         rounded = quantize(probe)
-        found = np.asarray(self.index.search(rounded, k, threads=1).keys, dtype=np.uint64)
-        if not len(self._side_keys):
-            return found
-        distances = ((self._side_vectors - rounded) ** 2).sum(axis=1)
-        nearest = self._side_keys[np.argsort(distances)[:k]]
-        return np.concatenate([found, nearest[~np.isin(nearest, found)]])
+        if self._snapshot is not None:
+            found = _merged(self._snapshot.search(rounded, k, depth), self._fresh_keys, self._fresh_vectors, rounded, k)
+        else:
+            self.index.expansion_search = depth
+            found = np.asarray(self.index.search(rounded, k, threads=1).keys, dtype=np.uint64)
+        return _merged(found, self._side_keys, self._side_vectors, rounded, k)
 
     def search_depth(self, k: int) -> int:
         """How many candidates a search of this graph keeps while it walks (usearch's expansion_search)."""
@@ -246,7 +311,16 @@ class FaceIndex:
         return max(k, round(MIN_EXPANSION_SEARCH * growth))
 
     def memory_bytes(self) -> int:
-        return int(self.index.memory_usage)
+        return int(self.index.memory_usage) + (self._snapshot.memory_bytes() if self._snapshot else 0)
+
+
+def _merged(found: np.ndarray, keys: np.ndarray, vectors: np.ndarray, rounded: np.ndarray, k: int) -> np.ndarray:
+    """``found`` followed by the nearest ``k`` of the exactly scanned ``keys`` it lacks."""
+    if not len(keys):
+        return found
+    distances = ((vectors - rounded) ** 2).sum(axis=1)
+    nearest = keys[np.argsort(distances)[:k]]
+    return np.concatenate([found, nearest[~np.isin(nearest, found)]])
 
 
 def _first_occurrences(keys: np.ndarray) -> np.ndarray:
@@ -397,6 +471,8 @@ class VectorIndexes:
             checking = time.monotonic()
             index.check_all(saved=self._graph_path(collection, token))
             started += time.monotonic() - checking  # the save's own cost paces later saves
+        elif not index.snapshot_current:  # searches walk the graph as just saved (this paces later saves too)
+            index.refresh(saved=self._graph_path(collection, token))
         meta = {
             "format": FORMAT,
             "token": token,
@@ -444,6 +520,8 @@ class VectorIndexes:
             index.check_all(saved=self._graph_path(collection, str(meta["token"])))
             self._collections[collection.pk] = collection
             self._dirty.add(collection.pk)
+        else:
+            index.refresh(saved=self._graph_path(collection, str(meta["token"])))
         return index
 
 
