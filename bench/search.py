@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import datasets  # noqa: E402
 
-from facegate.store.vector_index import VECTOR_SCALE, FaceIndex  # noqa: E402
+from facegate.store.vector_index import VECTOR_SCALE, FaceIndex, quantize  # noqa: E402
 
 # The real faces include photos filed twice: their copies are equally near a probe, to float precision.
 TIE = 1e-6
@@ -67,10 +67,22 @@ def exact_top(gallery: np.ndarray, norms: np.ndarray, probe: np.ndarray, k: int)
 
 
 def ann_top(
-    index: FaceIndex, gallery: np.ndarray, probe: np.ndarray, k: int, max_faces: int, depth: int | None = None
+    index: FaceIndex,
+    gallery: np.ndarray,
+    probe: np.ndarray,
+    k: int,
+    max_faces: int,
+    depth: int | None = None,
+    walk: str = "snapshot",
 ) -> np.ndarray:
-    """facegate's path: 2·MaxFaces+16 candidates from the graph, re-ranked by their exact distances."""
-    rows = index.search(probe, 2 * max_faces + 16, depth).astype(np.int64)  # keys are the gallery's row numbers
+    """facegate's path: 2·MaxFaces+16 candidates from the graph, re-ranked by their exact distances. ``walk``
+    "usearch" asks usearch's own search of the same graph instead (the path before GraphSnapshot; no side list)."""
+    wanted = 2 * max_faces + 16
+    if walk == "usearch":
+        index.index.expansion_search = max(wanted, depth or index.search_depth(wanted))
+        rows = np.asarray(index.index.search(quantize(probe), wanted, threads=1).keys, dtype=np.int64)
+    else:
+        rows = index.search(probe, wanted, depth).astype(np.int64)  # keys are the gallery's row numbers
     distances = np.linalg.norm(gallery[rows] - probe, axis=1)
     return rows[np.argsort(distances)][:k]
 
@@ -84,9 +96,10 @@ def resident_bytes() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status (this benchmark needs Linux)")
 
 
-def run(size: int, queries: int, max_faces: int, seed: int, depths: list[int]) -> dict:
+def run(size: int, queries: int, max_faces: int, seed: int, depths: list[int], graphs: Path | None = None) -> dict:
     gallery, probes, synthetic = gallery_and_queries(size, queries, seed)
-    return measure(gallery, probes, synthetic, max_faces, depths)
+    graph_file = graphs / f"search-{size}-seed{seed}.usearch" if graphs else None
+    return measure(gallery, probes, synthetic, max_faces, depths, graph_file)
 
 
 def cold_pass(
@@ -96,12 +109,13 @@ def cold_pass(
     probes: np.ndarray,
     max_faces: int,
     depth: int | None = None,
+    walk: str = "snapshot",
 ) -> dict:
     """Each query right after an exact scan of the whole gallery (which leaves the caches cold for the graph)."""
     ann_ms, exact_ms, hits1, hits10 = [], [], 0, 0
     for probe in probes:
         t0 = time.perf_counter()
-        approx = ann_top(index, gallery, probe, 10, max_faces, depth)
+        approx = ann_top(index, gallery, probe, 10, max_faces, depth, walk)
         t1 = time.perf_counter()
         exact = exact_top(gallery, norms, probe, 10)
         t2 = time.perf_counter()
@@ -145,34 +159,80 @@ def load_seconds(index: FaceIndex) -> float:
     return seconds
 
 
-def measure(gallery: np.ndarray, probes: np.ndarray, synthetic: int, max_faces: int, depths: list[int]) -> dict:
-    """The index built over ``gallery`` and searched for every probe, against the exact scan."""
-    size = len(gallery)
-    norms = np.einsum("ij,ij->i", gallery, gallery)
-    real = gallery[: size - synthetic]
+def build(gallery: np.ndarray, graph_file: Path | None) -> tuple[FaceIndex, dict]:
+    """The index over ``gallery`` with its build figures: built and checked as a rebuild does (and then saved to
+    ``graph_file`` when given), or restored from ``graph_file`` saved by an earlier run over the same gallery."""
     resident_before = resident_bytes()
+    figures = json.loads(graph_file.with_suffix(".json").read_text()) if graph_file and graph_file.exists() else None
+    if figures is not None and figures["size"] == len(gallery):
+        from usearch.index import Index
+
+        graph = Index.restore(str(graph_file))
+        restored_resident = resident_bytes()
+        index = FaceIndex(gallery.shape[1], 0, graph, np.asarray(figures["unreachable"], dtype=np.uint64))
+        started = time.perf_counter()
+        index.refresh(saved=graph_file)  # as a load does: the snapshot searches walk
+        figures["snapshot_s"] = time.perf_counter() - started
+        figures["restored"] = True
+        # The saved build's resident growth is the graph's; the snapshot's is measured here, on top of it.
+        figures["snapshot_resident"] = resident_bytes() - restored_resident
+        return index, figures
     started = time.perf_counter()
     index = FaceIndex(gallery.shape[1])
     slice_s = []  # each tenth of the build: inserts slow as the graph outgrows the CPU caches
-    for start in range(0, size, -(-size // 10)):
-        stop = min(size, start + -(-size // 10))
+    for start in range(0, len(gallery), -(-len(gallery) // 10)):
+        stop = min(len(gallery), start + -(-len(gallery) // 10))
         began = time.perf_counter()
         index.add(np.arange(start, stop, dtype=np.uint64), gallery[start:stop], check=False)
         slice_s.append(time.perf_counter() - began)
     build_s = time.perf_counter() - started
     started = time.perf_counter()
-    unreachable = index.check_all()  # as a rebuild does: a walk of the graph's links
-    check_s = time.perf_counter() - started
-    resident = resident_bytes() - resident_before
+    index.check_all()  # as a rebuild does: a walk of the graph's links, then the snapshot searches walk
+    figures = {
+        "size": len(gallery),
+        "build_s": build_s,
+        "slices": slice_s,
+        "check_s": time.perf_counter() - started,
+        "unreachable": [int(k) for k in index.unreachable],
+        "resident": resident_bytes() - resident_before,
+        "restored": False,
+    }
+    if graph_file:
+        graph_file.parent.mkdir(parents=True, exist_ok=True)
+        index.index.save(str(graph_file))
+        graph_file.with_suffix(".json").write_text(json.dumps(figures))
+    return index, figures
+
+
+def measure(
+    gallery: np.ndarray,
+    probes: np.ndarray,
+    synthetic: int,
+    max_faces: int,
+    depths: list[int],
+    graph_file: Path | None = None,
+) -> dict:
+    """The index built over ``gallery`` and searched for every probe, against the exact scan."""
+    size = len(gallery)
+    norms = np.einsum("ij,ij->i", gallery, gallery)
+    real = gallery[: size - synthetic]
+    index, figures = build(gallery, graph_file)
+    build_s, slice_s, check_s = figures["build_s"], figures["slices"], figures["check_s"]
+    unreachable = len(index.unreachable)
+    resident = figures["resident"] + figures.get("snapshot_resident", 0)
     warm_ms = []
     for probe in probes:  # back to back: the graph's hot parts stay in the CPU caches
         t0 = time.perf_counter()
         ann_top(index, gallery, probe, 10, max_faces)
         warm_ms.append((time.perf_counter() - t0) * 1e3)
     cold = cold_pass(index, gallery, norms, probes, max_faces)
+    peer_walk = cold_pass(index, gallery, norms, probes, max_faces, walk="usearch")
     sweep = []
     for depth in depths:  # fixed depths instead of the store's size-dependent one
-        sweep.append({"depth": depth, **cold_pass(index, gallery, norms, probes, max_faces, depth)})
+        for walk in ("snapshot", "usearch"):
+            sweep.append(
+                {"depth": depth, "walk": walk, **cold_pass(index, gallery, norms, probes, max_faces, depth, walk)}
+            )
     return {
         "size": size,
         "real_faces": size - synthetic,
@@ -186,7 +246,10 @@ def measure(gallery: np.ndarray, probes: np.ndarray, synthetic: int, max_faces: 
         "warm_p50_ms": round(float(np.percentile(warm_ms, 50)), 3),
         "recall_at_1": cold["recall_at_1"],
         "recall_at_10": cold["recall_at_10"],
+        "usearch_walk": peer_walk,
         "build_s": round(build_s, 1),
+        "graph_restored": figures["restored"],
+        "snapshot_s": round(figures.get("snapshot_s", 0.0), 1),
         "build_faces_per_s_by_tenth": [round((size / 10) / t) for t in slice_s],
         "load_s": round(load_seconds(index), 2),
         "check_s": round(check_s, 1),
@@ -211,34 +274,51 @@ def main() -> None:
     parser.add_argument("--max-faces", type=int, default=100, help="MaxFaces, as SearchFaces' default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--depths", type=int, nargs="*", default=[], help="more passes at these search depths")
+    parser.add_argument(
+        "--graphs",
+        type=Path,
+        help="keep each built graph (and its build figures) here, and restore it instead of building when a "
+        "run with the same size and seed saved one",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     results = []
     for size in args.size:  # each size's figures as soon as they exist: a 10M run takes over an hour
-        results.append(run(size, args.queries, args.max_faces, args.seed, args.depths))
+        results.append(run(size, args.queries, args.max_faces, args.seed, args.depths, args.graphs))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
         return
     print(
-        "| faces (real + synthetic) | ANN p50 ms | ANN p99 ms | ANN p50 ms, warm | recall@1 | recall@10 | build s "
-        "| check s | unreachable, kept aside | load s | index MB resident (allocated) | exact p50 ms | exact p99 ms |"
+        "| faces (real + synthetic) | depth | facegate p50 ms | p99 ms | warm p50 ms | recall@1 | recall@10 "
+        "| usearch's walk p50 ms | p99 ms | recall@10 | numpy scan p50 ms | p99 ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        u = r["usearch_walk"]
         print(
-            f"| {r['size']:,} ({r['real_faces']:,} + {r['synthetic_faces']:,}) | {r['p50_ms']} | {r['p99_ms']} "
-            f"| {r['warm_p50_ms']} | {r['recall_at_1']:.4f} | {r['recall_at_10']:.4f} | {r['build_s']} "
-            f"| {r['check_s']} | {r['unreachable_kept_aside']} | {r['load_s']} | {r['memory_mb']} ({r['allocated_mb']}) | {r['exact_p50_ms']} | {r['exact_p99_ms']} |"
+            f"| {r['size']:,} ({r['real_faces']:,} + {r['synthetic_faces']:,}) | {r['depth']:,} | {r['p50_ms']} "
+            f"| {r['p99_ms']} | {r['warm_p50_ms']} | {r['recall_at_1']:.4f} | {r['recall_at_10']:.4f} "
+            f"| {u['p50_ms']} | {u['p99_ms']} | {u['recall_at_10']:.4f} | {r['exact_p50_ms']} | {r['exact_p99_ms']} |"
+        )
+    print(
+        "\n| faces | build s | check s | snapshot s | kept aside | load s | MB resident (allocated) |\n"
+        "|---|---|---|---|---|---|---|"
+    )
+    for r in results:
+        restored = " (graph restored from an earlier run's build)" if r["graph_restored"] else ""
+        print(
+            f"| {r['size']:,} | {r['build_s']}{restored} | {r['check_s']} | {r['snapshot_s']} "
+            f"| {r['unreachable_kept_aside']} | {r['load_s']} | {r['memory_mb']} ({r['allocated_mb']}) |"
         )
     if args.depths:
-        print("\n| faces | search depth | p50 ms | p99 ms | recall@1 | recall@10 |\n|---|---|---|---|---|---|")
+        print(
+            "\n| faces | search depth | walk | p50 ms | p99 ms | recall@1 | recall@10 |\n|---|---|---|---|---|---|---|"
+        )
         for r in results:
-            for point in [{k: r[k] for k in ("depth", "p50_ms", "p99_ms", "recall_at_1", "recall_at_10")}] + r[
-                "depth_sweep"
-            ]:
+            for point in r["depth_sweep"]:
                 print(
-                    f"| {r['size']:,} | {point['depth']} | {point['p50_ms']} | {point['p99_ms']} "
+                    f"| {r['size']:,} | {point['depth']} | {point['walk']} | {point['p50_ms']} | {point['p99_ms']} "
                     f"| {point['recall_at_1']:.4f} | {point['recall_at_10']:.4f} |"
                 )
     print("\nBuild, faces inserted per second in each tenth of the collection (on every core):")

@@ -17,7 +17,7 @@ import pytest
 from facegate.engine import FaceEngine
 from facegate.service import FaceService
 from facegate.store import StoredFace
-from facegate.store.graph_walk import unreachable_keys
+from facegate.store.graph_walk import read_graph, unreachable_keys
 from facegate.store.sqlite import SqliteStore
 from facegate.store.vector_index import VECTOR_SCALE, FaceIndex, quantize
 from tests.conftest import OWNER
@@ -295,10 +295,13 @@ def test_the_link_walk_keeps_aside_only_faces_no_search_finds_and_removed_faces_
     searched._check(searched.keys())
     assert set(walked.tolist()) <= set(searched.unreachable.tolist())
     assert not list(tmp_path.iterdir())  # the walk's copy of the graph is gone
-    # Above the size where every face is also searched by its own vector, the walk alone decides.
+    # Above the size where every face is also searched by its own vector, the walks alone decide: of every
+    # level, and of the bottom level the snapshot's search walks.
     monkeypatch.setattr(vector_index, "SELF_SEARCH_MAX_FACES", 0)
-    assert index.check_all(tmp_path) == len(walked)
-    assert sorted(index.unreachable.tolist()) == sorted(walked.tolist())
+    bottom = read_graph(index.index, scratch=tmp_path).unreachable(base_only=True)
+    assert set(walked.tolist()) <= set(bottom.tolist())
+    assert index.check_all(tmp_path) == len(bottom)
+    assert sorted(index.unreachable.tolist()) == sorted(bottom.tolist())
 
 
 def test_a_graph_file_of_another_layout_is_refused_and_the_check_falls_back_to_self_search(tmp_path, monkeypatch):
@@ -396,3 +399,50 @@ def test_the_faces_kept_aside_survive_a_save_and_load(tmp_path):
     assert sorted(upgraded._indexes[collection.pk].unreachable) == sorted(built.unreachable)
     upgraded.save_changed()
     assert "unreachable" in json.loads(pointer_file.read_text())
+
+
+def test_the_snapshot_walk_at_full_depth_returns_the_exact_nearest_faces_in_order():
+    """With a beam as deep as the collection the snapshot's walk visits every face its links reach, so its
+    answer is the exact top k by int8 distance (what the beam keeps, compares and orders is checked here)."""
+    keys, vectors = _synthetic_faces(3_000, seed=29)
+    index = FaceIndex(128)
+    index.add(keys, vectors, check=False)
+    index.check_all()
+    assert index.snapshot_current
+    stored = index._stored(keys).astype(np.int64)
+    reached = np.setdiff1d(keys, index.unreachable)
+    probes = np.random.default_rng(3).normal(0, 0.05, (20, 128)).astype(np.float32)
+    for probe in probes:
+        distances = ((stored - quantize(probe).astype(np.int64)) ** 2).sum(axis=1)
+        distances[~np.isin(keys, reached)] = np.iinfo(np.int64).max  # those come from the side list instead
+        found = index._snapshot.search(quantize(probe), 10, depth=len(keys))
+        assert np.array_equal(np.sort(distances[(found - 1).astype(np.int64)]), np.sort(distances)[:10])
+
+
+def test_faces_added_and_removed_after_the_snapshot_are_found_and_dropped_until_the_next_one(tmp_path, monkeypatch):
+    from facegate.store import vector_index
+
+    keys, vectors = _synthetic_faces(4_500, seed=31)
+    index = FaceIndex(128)
+    index.add(keys[:4_000], vectors[:4_000], check=False)
+    index.check_all()
+    index.add(keys[4_000:], vectors[4_000:])
+    assert not index.snapshot_current and index._snapshot is not None
+    assert _not_found_by_own_vector(index, keys, vectors) == []  # new faces: scanned exactly
+    removed = np.concatenate([keys[:50], keys[4_000:4_050]])  # from the snapshot, and added since
+    index.remove(removed)
+    for key in removed:
+        assert key not in index.search(vectors[int(key) - 1], 216)
+    assert index.refresh(scratch=tmp_path)
+    assert index.snapshot_current and len(index._snapshot) == 4_500  # usearch keeps removed slots
+    kept = np.setdiff1d(keys, removed)
+    assert _not_found_by_own_vector(index, kept, vectors[(kept - 1).astype(np.int64)]) == []
+    for key in removed:
+        assert key not in index.search(vectors[int(key) - 1], 216)
+    # Past FRESH_MAX_FACES added since, searches go back to usearch's walk, which holds every face.
+    monkeypatch.setattr(vector_index, "FRESH_MAX_FACES", 10)
+    more_keys, more = _synthetic_faces(20, seed=37)
+    more_keys += 10_000
+    index.add(more_keys, more)
+    assert index._snapshot is None
+    assert _not_found_by_own_vector(index, more_keys, more) == []

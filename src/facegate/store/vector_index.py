@@ -8,6 +8,11 @@ int8 (a quarter of float32's bytes and half of f16's, for memory and for each fa
 exactness comes from re-ranking with the true embeddings anyway); one small wheel with no BLAS/OpenMP runtime
 to collide with ONNX Runtime's; and save/load to a single file.
 
+usearch builds and holds the graph (inserts, removals, saves). Searches walk a snapshot of its bottom level read
+back from the saved file (graph_search.GraphSnapshot), which follows many links per round where usearch follows
+one candidate's at a time: at millions of faces a search is a chain of cache misses, and the snapshot overlaps
+them. Faces added after a snapshot is taken are scanned exactly until a save takes the next one.
+
 The index is DERIVED data. SQLite stays the source of truth: every index records the collection generation it
 reflects, and when the store's generation has moved (another process wrote) it is reconciled against the
 store's current keys before it answers. Candidates are only candidates: the store re-reads them (deleted
@@ -106,7 +111,8 @@ class FaceIndex:
     """One collection's HNSW graph over face keys, and the store generation it reflects.
 
     Faces the graph cannot reach (their own vector does not find them) are kept in a side list that every search
-    scans exactly, so that no face in the collection is beyond search."""
+    scans exactly, so that no face in the collection is beyond search. Once a snapshot is taken (check_all,
+    refresh) searches walk it; until then, and when too many faces were added since, usearch's own search."""
 
     def __init__(
         self, ndim: int, generation: int = -1, index: Index | None = None, unreachable: np.ndarray | None = None
@@ -171,7 +177,6 @@ class FaceIndex:
         self.drop_snapshot()
         graph = self._read(saved, scratch)
         if graph is not None:
-            self._keep_aside(graph.unreachable())
             self._take_snapshot(graph)
         if graph is None or len(self.index) <= SELF_SEARCH_MAX_FACES:
             self._check(np.setdiff1d(self.keys(), self._side_keys))
@@ -208,11 +213,12 @@ class FaceIndex:
             return None
 
     def _take_snapshot(self, graph: SavedGraph) -> None:
-        if graph.row_bytes != self.ndim:
+        if graph.row_bytes != self.ndim:  # not int8 vectors of this width: usearch's own walk searches
+            self._keep_aside(graph.unreachable())
             return
-        # The snapshot walks the bottom level only: a face linked to from upper levels alone is kept aside (and
-        # so is a face no level reaches, for when searches go back to usearch's own walk).
-        self._keep_aside(np.union1d(graph.unreachable(), graph.unreachable(base_only=True)))
+        # The snapshot walks the bottom level only, so the faces kept aside are those no chain of bottom-level
+        # links reaches (a superset of those no level reaches, for when searches go back to usearch's walk).
+        self._keep_aside(graph.unreachable(base_only=True))
         self._snapshot = GraphSnapshot(graph)
 
     def _recheck(self, count: int) -> None:
@@ -233,7 +239,9 @@ class FaceIndex:
             self._keep_aside(stranded)
 
     def _not_found_checked(self, keys: np.ndarray) -> np.ndarray:
-        missed = self._not_found(keys, CHECK_EXPANSION)
+        # usearch's shallow search (on every core) clears almost every face; the few it misses are searched as
+        # real searches walk: the snapshot's walk when there is one, else usearch's at the depth searches use.
+        missed = self._not_found(keys, CHECK_EXPANSION, snapshot=False)
         return self._not_found(missed, self.search_depth(CHECK_K)) if len(missed) else missed
 
     def _check(self, keys: np.ndarray) -> None:
@@ -247,10 +255,10 @@ class FaceIndex:
         if len(missed):
             self._keep_aside(missed)
 
-    def _not_found(self, keys: np.ndarray, depth: int) -> np.ndarray:
+    def _not_found(self, keys: np.ndarray, depth: int, *, snapshot: bool = True) -> np.ndarray:
         if not len(keys):
             return keys
-        if self._snapshot is not None:  # what searches walk is what must find each face
+        if snapshot and self._snapshot is not None:
             stored = self._stored(keys)
             k = min(CHECK_K, len(self.index))
             return keys[[key not in self._snapshot.search(v, k, depth) for key, v in zip(keys, stored, strict=True)]]
