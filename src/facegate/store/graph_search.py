@@ -63,15 +63,20 @@ class GraphSnapshot:
             return np.zeros(0, dtype=np.uint64)
         depth = max(k, depth)
         query = np.asarray(probe, dtype=np.float32)
+        room = depth + BATCH * self.links.shape[1] + 1  # the beam and one round's neighbours, allocated once
+        slots = np.empty(room, dtype=np.int64)
+        distances = np.empty(room, dtype=np.float32)
+        open_ = np.zeros(room, dtype=bool)
         with self._lock:
             mark = self._next_mark()
-            slots = np.array([self.entry], dtype=np.int64)
-            self._visited[slots] = mark
-            distances = self._distances(slots, query)
-            open_ = np.ones(1, dtype=bool)
-            worst = np.inf  # the beam's farthest distance once it holds `depth` candidates
+            slots[0] = self.entry
+            self._visited[self.entry] = mark
+            distances[0] = self._distances(slots[:1], query)[0]
+            open_[0] = True
+            held = 1
+            worst = np.inf  # the beam's farthest distance once it is full
             while True:
-                waiting = np.flatnonzero(open_)
+                waiting = np.flatnonzero(open_[:held])
                 if not len(waiting):
                     break
                 if len(waiting) > BATCH:
@@ -84,15 +89,15 @@ class GraphSnapshot:
                 if worst < np.inf:
                     closer = near < worst
                     reached, near = reached[closer], near[closer]
-                slots = np.concatenate([slots, reached])
-                distances = np.concatenate([distances, near])
-                open_ = np.concatenate([open_, np.ones(len(reached), dtype=bool)])
-                if len(slots) > depth:
-                    kept = np.argpartition(distances, depth - 1)[:depth]
-                    slots, distances, open_ = slots[kept], distances[kept], open_[kept]
-                    worst = float(distances[-1])
-            order = np.argsort(distances, kind="stable")
-            keys = self.keys[slots[order]]
+                added = held + len(reached)
+                slots[held:added], distances[held:added], open_[held:added] = reached, near, True
+                held = added
+                if held > depth:
+                    kept = np.argpartition(distances[:held], depth - 1)[:depth]
+                    slots[:depth], distances[:depth], open_[:depth] = slots[kept], distances[kept], open_[kept]
+                    held, worst = depth, float(distances[depth - 1])
+            order = np.argsort(distances[:held], kind="stable")
+            keys = self.keys[slots[:held][order]]
             return keys[keys != _REMOVED][:k]
 
     def _next_mark(self) -> int:
@@ -114,4 +119,4 @@ class GraphSnapshot:
 
     def _distances(self, slots: np.ndarray, query: np.ndarray) -> np.ndarray:
         gathered = self.vectors.take(slots, axis=0).astype(np.float32)
-        return self.norms.take(slots) - 2.0 * (gathered @ query) + float(query @ query)
+        return (self.norms.take(slots) - 2.0 * (gathered @ query)) + np.float32(query @ query)
