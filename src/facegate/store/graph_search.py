@@ -29,7 +29,7 @@ class GraphSnapshot:
 
     def __init__(self, graph: SavedGraph) -> None:
         self.keys = graph.keys.copy()
-        self._by_key = np.argsort(self.keys)  # slots in key order, to find a removed face's slot
+        self._by_key = np.argsort(self.keys).astype(np.uint32)  # slots in key order, to find a removed face's slot
         self.links = graph.neighbours  # unused entries hold len(keys): a slot marked as always visited
         self.entry = graph.entry
         self.vectors = graph.vectors()
@@ -38,7 +38,6 @@ class GraphSnapshot:
         del floats
         size = len(self.keys)
         self._visited = np.zeros(size + 1, dtype=np.uint32)  # holds the number of the search that visited
-        self._first = np.zeros(size + 1, dtype=np.int32)  # scratch: which occurrence of a neighbour a round keeps
         self._search = 0
         self._lock = threading.Lock()
 
@@ -54,7 +53,7 @@ class GraphSnapshot:
             self.keys[self._by_key[at[hit]]] = _REMOVED
 
     def memory_bytes(self) -> int:
-        arrays = (self.keys, self._by_key, self.links, self.vectors, self.norms, self._visited, self._first)
+        arrays = (self.keys, self._by_key, self.links, self.vectors, self.norms, self._visited)
         return int(sum(a.nbytes for a in arrays))
 
     def search(self, probe: np.ndarray, k: int, depth: int) -> np.ndarray:
@@ -111,9 +110,11 @@ class GraphSnapshot:
     def _unvisited(self, reached: np.ndarray, mark: int) -> np.ndarray:
         reached = reached[self._visited.take(reached) != mark]
         if len(reached) > 1:  # several candidates can link to one neighbour: keep one occurrence of it
-            order = np.arange(len(reached), dtype=np.int32)
-            self._first[reached] = order
-            reached = reached[self._first.take(reached) == order]
+            reached.sort()  # (and the gathers that follow then run through memory in order)
+            first = np.empty(len(reached), dtype=bool)
+            first[0] = True
+            np.not_equal(reached[1:], reached[:-1], out=first[1:])
+            reached = reached[first]
         self._visited[reached] = mark
         return reached.astype(np.int64)
 
