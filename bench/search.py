@@ -1,6 +1,7 @@
-"""SearchFaces at scale: facegate's ANN path (usearch HNSW candidates, re-ranked exactly) vs a numpy brute-force scan.
+"""SearchFaces at scale: facegate's ANN path (HNSW candidates, re-ranked exactly) vs usearch's own search of the same
+graph and a numpy brute-force scan, in one run.
 
-    python bench/search.py --size 100000 [--json]
+    python bench/search.py --size 100000 [--depths 1536 ...] [--graphs DIR] [--json]
 
 Gallery: real facegate embeddings of LFW + UTKFace (~13.6k, via bench/datasets.py), topped up to ``--size`` with
 SYNTHETIC vectors drawn from a Gaussian fitted to the real embeddings' mean and covariance. Queries are real
@@ -9,10 +10,13 @@ neighbour when it is no farther than the exact scan's k-th (so either of two cop
 the store's SQL re-read of candidates is not included (it is the same for both paths' hits). The check after
 the build is the store's: a walk of the graph's links, keeping aside the faces no link leads to.
 
-Memory is the index's RESIDENT memory: the growth of this process's VmRSS across the build (the gallery is
-allocated before, and the build's temporary copy is freed after). usearch's own ``memory_usage`` is reported
-too (``allocated_bytes_per_face``): it counts address space its arenas reserved, which grow by doubling, so
-at 10M faces it is about half again the resident figure, but pages never written take no RAM.
+facegate's path walks the graph's snapshot (store/graph_search.py); "usearch's walk" asks usearch to search the
+same graph at the same depth (facegate's path before the snapshot, without its side list).
+
+Memory is RESIDENT memory (growth of this process's VmRSS; the gallery is allocated before): "at rest" is the
+index as the store leaves it after a rebuild or a restart (the graph mapped from its saved file, the snapshot
+in memory); "graph in memory" is what usearch's graph took while it was built, which it takes again once a face
+is added or removed (a change copies the mapped graph into memory).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -142,40 +147,48 @@ def _found(gallery: np.ndarray, probe: np.ndarray, approx: np.ndarray, exact: np
     return min(len(exact), int((np.linalg.norm(gallery[approx] - probe, axis=1) <= limit).sum()))
 
 
-def load_seconds(index: FaceIndex) -> float:
-    """What a restart costs: the persisted graph restored from its file, as the store does on open."""
-    import tempfile
-
+def load_seconds(index: FaceIndex, graph_file: Path | None) -> float:
+    """What a restart costs: the persisted graph mapped from its file and its snapshot read, as the store does on
+    open (the index is saved to a temporary file first when the run kept none)."""
     from usearch.index import Index
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "graph.usearch")
-        index.index.save(path)
+        path = graph_file or Path(tmp) / "graph.usearch"
+        if not graph_file:
+            index.index.save(str(path))
         started = time.perf_counter()
-        restored = Index.restore(path)
-        seconds = time.perf_counter() - started
-        if restored is None or len(restored) != len(index):
+        restored = FaceIndex(index.ndim, 0, Index.restore(str(path), view=True), view=True)
+        if not restored.refresh(saved=path) or len(restored) != len(index):
             raise RuntimeError("the saved index did not restore")
+        seconds = time.perf_counter() - started
+    del restored
     return seconds
 
 
 def build(gallery: np.ndarray, graph_file: Path | None) -> tuple[FaceIndex, dict]:
-    """The index over ``gallery`` with its build figures: built and checked as a rebuild does (and then saved to
-    ``graph_file`` when given), or restored from ``graph_file`` saved by an earlier run over the same gallery."""
+    """The index over ``gallery`` with its build figures, left as the store leaves a collection's index after a
+    rebuild or a restart: the graph saved and mapped from its file, searched through its snapshot. Built and
+    checked as a rebuild does, or restored from ``graph_file`` saved by an earlier run over the same gallery.
+
+    ``resident`` is what the graph took in memory while built (and takes again once a face is added or
+    removed: changes copy it in); ``at_rest`` is the whole index's resident growth as searches find it."""
+    from usearch.index import Index
+
     resident_before = resident_bytes()
     figures = json.loads(graph_file.with_suffix(".json").read_text()) if graph_file and graph_file.exists() else None
     if figures is not None and figures["size"] == len(gallery):
-        from usearch.index import Index
-
-        graph = Index.restore(str(graph_file))
-        restored_resident = resident_bytes()
-        index = FaceIndex(gallery.shape[1], 0, graph, np.asarray(figures["unreachable"], dtype=np.uint64))
+        index = FaceIndex(
+            gallery.shape[1],
+            0,
+            Index.restore(str(graph_file), view=True),
+            np.asarray(figures["unreachable"], dtype=np.uint64),
+            view=True,
+        )
         started = time.perf_counter()
         index.refresh(saved=graph_file)  # as a load does: the snapshot searches walk
         figures["snapshot_s"] = time.perf_counter() - started
         figures["restored"] = True
-        # The saved build's resident growth is the graph's; the snapshot's is measured here, on top of it.
-        figures["snapshot_resident"] = resident_bytes() - restored_resident
+        figures["at_rest"] = resident_bytes() - resident_before
         return index, figures
     started = time.perf_counter()
     index = FaceIndex(gallery.shape[1])
@@ -186,6 +199,7 @@ def build(gallery: np.ndarray, graph_file: Path | None) -> tuple[FaceIndex, dict
         index.add(np.arange(start, stop, dtype=np.uint64), gallery[start:stop], check=False)
         slice_s.append(time.perf_counter() - began)
     build_s = time.perf_counter() - started
+    graph_resident = resident_bytes() - resident_before
     started = time.perf_counter()
     index.check_all()  # as a rebuild does: a walk of the graph's links, then the snapshot searches walk
     figures = {
@@ -194,13 +208,17 @@ def build(gallery: np.ndarray, graph_file: Path | None) -> tuple[FaceIndex, dict
         "slices": slice_s,
         "check_s": time.perf_counter() - started,
         "unreachable": [int(k) for k in index.unreachable],
-        "resident": resident_bytes() - resident_before,
+        "resident": graph_resident,
         "restored": False,
     }
-    if graph_file:
-        graph_file.parent.mkdir(parents=True, exist_ok=True)
-        index.index.save(str(graph_file))
-        graph_file.with_suffix(".json").write_text(json.dumps(figures))
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = graph_file or Path(tmp) / "graph.usearch"
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        index.index.save(str(saved))
+        if graph_file:
+            graph_file.with_suffix(".json").write_text(json.dumps(figures))
+        index.rest(saved)  # as the store does after a rebuild (the mapping outlives the temporary file)
+    figures["at_rest"] = resident_bytes() - resident_before
     return index, figures
 
 
@@ -219,20 +237,23 @@ def measure(
     index, figures = build(gallery, graph_file)
     build_s, slice_s, check_s = figures["build_s"], figures["slices"], figures["check_s"]
     unreachable = len(index.unreachable)
-    resident = figures["resident"] + figures.get("snapshot_resident", 0)
+    resident = figures["at_rest"]
     warm_ms = []
     for probe in probes:  # back to back: the graph's hot parts stay in the CPU caches
         t0 = time.perf_counter()
         ann_top(index, gallery, probe, 10, max_faces)
         warm_ms.append((time.perf_counter() - t0) * 1e3)
     cold = cold_pass(index, gallery, norms, probes, max_faces)
-    peer_walk = cold_pass(index, gallery, norms, probes, max_faces, walk="usearch")
+    # usearch's walk searches its graph held in memory, as it was before the snapshot (not mapped from a file).
+    held = FaceIndex(index.ndim, 0, index.index.copy())
+    peer_walk = cold_pass(held, gallery, norms, probes, max_faces, walk="usearch")
     sweep = []
     for depth in depths:  # fixed depths instead of the store's size-dependent one
-        for walk in ("snapshot", "usearch"):
+        for walk, searched in (("snapshot", index), ("usearch", held)):
             sweep.append(
-                {"depth": depth, "walk": walk, **cold_pass(index, gallery, norms, probes, max_faces, depth, walk)}
+                {"depth": depth, "walk": walk, **cold_pass(searched, gallery, norms, probes, max_faces, depth, walk)}
             )
+    del held
     return {
         "size": size,
         "real_faces": size - synthetic,
@@ -251,10 +272,11 @@ def measure(
         "graph_restored": figures["restored"],
         "snapshot_s": round(figures.get("snapshot_s", 0.0), 1),
         "build_faces_per_s_by_tenth": [round((size / 10) / t) for t in slice_s],
-        "load_s": round(load_seconds(index), 2),
+        "load_s": round(load_seconds(index, graph_file), 2),
         "check_s": round(check_s, 1),
         "unreachable_kept_aside": unreachable,
         "memory_mb": round(resident / 2**20, 1),
+        "graph_in_memory_mb": round(figures["resident"] / 2**20, 1),
         "bytes_per_face": round(resident / size, 1),
         "allocated_mb": round(index.memory_bytes() / 2**20, 1),
         "allocated_bytes_per_face": round(index.memory_bytes() / size, 1),
@@ -302,14 +324,14 @@ def main() -> None:
             f"| {u['p50_ms']} | {u['p99_ms']} | {u['recall_at_10']:.4f} | {r['exact_p50_ms']} | {r['exact_p99_ms']} |"
         )
     print(
-        "\n| faces | build s | check s | snapshot s | kept aside | load s | MB resident (allocated) |\n"
-        "|---|---|---|---|---|---|---|"
+        "\n| faces | build s | check s | snapshot s | kept aside | load s | MB resident at rest | graph MB in memory "
+        "while changing |\n|---|---|---|---|---|---|---|---|"
     )
     for r in results:
         restored = " (graph restored from an earlier run's build)" if r["graph_restored"] else ""
         print(
             f"| {r['size']:,} | {r['build_s']}{restored} | {r['check_s']} | {r['snapshot_s']} "
-            f"| {r['unreachable_kept_aside']} | {r['load_s']} | {r['memory_mb']} ({r['allocated_mb']}) |"
+            f"| {r['unreachable_kept_aside']} | {r['load_s']} | {r['memory_mb']} | {r['graph_in_memory_mb']} |"
         )
     if args.depths:
         print(

@@ -446,3 +446,22 @@ def test_faces_added_and_removed_after_the_snapshot_are_found_and_dropped_until_
     index.add(more_keys, more)
     assert index._snapshot is None
     assert _not_found_by_own_vector(index, more_keys, more) == []
+
+
+def test_a_graph_mapped_from_its_file_is_searched_and_copied_into_memory_by_the_first_change(tmp_path):
+    keys, vectors = _synthetic_faces(3_000, seed=41)
+    index = FaceIndex(128)
+    index.add(keys[:2_500], vectors[:2_500], check=False)
+    index.check_all()
+    saved = tmp_path / "graph.usearch"
+    index.index.save(str(saved))
+    index.rest(saved)
+    assert index.index.memory_usage < 2**20  # mapped, not held (usearch counts only its own allocations)
+    assert _not_found_by_own_vector(index, keys[:2_500], vectors[:2_500]) == []
+    index.remove(keys[:10])  # usearch cannot remove from a mapped graph: the change copies it in first
+    index.add(keys[2_500:], vectors[2_500:])
+    assert len(index) == 2_990 and not index.index.contains(keys[0])
+    kept = keys[10:]
+    assert _not_found_by_own_vector(index, kept, vectors[10:]) == []
+    with pytest.raises(ValueError):
+        index.rest(saved)  # the file no longer holds this graph

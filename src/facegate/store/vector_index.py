@@ -115,11 +115,20 @@ class FaceIndex:
     refresh) searches walk it; until then, and when too many faces were added since, usearch's own search."""
 
     def __init__(
-        self, ndim: int, generation: int = -1, index: Index | None = None, unreachable: np.ndarray | None = None
+        self,
+        ndim: int,
+        generation: int = -1,
+        index: Index | None = None,
+        unreachable: np.ndarray | None = None,
+        *,
+        view: bool = False,
     ) -> None:
         self.index = index or Index(
             ndim=ndim, metric="l2sq", dtype="i8", connectivity=CONNECTIVITY, expansion_add=EXPANSION_ADD
         )
+        # A graph restored as a view maps its saved file (read-only: usearch cannot change it) instead of holding
+        # a copy in memory; while the snapshot answers searches nothing reads it. The first change copies it in.
+        self._view = view
         self.ndim = ndim
         self.generation = generation
         self._side_keys = np.zeros(0, dtype=np.uint64)
@@ -148,6 +157,7 @@ class FaceIndex:
         fresh &= _first_occurrences(keys)
         if not fresh.any():
             return
+        self._writable()
         vectors = quantize(np.asarray(embeddings, dtype=np.float32)[fresh])
         self.index.add(keys[fresh], vectors, threads=1 if fresh.sum() < 1000 else 0)
         if self._snapshot is not None:
@@ -192,6 +202,17 @@ class FaceIndex:
             return False
         self._take_snapshot(graph)
         return True
+
+    def rest(self, saved: Path) -> None:
+        """Map the graph from ``saved``, a file it was just saved to, instead of holding it in memory."""
+        graph = Index.restore(str(saved), view=True)
+        if graph is None or len(graph) != len(self.index):
+            raise ValueError(f"{saved} does not hold this graph")
+        self.index, self._view = graph, True
+
+    def _writable(self) -> None:
+        if self._view:
+            self.index, self._view = self.index.copy(), False
 
     @property
     def snapshot_current(self) -> bool:
@@ -285,6 +306,7 @@ class FaceIndex:
         if len(keys) and len(self.index):
             present = keys[np.atleast_1d(self.index.contains(keys))]
             if len(present):
+                self._writable()  # (usearch crashes removing from a view)
                 self.index.remove(present)
         if len(keys) and len(self._side_keys):
             kept = ~np.isin(self._side_keys, keys)
@@ -502,6 +524,8 @@ class VectorIndexes:
         self._dirty.discard(collection.pk)
         if previous and previous.get("token") != token:
             self._graph_path(collection, str(previous.get("token"))).unlink(missing_ok=True)
+        if check:  # a fresh build, searched through its snapshot: the graph itself can stay on disk until changed
+            index.rest(self._graph_path(collection, token))
 
     def _load(self, collection: IndexedCollection) -> FaceIndex | None:
         """The persisted index, or None when missing, of another format, of another collection, or unreadable."""
@@ -514,14 +538,18 @@ class VectorIndexes:
         ):
             return None
         try:
-            graph = Index.restore(str(self._graph_path(collection, str(meta["token"]))))
+            graph = Index.restore(str(self._graph_path(collection, str(meta["token"]))), view=True)
         except (OSError, ValueError, RuntimeError):
             return None  # replaced or removed by another process meanwhile: rebuild
         if graph is None or len(graph) != meta["count"]:
             return None
         unreachable = meta.get("unreachable")
         index = FaceIndex(
-            int(meta["ndim"]), int(meta["generation"]), graph, np.asarray(unreachable or [], dtype=np.uint64)
+            int(meta["ndim"]),
+            int(meta["generation"]),
+            graph,
+            np.asarray(unreachable or [], dtype=np.uint64),
+            view=True,
         )
         self._saved_at[collection.pk] = time.monotonic()
         if unreachable is None:  # saved before faces were checked: check them once, now
