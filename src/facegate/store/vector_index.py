@@ -348,7 +348,8 @@ def _merged(found: np.ndarray, keys: np.ndarray, vectors: np.ndarray, rounded: n
     """``found`` followed by the nearest ``k`` of the exactly scanned ``keys`` it lacks."""
     if not len(keys):
         return found
-    distances = ((vectors - rounded) ** 2).sum(axis=1)
+    probe = rounded.astype(np.float32)  # int8 steps: these sums of squares are exact in float32
+    distances = np.einsum("ij,ij->i", vectors, vectors) - 2.0 * (vectors @ probe)
     nearest = keys[np.argsort(distances)[:k]]
     return np.concatenate([found, nearest[~np.isin(nearest, found)]])
 
