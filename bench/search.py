@@ -184,6 +184,9 @@ def build(gallery: np.ndarray, graph_file: Path | None) -> tuple[FaceIndex, dict
             np.asarray(figures["unreachable"], dtype=np.uint64),
             view=True,
         )
+        sample = np.arange(0, len(gallery), max(1, len(gallery) // 1000), dtype=np.uint64)
+        if not np.array_equal(index._stored(sample), quantize(gallery[sample.astype(np.int64)])):
+            raise SystemExit(f"{graph_file} was built over another gallery (other --queries or --seed?)")
         started = time.perf_counter()
         index.refresh(saved=graph_file)  # as a load does: the snapshot searches walk
         figures["snapshot_s"] = time.perf_counter() - started
