@@ -29,7 +29,7 @@ class GraphSnapshot:
     """One saved state of a collection's graph, searched by its bottom level."""
 
     def __init__(self, graph: SavedGraph) -> None:
-        self.keys = graph.keys.copy()
+        self.keys = graph.keys  # the snapshot owns the parsed graph's arrays from here on
         self._by_key = np.argsort(self.keys).astype(np.uint32)  # slots in key order, to find a removed face's slot
         self.links = graph.neighbours  # unused entries hold len(keys): a slot marked as always visited
         self.entry = graph.entry

@@ -197,11 +197,9 @@ class FaceIndex:
         changes); faces its bottom level does not reach are kept aside. False when the file could not be read."""
         self.drop_snapshot()  # first: the old snapshot's memory is free before the new one is read
         graph = self._read(saved, scratch)
-        if graph is None:
-            self.drop_snapshot()
-            return False
-        self._take_snapshot(graph)
-        return True
+        if graph is not None:
+            self._take_snapshot(graph)
+        return graph is not None
 
     def rest(self, saved: Path) -> None:
         """Map the graph from ``saved``, a file it was just saved to, instead of holding it in memory."""
@@ -279,14 +277,11 @@ class FaceIndex:
     def _not_found(self, keys: np.ndarray, depth: int, *, snapshot: bool = True) -> np.ndarray:
         if not len(keys):
             return keys
+        stored, k = self._stored(keys), min(CHECK_K, len(self.index))
         if snapshot and self._snapshot is not None:
-            stored = self._stored(keys)
-            k = min(CHECK_K, len(self.index))
             return keys[[key not in self._snapshot.search(v, k, depth) for key, v in zip(keys, stored, strict=True)]]
         self.index.expansion_search = depth
-        found = self.index.search(
-            self._stored(keys), min(CHECK_K, len(self.index)), threads=0 if len(keys) >= 1000 else 1
-        )
+        found = self.index.search(stored, k, threads=0 if len(keys) >= 1000 else 1)
         hits = np.asarray(found.keys, dtype=np.uint64).reshape(len(keys), -1) == keys[:, None]
         return keys[~hits.any(axis=1)]
 
