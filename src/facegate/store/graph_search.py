@@ -1,27 +1,30 @@
-"""A search of an HNSW graph's bottom level that follows many links at once.
+"""A search of an HNSW graph's bottom level, compiled, that asks for each step's memory before it needs it.
 
-usearch follows one candidate's links at a time and reaches each neighbour's vector through a pointer, so at
-millions of faces a search waits on one cache miss after another. This search keeps the same graph as flat
-arrays (each node's bottom-level links, and the int8 vectors by slot, read from the file usearch saved) and
-expands the BATCH nearest open candidates together: their links, the visited marks and the neighbours' vectors
-are each fetched by one numpy gather, whose loads the CPU overlaps. The beam is kept to ``depth`` candidates as
-usearch's expansion_search keeps it, and the search ends when every candidate in the beam has been expanded.
+usearch's own search of a graph of millions of faces waits on one cache miss after another: each step reads a
+node's links, then each neighbour's visited mark, then each new neighbour's vector, every read depending on the
+last. This search keeps the same graph as flat arrays (each node's bottom-level links and the int8 vectors by
+slot, read from the file usearch saved) and walks it with a compiled loop (numba) that, before computing a
+step's distances, asks the CPU for every new neighbour's vector and for the links of the candidate it will most
+likely expand next (prefetch hints), so that those reads overlap instead of queueing.
 
-Distances are exact: int8 steps squared and summed stay below 2**24, where float32 is exact.
+The walk is HNSW's beam search at the bottom level: a beam of the ``depth`` nearest faces found so far (usearch's
+expansion_search), candidates expanded nearest first, stopping when the nearest open candidate is farther than
+the beam's farthest. Distances are exact squared int8 steps, summed in int32.
 """
 
 from __future__ import annotations
 
 import threading
 
+import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from facegate.store.graph_walk import SavedGraph
 
-# How many open candidates are expanded together: fewer rounds of numpy calls against more links followed from
-# candidates a one-at-a-time search would not have expanded. Of the sizes tried at a million faces (README,
-# Search at scale), this one was fastest at equal recall.
-BATCH = 64
 _REMOVED = np.iinfo(np.uint64).max  # usearch's key for a removed face's slot
 
 
@@ -34,13 +37,8 @@ class GraphSnapshot:
         self.links = graph.neighbours  # unused entries hold len(keys): a slot marked as always visited
         self.entry = graph.entry
         self.vectors = graph.vectors()
-        floats = self.vectors.astype(np.float32)
-        self.norms = np.einsum("ij,ij->i", floats, floats)
-        del floats
-        size = len(self.keys)
-        self._visited = np.zeros(size + 1, dtype=np.uint32)  # holds the number of the search that visited
-        self._search = 0
         self._lock = threading.Lock()
+        self._marks: list[_Marks] = []  # one per search running at once: the walk releases the GIL
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -54,7 +52,7 @@ class GraphSnapshot:
             self.keys[self._by_key[at[hit]]] = _REMOVED
 
     def memory_bytes(self) -> int:
-        arrays = (self.keys, self._by_key, self.links, self.vectors, self.norms, self._visited)
+        arrays = [self.keys, self._by_key, self.links, self.vectors] + [m.visited for m in self._marks]
         return int(sum(a.nbytes for a in arrays))
 
     def search(self, probe: np.ndarray, k: int, depth: int) -> np.ndarray:
@@ -62,63 +60,157 @@ class GraphSnapshot:
         if not len(self.keys):
             return np.zeros(0, dtype=np.uint64)
         depth = max(k, depth)
-        query = np.asarray(probe, dtype=np.float32)
-        room = depth + BATCH * self.links.shape[1] + 1  # the beam and one round's neighbours, allocated once
-        slots = np.empty(room, dtype=np.int64)
-        distances = np.empty(room, dtype=np.float32)
-        open_ = np.zeros(room, dtype=bool)
-        with self._lock:
-            mark = self._next_mark()
-            slots[0] = self.entry
-            self._visited[self.entry] = mark
-            distances[0] = self._distances(slots[:1], query)[0]
-            open_[0] = True
-            held = 1
-            worst = np.inf  # the beam's farthest distance once it is full
-            while True:
-                waiting = np.flatnonzero(open_[:held])
-                if not len(waiting):
-                    break
-                if len(waiting) > BATCH:
-                    waiting = waiting[np.argpartition(distances[waiting], BATCH - 1)[:BATCH]]
-                open_[waiting] = False
-                reached = self._unvisited(self.links.take(slots[waiting], axis=0).ravel(), mark)
-                if not len(reached):
-                    continue
-                near = self._distances(reached, query)
-                if worst < np.inf:
-                    closer = near < worst
-                    reached, near = reached[closer], near[closer]
-                added = held + len(reached)
-                slots[held:added], distances[held:added], open_[held:added] = reached, near, True
-                held = added
-                if held > depth:
-                    kept = np.argpartition(distances[:held], depth - 1)[:depth]
-                    slots[:depth], distances[:depth], open_[:depth] = slots[kept], distances[kept], open_[kept]
-                    held, worst = depth, float(distances[depth - 1])
-            order = np.argsort(distances[:held], kind="stable")
-            keys = self.keys[slots[:held][order]]
-            return keys[keys != _REMOVED][:k]
+        query = np.asarray(probe, dtype=np.int32)
+        slots = np.empty(depth, dtype=np.int64)
+        marks = self._take_marks()
+        try:
+            found = _beam_search(self.links, self.vectors, marks.visited, marks.next(), self.entry, query, depth, slots)
+        finally:
+            with self._lock:
+                self._marks.append(marks)
+        with self._lock:  # a removal rewrites keys in place
+            keys = self.keys[slots[:found]]
+        return keys[keys != _REMOVED][:k]
 
-    def _next_mark(self) -> int:
+    def _take_marks(self) -> _Marks:
+        with self._lock:
+            if self._marks:
+                return self._marks.pop()
+        return _Marks(len(self.keys))
+
+
+class _Marks:
+    """Which slots one search has visited: each search writes its own number, so none clears the array."""
+
+    def __init__(self, size: int) -> None:
+        self.visited = np.zeros(size + 1, dtype=np.uint32)  # the last entry is the unused-link slot
+        self._search = 0
+
+    def next(self) -> int:
         self._search += 1
-        if self._search == np.iinfo(np.uint32).max:  # marks wrap: forget every old one
-            self._visited[:] = 0
+        if self._search == np.iinfo(np.uint32).max:  # numbers wrap: forget every old one
+            self.visited[:] = 0
             self._search = 1
-        self._visited[len(self.keys)] = self._search  # the unused-link slot is never followed
+        self.visited[-1] = self._search  # the unused-link slot is never followed
         return self._search
 
-    def _unvisited(self, reached: np.ndarray, mark: int) -> np.ndarray:
-        reached = reached[self._visited.take(reached) != mark]
-        if len(reached) > 1:  # several candidates can link to one neighbour: keep one occurrence of it
-            reached.sort()  # (and the gathers that follow then run through memory in order)
-            first = np.empty(len(reached), dtype=bool)
-            first[0] = True
-            np.not_equal(reached[1:], reached[:-1], out=first[1:])
-            reached = reached[first]
-        self._visited[reached] = mark
-        return reached.astype(np.int64)
 
-    def _distances(self, slots: np.ndarray, query: np.ndarray) -> np.ndarray:
-        gathered = self.vectors.take(slots, axis=0).astype(np.float32)
-        return (self.norms.take(slots) - 2.0 * (gathered @ query)) + np.float32(query @ query)
+@intrinsic
+def _prefetch(typingctx, array, row, column):
+    """Ask the CPU to start reading array[row, column] into its caches (LLVM's prefetch: read, keep)."""
+
+    def codegen(context, builder, signature, args):
+        kind = signature.args[0]
+        data, at_row, at_column = args
+        view = context.make_array(kind)(context, builder, data)
+        address = cgutils.get_item_pointer(context, builder, kind, view, [at_row, at_column])
+        byte_pointer = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        hint = ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32])
+        name = "llvm.prefetch.p0" if getattr(byte_pointer, "is_opaque", False) else "llvm.prefetch.p0i8"
+        function = cgutils.get_or_insert_function(builder.module, hint, name)
+        builder.call(function, [builder.bitcast(address, byte_pointer), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(array, row, column), codegen
+
+
+@nb.njit(inline="always")
+def _distance(vectors, slot, query):
+    total = np.int32(0)
+    for j in range(query.shape[0]):
+        step = np.int32(vectors[slot, j]) - query[j]
+        total += step * step
+    return total
+
+
+@nb.njit(inline="always")
+def _sift_down(distances, slots, size, at, nearest_first):
+    """Restore a binary heap (nearest or farthest on top) after its top was replaced."""
+    while True:
+        child = 2 * at + 1
+        if child >= size:
+            return
+        if child + 1 < size and (distances[child + 1] < distances[child]) == nearest_first:
+            child += 1
+        if distances[at] == distances[child] or (distances[at] < distances[child]) == nearest_first:
+            return
+        distances[at], distances[child] = distances[child], distances[at]
+        slots[at], slots[child] = slots[child], slots[at]
+        at = child
+
+
+@nb.njit(inline="always")
+def _sift_up(distances, slots, at, nearest_first):
+    while at > 0:
+        parent = (at - 1) >> 1
+        if distances[parent] == distances[at] or (distances[parent] < distances[at]) == nearest_first:
+            return
+        distances[at], distances[parent] = distances[parent], distances[at]
+        slots[at], slots[parent] = slots[parent], slots[at]
+        at = parent
+
+
+@nb.njit(nogil=True)
+def _beam_search(links, vectors, visited, mark, entry, query, depth, out):
+    """Fill ``out`` with the slots of the beam, nearest first; return how many."""
+    width = links.shape[1]
+    room = 4 * depth + 2 * width  # open candidates; past it, those no nearer than the beam's farthest go
+    open_d = np.empty(room, np.int32)
+    open_s = np.empty(room, np.int64)
+    beam_d = np.empty(depth + 1, np.int32)  # farthest on top
+    beam_s = np.empty(depth + 1, np.int64)
+    fresh = np.empty(width, np.int64)
+    fresh_d = np.empty(width, np.int32)
+    visited[entry] = mark
+    open_d[0] = beam_d[0] = _distance(vectors, entry, query)
+    open_s[0] = beam_s[0] = entry
+    opened = held = 1
+    while opened:
+        nearest, slot = open_d[0], open_s[0]
+        if held >= depth and nearest > beam_d[0]:
+            break
+        opened -= 1
+        open_d[0], open_s[0] = open_d[opened], open_s[opened]
+        _sift_down(open_d, open_s, opened, 0, True)
+        if opened:  # most often the next one expanded: its links arrive while this step computes
+            _prefetch(links, open_s[0], 0)
+            _prefetch(links, open_s[0], width // 2)
+        new = 0
+        for j in range(width):
+            neighbour = links[slot, j]
+            fresh[new] = neighbour
+            new += visited[neighbour] != mark  # no branch to mispredict: the loads stay overlapped
+            visited[neighbour] = mark
+        for j in range(new):
+            _prefetch(vectors, fresh[j], 0)
+            _prefetch(vectors, fresh[j], vectors.shape[1] - 1)
+        for j in range(new):
+            fresh_d[j] = _distance(vectors, fresh[j], query)
+        for j in range(new):
+            distance = fresh_d[j]
+            if held >= depth and distance >= beam_d[0]:
+                continue
+            if opened == room:  # an open candidate no nearer than the beam's farthest is never expanded
+                kept = 0
+                for i in range(opened):
+                    if open_d[i] < beam_d[0]:
+                        open_d[kept], open_s[kept] = open_d[i], open_s[i]
+                        kept += 1
+                opened = kept
+                for i in range(opened // 2 - 1, -1, -1):
+                    _sift_down(open_d, open_s, opened, i, True)
+            open_d[opened], open_s[opened] = distance, fresh[j]
+            _sift_up(open_d, open_s, opened, True)
+            opened += 1
+            beam_d[held], beam_s[held] = distance, fresh[j]
+            _sift_up(beam_d, beam_s, held, False)
+            held += 1
+            if held > depth:
+                held -= 1
+                beam_d[0], beam_s[0] = beam_d[held], beam_s[held]
+                _sift_down(beam_d, beam_s, held, 0, False)
+    order = np.argsort(beam_d[:held], kind="mergesort")
+    for i in range(held):
+        out[i] = beam_s[order[i]]
+    return held
