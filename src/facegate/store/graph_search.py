@@ -37,6 +37,7 @@ class GraphSnapshot:
         self.links = graph.neighbours  # unused entries hold len(keys): a slot marked as always visited
         self.entry = graph.entry
         self.vectors = graph.vectors()
+        _compile(self.links, self.vectors)  # once per process, at load rather than in a caller's first search
         self._lock = threading.Lock()
         self._marks: list[_Marks] = []  # one per search running at once: the walk releases the GIL
 
@@ -93,6 +94,17 @@ class _Marks:
             self._search = 1
         self.visited[-1] = self._search  # the unused-link slot is never followed
         return self._search
+
+
+def _compile(links: np.ndarray, vectors: np.ndarray) -> None:
+    """Compile the walk for these arrays' types on a two-face graph (the compiled code is kept per process)."""
+    if _beam_search.signatures:
+        return
+    tiny_links = np.array([[1], [0]], dtype=links.dtype)
+    tiny_vectors = np.zeros((2, vectors.shape[1]), dtype=vectors.dtype)
+    visited = np.zeros(3, dtype=np.uint32)
+    query = np.zeros(vectors.shape[1], dtype=np.int32)
+    _beam_search(tiny_links, tiny_vectors, visited, 1, 0, query, 2, np.empty(2, dtype=np.int64))
 
 
 @intrinsic
