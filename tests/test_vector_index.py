@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -417,6 +418,19 @@ def test_the_snapshot_walk_at_full_depth_returns_the_exact_nearest_faces_in_orde
         distances[~np.isin(keys, reached)] = np.iinfo(np.int64).max  # those come from the side list instead
         found = index._snapshot.search(quantize(probe), 10, depth=len(keys))
         assert np.array_equal(np.sort(distances[(found - 1).astype(np.int64)]), np.sort(distances)[:10])
+
+
+def test_searches_running_at_once_answer_as_one_at_a_time():
+    """The compiled walk releases the GIL: each search running at once has its own visited marks."""
+    keys, vectors = _synthetic_faces(3_000, seed=31)
+    index = FaceIndex(128)
+    index.add(keys, vectors, check=False)
+    index.check_all()
+    probes = quantize(np.random.default_rng(5).normal(0, 0.05, (200, 128)).astype(np.float32))
+    alone = [index._snapshot.search(probe, 10, depth=64) for probe in probes]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda probe: index._snapshot.search(probe, 10, depth=64), probes))
+    assert all(np.array_equal(a, b) for a, b in zip(alone, together, strict=True))
 
 
 def test_faces_added_and_removed_after_the_snapshot_are_found_and_dropped_until_the_next_one(tmp_path, monkeypatch):

@@ -9,9 +9,10 @@ exactness comes from re-ranking with the true embeddings anyway); one small whee
 to collide with ONNX Runtime's; and save/load to a single file.
 
 usearch builds and holds the graph (inserts, removals, saves). Searches walk a snapshot of its bottom level read
-back from the saved file (graph_search.GraphSnapshot), which follows many links per round where usearch follows
-one candidate's at a time: at millions of faces a search is a chain of cache misses, and the snapshot overlaps
-them. Faces added after a snapshot is taken are scanned exactly until a save takes the next one.
+back from the saved file (graph_search.GraphSnapshot), walked by a compiled loop that asks for each step's
+memory before it needs it: at millions of faces usearch's own search is a chain of cache misses, and the
+snapshot's walk overlaps them. Faces added after a snapshot is taken are scanned exactly until a save takes the
+next one.
 
 The index is DERIVED data. SQLite stays the source of truth: every index records the collection generation it
 reflects, and when the store's generation has moved (another process wrote) it is reconciled against the
