@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from facegate.engine import FaceEngine
 from facegate.service import FaceService
 from facegate.store import StoredFace
-from facegate.store.graph_walk import read_graph, unreachable_keys
+from facegate.store.graph_walk import SavedGraph, read_graph, unreachable_keys
 from facegate.store.sqlite import SqliteStore
 from facegate.store.vector_index import VECTOR_SCALE, FaceIndex, quantize
 from tests.conftest import OWNER
@@ -460,6 +461,43 @@ def test_faces_added_and_removed_after_the_snapshot_are_found_and_dropped_until_
     index.add(more_keys, more)
     assert index._snapshot is None
     assert _not_found_by_own_vector(index, more_keys, more) == []
+
+
+def test_a_snapshot_read_behind_searches_carries_over_the_faces_added_and_removed_while_it_was_read(
+    tmp_path, monkeypatch
+):
+    from facegate.store import vector_index
+
+    keys, vectors = _synthetic_faces(4_600, seed=43)
+    index = FaceIndex(128)
+    index.add(keys[:4_000], vectors[:4_000], check=False)
+    index.check_all()
+    index.add(keys[4_000:4_500], vectors[4_000:4_500])
+    saved = tmp_path / "graph.usearch"
+    index.index.save(str(saved))
+    reading, release = threading.Event(), threading.Event()
+
+    def held_back(data):  # the read waits until the changes below are made
+        reading.set()
+        release.wait()
+        return SavedGraph(data)
+
+    monkeypatch.setattr(vector_index, "SavedGraph", held_back)
+    old = index._snapshot
+    index.refresh_behind(saved)
+    assert reading.wait(10)
+    index.add(keys[4_500:], vectors[4_500:])  # not in the file being read
+    removed = np.concatenate([keys[:20], keys[4_000:4_020], keys[4_500:4_520]])  # old, saved, and added meanwhile
+    index.remove(removed)
+    assert index._snapshot is old and _not_found_by_own_vector(index, keys[4_520:], vectors[4_520:]) == []
+    release.set()
+    index.wait_refreshed()
+    assert index._snapshot is not old and len(index._snapshot) == 4_500  # the saved graph (removed slots kept)
+    assert sorted(index._fresh_keys) == sorted(keys[4_520:])  # added meanwhile and still there
+    kept = np.setdiff1d(keys, removed)
+    assert _not_found_by_own_vector(index, kept, vectors[(kept - 1).astype(np.int64)]) == []
+    for key in removed:
+        assert key not in index.search(vectors[int(key) - 1], 216)
 
 
 def test_a_graph_mapped_from_its_file_is_searched_and_copied_into_memory_by_the_first_change(tmp_path):

@@ -141,6 +141,9 @@ class FaceIndex:
         self._fresh_keys = np.zeros(0, dtype=np.uint64)
         self._fresh_vectors = np.zeros((0, ndim), dtype=np.float32)
         self._snapshot_changed = False
+        # A snapshot being read from a newer save on a thread, while this one answers (refresh_behind).
+        self._refreshing: _Refresh | None = None
+        self.refresh_seconds = 0.0  # what reading the last snapshot took
         if unreachable is not None and len(unreachable):
             self._keep_aside(np.asarray(unreachable, dtype=np.uint64))
 
@@ -153,6 +156,7 @@ class FaceIndex:
         return self._side_keys.copy()
 
     def add(self, keys: np.ndarray, embeddings: np.ndarray, *, check: bool = True) -> None:
+        self._install_refreshed()
         keys = np.asarray(keys, dtype=np.uint64)
         fresh = ~np.atleast_1d(self.index.contains(keys)) if len(self.index) else np.ones(len(keys), bool)
         fresh &= _first_occurrences(keys)
@@ -161,6 +165,8 @@ class FaceIndex:
         self._writable()
         vectors = quantize(np.asarray(embeddings, dtype=np.float32)[fresh])
         self.index.add(keys[fresh], vectors, threads=1 if fresh.sum() < 1000 else 0)
+        if self._refreshing is not None:  # not in the file being read: scanned exactly once it is installed
+            self._refreshing.added(keys[fresh], vectors)
         if self._snapshot is not None:
             self._fresh_keys = np.concatenate([self._fresh_keys, keys[fresh]])
             self._fresh_vectors = np.concatenate([self._fresh_vectors, vectors.astype(np.float32)])
@@ -185,6 +191,7 @@ class FaceIndex:
         self._side_keys = np.zeros(0, dtype=np.uint64)
         self._side_vectors = np.zeros((0, self.ndim), dtype=np.float32)
         self._recheck_at = 0
+        self._refreshing = None
         self.drop_snapshot()
         graph = self._read(saved, scratch)
         if graph is not None:
@@ -196,11 +203,56 @@ class FaceIndex:
     def refresh(self, saved: Path | None = None, scratch: Path | None = None) -> bool:
         """Take a new snapshot for searches from the graph as saved (after a load, or a save that follows
         changes); faces its bottom level does not reach are kept aside. False when the file could not be read."""
+        self._refreshing = None
         self.drop_snapshot()  # first: the old snapshot's memory is free before the new one is read
+        started = time.monotonic()
         graph = self._read(saved, scratch)
         if graph is not None:
             self._take_snapshot(graph)
+        self.refresh_seconds = time.monotonic() - started
         return graph is not None
+
+    def refresh_behind(self, saved: Path) -> None:
+        """Read a new snapshot from ``saved``, a file this graph was just saved to, on a thread: the current
+        snapshot answers meanwhile (at 10M faces the read takes tens of seconds, and both are in memory while it
+        runs). Faces added or removed meanwhile are carried over when the next call installs it."""
+        if not len(self.index) or self._refreshing is not None:  # one read at a time; the next save reads again
+            return
+        try:
+            data = np.memmap(saved, dtype=np.uint8, mode="r")  # opened now: a later save removes the file
+        except OSError:
+            return
+        job = _Refresh(len(self.index), self.ndim)
+        job.thread = threading.Thread(target=job.read, args=(data,), name="facegate-snapshot", daemon=True)
+        self._refreshing = job
+        job.thread.start()
+
+    def wait_refreshed(self) -> None:
+        """Install the snapshot being read behind, once read (tests, benchmarks, and a clean shutdown)."""
+        job = self._refreshing
+        if job is not None and job.thread is not None:
+            job.thread.join()
+        self._install_refreshed()
+
+    def _install_refreshed(self) -> None:
+        job = self._refreshing
+        if job is None or not job.done.is_set():
+            return
+        self._refreshing = None
+        self.refresh_seconds = job.seconds
+        if job.unreachable is None:  # the file could not be read as expected: the current snapshot stays
+            return
+        self.drop_snapshot()
+        if job.snapshot is not None and len(job.removed_keys):
+            job.snapshot.remove(job.removed_keys)
+        self._keep_aside(job.unreachable)  # (faces removed meanwhile are no longer in the graph: not kept)
+        if job.snapshot is None:
+            return
+        self._snapshot = job.snapshot
+        self._fresh_keys, self._fresh_vectors = job.added_keys, job.added_vectors
+        self._snapshot_changed = bool(len(job.added_keys) or len(job.removed_keys))
+        if len(self._fresh_keys) > FRESH_MAX_FACES:
+            self.drop_snapshot()
 
     def rest(self, saved: Path) -> None:
         """Map the graph from ``saved``, a file it was just saved to, instead of holding it in memory."""
@@ -298,7 +350,10 @@ class FaceIndex:
             self._side_vectors = np.concatenate([self._side_vectors, self._stored(keys).astype(np.float32)])
 
     def remove(self, keys: np.ndarray) -> None:
+        self._install_refreshed()
         keys = np.asarray(keys, dtype=np.uint64)
+        if self._refreshing is not None:
+            self._refreshing.removed(keys)
         if len(keys) and len(self.index):
             present = keys[np.atleast_1d(self.index.contains(keys))]
             if len(present):
@@ -319,6 +374,7 @@ class FaceIndex:
     def search(self, probe: np.ndarray, k: int, depth: int | None = None) -> np.ndarray:
         """Keys of (about) the ``k`` nearest faces: the graph's, then the nearest of those kept aside. ``depth``
         overrides the size-dependent search depth (benchmarks sweep it)."""
+        self._install_refreshed()
         if not len(self.index):
             return np.zeros(0, dtype=np.uint64)
         k = min(k, len(self.index))
@@ -338,6 +394,48 @@ class FaceIndex:
 
     def memory_bytes(self) -> int:
         return int(self.index.memory_usage) + (self._snapshot.memory_bytes() if self._snapshot else 0)
+
+
+class _Refresh:
+    """A snapshot read on a thread from a saved graph, and the changes made to the graph since that save."""
+
+    def __init__(self, count: int, ndim: int) -> None:
+        self.count = count
+        self.ndim = ndim
+        self.added_keys = np.zeros(0, dtype=np.uint64)
+        self.added_vectors = np.zeros((0, ndim), dtype=np.float32)
+        self.removed_keys = np.zeros(0, dtype=np.uint64)
+        self.snapshot: GraphSnapshot | None = None
+        self.unreachable: np.ndarray | None = None  # None until read, and when the file could not be read
+        self.seconds = 0.0
+        self.thread: threading.Thread | None = None
+        self.done = threading.Event()
+
+    def added(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        self.added_keys = np.concatenate([self.added_keys, keys])
+        self.added_vectors = np.concatenate([self.added_vectors, vectors.astype(np.float32)])
+
+    def removed(self, keys: np.ndarray) -> None:
+        kept = ~np.isin(self.added_keys, keys)
+        self.added_keys, self.added_vectors = self.added_keys[kept], self.added_vectors[kept]
+        self.removed_keys = np.concatenate([self.removed_keys, keys])
+
+    def read(self, data: np.memmap) -> None:
+        started = time.monotonic()
+        try:
+            graph = SavedGraph(data)
+            if int(graph.live.sum()) != self.count:
+                raise GraphLayoutError("the file does not hold the graph as saved")
+            if graph.row_bytes != self.ndim:  # not int8 vectors of this width: usearch's own walk searches
+                self.unreachable = graph.unreachable()
+            else:
+                self.unreachable = graph.unreachable(base_only=True)
+                self.snapshot = GraphSnapshot(graph)
+        except (GraphLayoutError, OSError, ValueError):
+            self.snapshot, self.unreachable = None, None
+        finally:
+            self.seconds = time.monotonic() - started
+            self.done.set()
 
 
 def _merged(found: np.ndarray, keys: np.ndarray, vectors: np.ndarray, rounded: np.ndarray, k: int) -> np.ndarray:
@@ -429,7 +527,7 @@ class VectorIndexes:
         """Persist indexes changed since their last save (on close: the next process then skips a reconcile)."""
         with self._lock:
             for pk in list(self._dirty):
-                self._save(self._collections[pk], self._indexes[pk])
+                self._save(self._collections[pk], self._indexes[pk], refresh=False)
 
     def _advance(self, collection: IndexedCollection, index: FaceIndex, generation: int) -> None:
         # Only our own write happened since the index was current: it is current again. Otherwise another
@@ -486,7 +584,9 @@ class VectorIndexes:
     def _graph_path(self, collection: IndexedCollection, token: str) -> Path:
         return self.directory / f"{collection.pk}-{token}.usearch"
 
-    def _save(self, collection: IndexedCollection, index: FaceIndex, *, check: bool = False) -> None:
+    def _save(
+        self, collection: IndexedCollection, index: FaceIndex, *, check: bool = False, refresh: bool = True
+    ) -> None:
         """Write a new snapshot, then switch the pointer file atomically: readers never see half of one. With
         ``check`` (after a build) the faces the graph cannot reach are found from the snapshot just written,
         before the pointer names it."""
@@ -498,8 +598,9 @@ class VectorIndexes:
             checking = time.monotonic()
             index.check_all(saved=self._graph_path(collection, token))
             started += time.monotonic() - checking  # the save's own cost paces later saves
-        elif not index.snapshot_current:  # searches walk the graph as just saved (this paces later saves too)
-            index.refresh(saved=self._graph_path(collection, token))
+        elif refresh and not index.snapshot_current:  # searches walk the graph as just saved, once read
+            index.refresh_behind(self._graph_path(collection, token))
+            started -= index.refresh_seconds  # the last read paces saves too: it runs beside searches
         meta = {
             "format": FORMAT,
             "token": token,
