@@ -163,6 +163,44 @@ def cold_pass(
     }
 
 
+def change_pass(index: FaceIndex, gallery: np.ndarray, probes: np.ndarray, max_faces: int, added: int) -> dict:
+    """What a change costs once the index is at rest: the first IndexFaces copies the mapped graph into memory
+    and inserts, the store's save writes the graph, and the snapshot is read again on a thread (refresh_behind)
+    while searches go on, walking the old snapshot and scanning the added faces exactly."""
+    rng = np.random.default_rng(1)
+    keys = np.arange(len(gallery), len(gallery) + added, dtype=np.uint64)
+    vectors = gallery[rng.integers(0, len(gallery), added)] + rng.normal(0, 0.01, (added, gallery.shape[1]))
+    before = resident_bytes()
+    t0 = time.perf_counter()
+    index.add(keys, vectors.astype(np.float32))
+    t1 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Path(tmp) / "graph.usearch"
+        index.index.save(str(saved))
+        t2 = time.perf_counter()
+        index.refresh_behind(saved)
+        job, during, peak = index._refreshing, [], resident_bytes()
+        while job is not None and not job.done.is_set():
+            probe = probes[len(during) % len(probes)]
+            started = time.perf_counter()
+            index.search(probe, 2 * max_faces + 16)  # the candidates (the added faces have no gallery row)
+            during.append((time.perf_counter() - started) * 1e3)
+            peak = max(peak, resident_bytes())
+        index.wait_refreshed()
+    if index._snapshot is None or len(index._snapshot) != len(index):
+        raise RuntimeError("the snapshot read behind searches was not installed")
+    return {
+        "added": added,
+        "first_change_s": round(t1 - t0, 2),
+        "save_s": round(t2 - t1, 2),
+        "read_behind_s": round(index.refresh_seconds, 2),
+        "searches_meanwhile": len(during),
+        "p50_ms": round(float(np.percentile(during, 50)), 3) if during else None,
+        "p99_ms": round(float(np.percentile(during, 99)), 3) if during else None,
+        "peak_growth_mb": round((peak - before) / 2**20, 1),
+    }
+
+
 def _found(gallery: np.ndarray, probe: np.ndarray, approx: np.ndarray, exact: np.ndarray) -> int:
     """How many of ``approx`` are true nearest neighbours: no farther than the last of ``exact`` (as
     ann-benchmarks counts recall, so that of two copies of one photo either counts as the nearest)."""
@@ -286,6 +324,7 @@ def measure(
                 {"depth": depth, "walk": walk, **cold_pass(searched, gallery, probes, answers, max_faces, depth, walk)}
             )
     del held
+    change = change_pass(index, gallery, probes, max_faces, added=1_000)
     return {
         "size": size,
         "real_faces": size - synthetic,
@@ -318,6 +357,7 @@ def measure(
         "allocated_bytes_per_face": round(index.memory_bytes() / size, 1),
         **exact,
         "depth_sweep": sweep,
+        "change": change,
         # What the index's int8 rounding clips: components past ±127 steps (see VECTOR_SCALE).
         "largest_real_component": round(float(np.abs(real).max()), 3),
         "clipped_real_components_per_100k": round(float((np.abs(real) * VECTOR_SCALE > 127).mean()) * 1e5, 1),
@@ -372,6 +412,16 @@ def main() -> None:
         "\n| faces | facegate p50 ms, each query right after the numpy scan | p99 ms |\n|---|---|---|\n"
         + "\n".join(f"| {r['size']:,} | {r['after_scan_p50_ms']} | {r['after_scan_p99_ms']} |" for r in results)
     )
+    print(
+        "\n| faces | faces added | first change s (graph copied in + inserts) | save s | snapshot read behind s "
+        "| searches meanwhile | their p50 ms | p99 ms | MB resident added at peak |\n|---|---|---|---|---|---|---|---|---|"
+    )
+    for r in results:
+        c = r["change"]
+        print(
+            f"| {r['size']:,} | {c['added']:,} | {c['first_change_s']} | {c['save_s']} | {c['read_behind_s']} "
+            f"| {c['searches_meanwhile']} | {c['p50_ms']} | {c['p99_ms']} | {c['peak_growth_mb']} |"
+        )
     if args.depths:
         print(
             "\n| faces | search depth | walk | p50 ms | p99 ms | recall@1 | recall@10 |\n|---|---|---|---|---|---|---|"
