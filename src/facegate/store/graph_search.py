@@ -34,6 +34,7 @@ class GraphSnapshot:
     def __init__(self, graph: SavedGraph) -> None:
         self.keys = graph.keys  # the snapshot owns the parsed graph's arrays from here on
         self._by_key = np.argsort(self.keys).astype(np.uint32)  # slots in key order, to find a removed face's slot
+        self._sorted_keys = self.keys[self._by_key]  # kept as read: removals mark ``keys``, not this
         self.links = graph.neighbours  # unused entries hold len(keys): a slot marked as always visited
         self.entry = graph.entry
         self.vectors = graph.vectors()
@@ -46,22 +47,26 @@ class GraphSnapshot:
 
     def remove(self, keys: np.ndarray) -> None:
         """Never return these faces again (their slots stay in the graph, as usearch keeps them)."""
+        keys = np.asarray(keys, dtype=np.uint64)
+        at = np.minimum(np.searchsorted(self._sorted_keys, keys), len(self._sorted_keys) - 1)
+        hit = self._sorted_keys[at] == keys
         with self._lock:
-            sorted_keys = self.keys[self._by_key]
-            at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-            hit = sorted_keys[at] == keys
             self.keys[self._by_key[at[hit]]] = _REMOVED
 
     def memory_bytes(self) -> int:
-        arrays = [self.keys, self._by_key, self.links, self.vectors] + [m.visited for m in self._marks]
+        arrays = [self.keys, self._by_key, self._sorted_keys, self.links, self.vectors] + [
+            m.visited for m in self._marks
+        ]
         return int(sum(a.nbytes for a in arrays))
 
     def search(self, probe: np.ndarray, k: int, depth: int) -> np.ndarray:
         """Keys of the (about) ``k`` nearest faces to ``probe`` (int8 steps, as the graph holds vectors)."""
         if not len(self.keys):
             return np.zeros(0, dtype=np.uint64)
-        depth = max(k, depth)
+        depth = max(1, k, depth)
         query = np.asarray(probe, dtype=np.int32)
+        if query.shape != (self.vectors.shape[1],):  # the compiled walk does not check bounds
+            raise ValueError(f"probe of shape {query.shape}, the graph holds {self.vectors.shape[1]} dimensions")
         slots = np.empty(depth, dtype=np.int64)
         marks = self._take_marks()
         try:

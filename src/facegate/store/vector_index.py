@@ -427,11 +427,12 @@ class _Refresh:
             if int(graph.live.sum()) != self.count:
                 raise GraphLayoutError("the file does not hold the graph as saved")
             if graph.row_bytes != self.ndim:  # not int8 vectors of this width: usearch's own walk searches
-                self.unreachable = graph.unreachable()
+                snapshot, unreachable = None, graph.unreachable()
             else:
-                self.unreachable = graph.unreachable(base_only=True)
-                self.snapshot = GraphSnapshot(graph)
-        except (GraphLayoutError, OSError, ValueError):
+                unreachable = graph.unreachable(base_only=True)
+                snapshot = GraphSnapshot(graph)
+            self.snapshot, self.unreachable = snapshot, unreachable
+        except Exception:  # any failure (memory too) leaves the current snapshot answering
             self.snapshot, self.unreachable = None, None
         finally:
             self.seconds = time.monotonic() - started
