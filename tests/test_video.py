@@ -511,8 +511,15 @@ def test_an_interrupted_cli_run_fails_its_job_instead_of_leaving_it_in_progress(
     home = tmp_path / "data"
     run_facegate(home, "collections", "create", "staff")
     env = {**os.environ, "FACEGATE_HOME": str(home)}
+    # As an operator's Ctrl-C reaches a command run in a terminal: a shell's background job (how a CI script may
+    # run) starts with SIGINT ignored, which Python, and so the CLI, keeps.
+    command = ["video", "search", str(clips / "hall.mp4"), "-c", "staff"]
+    foreground = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"sys.argv = ['facegate', *{command!r}]; runpy.run_module('facegate', run_name='__main__')"
+    )
     cli = subprocess.Popen(
-        [sys.executable, "-m", "facegate", "video", "search", str(clips / "hall.mp4"), "-c", "staff"],
+        [sys.executable, "-c", foreground],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
