@@ -69,11 +69,11 @@ class GraphSnapshot:
         marks = self._take_marks()
         try:
             found = self._walk(self.links, self.vectors, marks.visited, marks.next(), self.entry, query, depth, slots)
+            with self._lock:  # a removal rewrites keys in place
+                keys = self.keys[slots[:found]]
         finally:
             with self._lock:
                 self._marks.append(marks)
-        with self._lock:  # a removal rewrites keys in place
-            keys = self.keys[slots[:found]]
         return keys[keys != _REMOVED][:k]
 
     def _take_marks(self) -> _Marks:

@@ -285,13 +285,8 @@ class FaceIndex:
             return None
 
     def _take_snapshot(self, graph: SavedGraph) -> None:
-        if graph.row_bytes != self.ndim:  # not int8 vectors of this width: usearch's own walk searches
-            self._keep_aside(graph.unreachable())
-            return
-        # The snapshot walks the bottom level only, so the faces kept aside are those no chain of bottom-level
-        # links reaches (a superset of those no level reaches, for when searches go back to usearch's walk).
-        self._keep_aside(graph.unreachable(base_only=True))
-        self._snapshot = GraphSnapshot(graph)
+        self._snapshot, unreachable = _snapshot_of(graph, self.ndim)
+        self._keep_aside(unreachable)
 
     def _recheck(self, count: int) -> None:
         size = len(self.index)
@@ -426,17 +421,23 @@ class _Refresh:
             graph = SavedGraph(data)
             if int(graph.live.sum()) != self.count:
                 raise GraphLayoutError("the file does not hold the graph as saved")
-            if graph.row_bytes != self.ndim:  # not int8 vectors of this width: usearch's own walk searches
-                snapshot, unreachable = None, graph.unreachable()
-            else:
-                unreachable = graph.unreachable(base_only=True)
-                snapshot = GraphSnapshot(graph)
-            self.snapshot, self.unreachable = snapshot, unreachable
+            self.snapshot, self.unreachable = _snapshot_of(graph, self.ndim)
         except Exception:  # any failure (memory too) leaves the current snapshot answering
             self.snapshot, self.unreachable = None, None
         finally:
             self.seconds = time.monotonic() - started
             self.done.set()
+
+
+def _snapshot_of(graph: SavedGraph, ndim: int) -> tuple[GraphSnapshot | None, np.ndarray]:
+    """The snapshot searches walk, and the faces to keep aside beside it. Not int8 vectors of this width: no
+    snapshot (usearch's own walk searches), and aside only the faces no level reaches."""
+    if graph.row_bytes != ndim:
+        return None, graph.unreachable()
+    # The snapshot walks the bottom level only, so the faces kept aside are those no chain of bottom-level links
+    # reaches (a superset of those no level reaches, for when searches go back to usearch's walk).
+    unreachable = graph.unreachable(base_only=True)
+    return GraphSnapshot(graph), unreachable
 
 
 def _merged(found: np.ndarray, keys: np.ndarray, vectors: np.ndarray, rounded: np.ndarray, k: int) -> np.ndarray:
